@@ -1,0 +1,1 @@
+"""BeaverTails-V data: schema and validation, the hub loader, and the BeaverTails-V-mini world."""
