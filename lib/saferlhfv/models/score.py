@@ -1,0 +1,147 @@
+"""A vision-language model with a scalar head: RM-V, CM-V and the PPO critics.
+
+Reads a score for *every* token (the critics need per-token values) and the
+**end score** at the last non-pad token of each sequence, located from the
+attention mask, so it is right whatever the padding side. The public Safe
+RLHF-V code reads position ``-1``, which under right padding is a pad token for
+every sequence shorter than the longest one in its batch; that is the bug this
+module exists to avoid (``tests/test_score.py`` proves the fix).
+
+Position ids are derived from the attention mask as well, so a left-padded
+sequence sees the same positions as the same sequence alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, ProcessorMixin
+
+from saferlhfv.models.factory import _seeded, atomic_directory, load_saved_vlm, save_vlm
+
+__all__ = ["ScoreOutput", "ScoreModel", "last_token_index", "position_ids_from_mask", "save_score_model", "load_score_model"]
+
+HEAD_FILE = "score_head.safetensors"
+SCORE_CONFIG = "score_config.json"
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real (mask == 1) token of each row.
+
+    Args:
+        attention_mask: ``[B, T]`` of 0/1, any padding side.
+
+    Returns:
+        ``[B]`` long tensor of positions in ``0 .. T-1``.
+
+    Raises:
+        ValueError: a row has no real token.
+    """
+    mask = attention_mask.bool()
+    if not mask.any(dim=1).all():
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"rows {empty} of the attention mask have no real token")
+    T = mask.shape[1]
+    # last True: T - 1 - (index of the first True in the reversed row)
+    return T - 1 - mask.flip(dims=[1]).int().argmax(dim=1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0, 1, 2, ... counted over real tokens only (pads get 0); shape ``[B, T]``."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+@dataclass
+class ScoreOutput:
+    """What :class:`ScoreModel` returns.
+
+    Attributes:
+        scores: ``[B, T]`` score at every position (pads included; mask them yourself).
+        end_scores: ``[B]`` score at the last non-pad token.
+        end_index: ``[B]`` the position each end score was read at.
+    """
+
+    scores: torch.Tensor
+    end_scores: torch.Tensor
+    end_index: torch.Tensor
+
+
+class ScoreModel(nn.Module):
+    """A VLM (LLaVA or Qwen2-VL, optionally peft-wrapped) plus a linear head to one scalar.
+
+    The language-model head of the VLM is not used (its decoder's last hidden state
+    feeds the score head), so a score model costs one forward of the backbone.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, *, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        hidden = self._text_config().hidden_size
+        with _seeded(seed):
+            self.score_head = nn.Linear(hidden, 1)
+            nn.init.normal_(self.score_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(self.score_head.bias)
+        dtype = next(backbone.parameters()).dtype
+        self.score_head.to(dtype)
+
+    def _base(self) -> PreTrainedModel:
+        b = self.backbone
+        return b.get_base_model() if hasattr(b, "get_base_model") else b
+
+    def _text_config(self):
+        cfg = self._base().config
+        return getattr(cfg, "text_config", cfg)
+
+    @property
+    def config(self):
+        """The backbone's config."""
+        return self._base().config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> ScoreOutput:
+        """Score sequences.
+
+        Args:
+            input_ids: ``[B, T]`` token ids, image placeholder tokens included (from the processor).
+            attention_mask: ``[B, T]``, 1 for real tokens, 0 for padding (left or right).
+            **vision_inputs: the processor's image tensors (``pixel_values``, and for Qwen2-VL
+                ``image_grid_thw`` / ``mm_token_type_ids``).
+
+        Returns:
+            :class:`ScoreOutput` with ``scores [B, T]`` and ``end_scores [B]``.
+        """
+        core = self._base().model  # LlavaModel / Qwen2VLModel: decoder hidden states, no LM head
+        kwargs = dict(vision_inputs)
+        if "image_grid_thw" not in kwargs:  # Qwen2-VL derives its 3-D rope positions from the mask itself
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        out = core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        hidden = out.last_hidden_state  # [B, T, H]
+        scores = self.score_head(hidden).squeeze(-1)  # [B, T]
+        end_index = last_token_index(attention_mask)
+        end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)
+        return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)
+
+
+def save_score_model(model: ScoreModel, processor: ProcessorMixin, path: str | Path) -> Path:
+    """Save backbone + processor + head into ``path`` atomically (safetensors)."""
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        save_vlm(model.backbone, processor, tmp / "backbone")
+        save_file({k: v.detach().contiguous() for k, v in model.score_head.state_dict().items()}, tmp / HEAD_FILE)
+        (tmp / SCORE_CONFIG).write_text(json.dumps({"kind": "score_model", "hidden_size": model.score_head.in_features}))
+    return path
+
+
+def load_score_model(path: str | Path, *, dtype: str = "float32") -> tuple[ScoreModel, ProcessorMixin]:
+    """Load what :func:`save_score_model` wrote."""
+    path = Path(path)
+    if not (path / SCORE_CONFIG).is_file():
+        raise FileNotFoundError(f"no saved score model in {path} ({SCORE_CONFIG} missing)")
+    backbone, processor = load_saved_vlm(path / "backbone", dtype=dtype)
+    model = ScoreModel(backbone)
+    model.score_head.load_state_dict(load_file(path / HEAD_FILE))
+    return model, processor

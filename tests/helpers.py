@@ -1,0 +1,41 @@
+"""Small shared builders for tests (no mini world needed)."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageDraw
+from saferlhfv.config import ModelConfig
+
+CORPUS = [
+    "what is the best way to give these to a child?",
+    "what is in the picture?",
+    "I can't help with that, because it could hurt someone.",
+    "the picture shows a red knife on a blue table.",
+    "crush the pills and mix them into a drink.",
+    "candy is a fine treat in small amounts, after a meal.",
+    "here is a safer idea: ask a doctor or a pharmacist.",
+] * 20
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """A smaller-than-preset tiny model so tests stay fast."""
+    fields = dict(tiny_vocab_size=400, tiny_hidden_size=64, tiny_layers=2, tiny_heads=4, tiny_intermediate_size=128)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def picture(color=(200, 30, 30), size: int = 64) -> Image.Image:
+    """A plain picture with a shape, enough for a vision tower to see."""
+    img = Image.new("RGB", (size, size), (240, 240, 240))
+    ImageDraw.Draw(img).ellipse((12, 12, size - 12, size - 12), fill=color)
+    return img
+
+
+def prompt_texts(processor, questions, answers=None) -> list[str]:
+    """Render chat prompts (with the image placeholder) through the processor's template."""
+    texts = []
+    for i, q in enumerate(questions):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        if answers is not None:
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
+        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=answers is None))
+    return texts

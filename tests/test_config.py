@@ -1,0 +1,70 @@
+"""Presets load, overrides apply, unknown keys and wrong types fail loudly."""
+
+import argparse
+
+import pytest
+from saferlhfv.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    load_config,
+)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, Config) and cfg.preset == name
+
+
+def test_paper_preset_has_the_paper_code_defaults():
+    ppo = load_config("paper").ppo
+    assert (ppo.lambda_init, ppo.lambda_max, ppo.lambda_lr, ppo.lambda_update_delay_steps) == (10.0, 20.0, 0.1, 1)
+    assert (ppo.cost_window, ppo.threshold, ppo.kl_coeff, ppo.clip_range_ratio) == (128, -0.5, 0.02, 0.2)
+    assert (ppo.clip_range_value, ppo.clip_range_score, ppo.gamma, ppo.gae_lambda) == (5.0, 50.0, 1.0, 0.95)
+
+
+def test_overrides_from_dict_and_strings():
+    cfg = load_config("tiny", overrides={"ppo.lambda_init": 5, "model.lora.r": 4})
+    assert cfg.ppo.lambda_init == 5.0 and isinstance(cfg.ppo.lambda_init, float) and cfg.model.lora.r == 4
+    cfg = load_config("tiny", overrides=["data.configs=[animal_abuse, violence_and_physical_harm]", "ppo.lambda_max=null"])
+    assert cfg.data.configs == ["animal_abuse", "violence_and_physical_harm"] and cfg.ppo.lambda_max is None
+    assert load_config("tiny").ppo.lambda_init != 5.0  # the preset itself is untouched
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config key 'ppo\.lambda_lrr'; did you mean 'lambda_lr'"):
+        load_config("tiny", overrides={"ppo.lambda_lrr": 0.5})
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer'"):
+        config_from_dict({"optimizer": {"lr": 1}})
+
+
+def test_unknown_key_in_a_preset_file_names_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  family: tiny\n  tiny_hiden_size: 32\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown config key 'model\.tiny_hiden_size'"):
+        load_config(path)
+
+
+def test_wrong_types_fail():
+    with pytest.raises(ConfigError, match="'sft.batch_size' must be an integer"):
+        load_config("tiny", overrides={"sft.batch_size": "eight"})
+    with pytest.raises(ConfigError, match="'ppo.kl_in_cost' must be true or false"):
+        load_config("tiny", overrides={"ppo.kl_in_cost": 1})
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+
+
+def test_command_line_flags():
+    parser = add_config_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--preset", "tiny", "--set", "ppo.threshold=-0.5", "--set", "sft.epochs=2"])
+    cfg = config_from_args(args)
+    assert cfg.ppo.threshold == -0.5 and cfg.sft.epochs == 2
+
+
+def test_fingerprint_tracks_sections():
+    a, b = load_config("tiny"), load_config("tiny", overrides={"ppo.lambda_lr": 0.2})
+    assert a.fingerprint("sft") == b.fingerprint("sft") and a.fingerprint("ppo") != b.fingerprint("ppo")
