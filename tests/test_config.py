@@ -30,7 +30,9 @@ def test_paper_preset_has_the_paper_code_defaults():
 def test_overrides_from_dict_and_strings():
     cfg = load_config("tiny", overrides={"ppo.lambda_init": 5, "model.lora.r": 4})
     assert cfg.ppo.lambda_init == 5.0 and isinstance(cfg.ppo.lambda_init, float) and cfg.model.lora.r == 4
-    cfg = load_config("tiny", overrides=["data.configs=[animal_abuse, violence_and_physical_harm]", "ppo.lambda_max=null"])
+    cfg = load_config(
+        "tiny", overrides=["data.configs=[animal_abuse, violence_and_physical_harm]", "ppo.lambda_max=null"]
+    )
     assert cfg.data.configs == ["animal_abuse", "violence_and_physical_harm"] and cfg.ppo.lambda_max is None
     assert load_config("tiny").ppo.lambda_init != 5.0  # the preset itself is untouched
 

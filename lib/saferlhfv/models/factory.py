@@ -151,7 +151,11 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 1024, arch: str 
     extra = {"image_token": image_token}
     if arch == "qwen2_vl":
         extra.update(
-            {"vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>", "video_token": "<|video_pad|>"}
+            {
+                "vision_bos_token": "<|vision_start|>",
+                "vision_eos_token": "<|vision_end|>",
+                "video_token": "<|video_pad|>",
+            }
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, extra_special_tokens=extra
@@ -425,7 +429,9 @@ def load_saved_vlm(path: str | Path, *, dtype: str = "float32") -> tuple[PreTrai
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no saved model in {path} (config.json missing); train it first or check the path")
-    saved = json.loads((path / "processor_config.json").read_text()) if (path / "processor_config.json").is_file() else {}
+    saved = (
+        json.loads((path / "processor_config.json").read_text()) if (path / "processor_config.json").is_file() else {}
+    )
     if saved.get("processor_class") == TinyQwen2VLProcessor.__name__:
         processor = TinyQwen2VLProcessor.from_pretrained(path)
     else:

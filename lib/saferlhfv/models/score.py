@@ -24,7 +24,14 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.models.factory import _seeded, atomic_directory, load_saved_vlm, save_vlm
 
-__all__ = ["ScoreOutput", "ScoreModel", "last_token_index", "position_ids_from_mask", "save_score_model", "load_score_model"]
+__all__ = [
+    "ScoreOutput",
+    "ScoreModel",
+    "last_token_index",
+    "position_ids_from_mask",
+    "save_score_model",
+    "load_score_model",
+]
 
 HEAD_FILE = "score_head.safetensors"
 SCORE_CONFIG = "score_config.json"
@@ -132,7 +139,9 @@ def save_score_model(model: ScoreModel, processor: ProcessorMixin, path: str | P
     with atomic_directory(path) as tmp:
         save_vlm(model.backbone, processor, tmp / "backbone")
         save_file({k: v.detach().contiguous() for k, v in model.score_head.state_dict().items()}, tmp / HEAD_FILE)
-        (tmp / SCORE_CONFIG).write_text(json.dumps({"kind": "score_model", "hidden_size": model.score_head.in_features}))
+        (tmp / SCORE_CONFIG).write_text(
+            json.dumps({"kind": "score_model", "hidden_size": model.score_head.in_features})
+        )
     return path
 
 
