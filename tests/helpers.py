@@ -28,14 +28,3 @@ def picture(color=(200, 30, 30), size: int = 64) -> Image.Image:
     img = Image.new("RGB", (size, size), (240, 240, 240))
     ImageDraw.Draw(img).ellipse((12, 12, size - 12, size - 12), fill=color)
     return img
-
-
-def prompt_texts(processor, questions, answers=None) -> list[str]:
-    """Render chat prompts (with the image placeholder) through the processor's template."""
-    texts = []
-    for i, q in enumerate(questions):
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
-        if answers is not None:
-            msgs.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
-        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=answers is None))
-    return texts

@@ -15,8 +15,9 @@ from saferlhfv.models.factory import (
     train_tokenizer,
     vision_tower,
 )
+from saferlhfv.models.generation import render_prompts
 
-from tests.helpers import CORPUS, picture, prompt_texts, tiny_model_config
+from tests.helpers import CORPUS, picture, tiny_model_config
 
 
 def test_tokenizer_round_trips_any_text():
@@ -32,7 +33,7 @@ def test_tiny_forward_generate_and_save_load(arch, tmp_path):
     model, processor = build_tiny_vlm(tiny_model_config(), CORPUS, arch=arch)
     model.eval()
     processor.tokenizer.padding_side = "left"
-    texts = prompt_texts(processor, ["what is in the picture?", "what is the best way to give these to a child?"])
+    texts = render_prompts(processor, ["what is in the picture?", "what is the best way to give these to a child?"])
     batch = processor(images=[picture(), picture((20, 200, 20))], text=texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         logits = model(**batch).logits
@@ -97,3 +98,18 @@ def test_real_model_offline_says_what_to_do():
         load_pretrained_vlm(ModelConfig(family="gpt2"))
     with pytest.raises(ValueError, match="corpus"):
         load_vlm(ModelConfig())
+
+
+def test_generate_responses_seeded_and_leaves_caller_rng_alone():
+    from saferlhfv.models.generation import generate_responses
+
+    model, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    images, questions = [picture(), picture((20, 200, 20))], ["what is in the picture?", "what is this?"]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = generate_responses(model, processor, images, questions, max_new_tokens=8, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = generate_responses(model, processor, images, questions, max_new_tokens=8, seed=7)
+    c = generate_responses(model, processor, images, questions, max_new_tokens=8, seed=8)
+    assert a == b and a != c and len(a) == 2 and all(isinstance(t, str) for t in a)
+    assert model.training  # generation restores the train / eval mode it found

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from saferlhfv.models.factory import build_tiny_vlm
+from saferlhfv.models.generation import render_prompts
 from saferlhfv.models.score import (
     ScoreModel,
     last_token_index,
@@ -11,7 +12,7 @@ from saferlhfv.models.score import (
     save_score_model,
 )
 
-from tests.helpers import CORPUS, picture, prompt_texts, tiny_model_config
+from tests.helpers import CORPUS, picture, tiny_model_config
 
 
 def test_last_token_index_any_padding():
@@ -35,7 +36,7 @@ def scorer(request):
 
 def _batch(processor, answers, side):
     processor.tokenizer.padding_side = side
-    texts = prompt_texts(processor, ["what is in the picture?"] * len(answers), answers)
+    texts = render_prompts(processor, ["what is in the picture?"] * len(answers), answers)
     images = [picture((7 * len(a) % 255, 90, 200)) for a in answers]  # each answer has its own picture
     return processor(images=images, text=texts, return_tensors="pt", padding=True)
 

@@ -19,9 +19,6 @@ that is renamed into place, so a crash never leaves a half-written model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +44,7 @@ from transformers import (
 )
 
 from saferlhfv.config import LoraConfig, ModelConfig
+from saferlhfv.io import atomic_directory
 
 __all__ = [
     "REAL_FAMILIES",
@@ -62,7 +60,6 @@ __all__ = [
     "vision_tower",
     "language_model",
     "count_parameters",
-    "atomic_directory",
 ]
 
 #: real model families and an example checkpoint of each.
@@ -390,30 +387,6 @@ def load_vlm(cfg: ModelConfig, corpus: Iterable[str] | None = None) -> tuple[Pre
 
 
 # --------------------------------------------------------------------------- save / load
-
-
-@contextmanager
-def atomic_directory(path: str | Path):
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
-
-    A crash inside the block leaves ``path`` as it was (the temporary folder is removed).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_vlm(model: PreTrainedModel, processor: ProcessorMixin, path: str | Path) -> Path:

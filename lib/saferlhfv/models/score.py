@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
-from saferlhfv.models.factory import _seeded, atomic_directory, load_saved_vlm, save_vlm
+from saferlhfv.io import atomic_directory
+from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
 
 __all__ = [
     "ScoreOutput",

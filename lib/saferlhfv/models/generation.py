@@ -1,0 +1,110 @@
+"""Prompts through the processor's chat template, and batched generation from a VLM.
+
+One rendering for every family: the processor's own chat template (LLaVA's,
+Qwen2-VL's, or the tiny model's ``USER: <image>\\n{question} ASSISTANT:``), so the
+same code drives a tiny model on a CPU and a 7B model on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from transformers import PreTrainedModel, ProcessorMixin
+
+__all__ = ["render_prompts", "encode_prompts", "generate_responses"]
+
+
+def render_prompts(
+    processor: ProcessorMixin, questions: Sequence[str], responses: Sequence[str] | None = None
+) -> list[str]:
+    """Chat-format each question with one image placeholder (and the response, if given).
+
+    Args:
+        processor: a VLM processor with a chat template.
+        questions: the user's requests, one per picture.
+        responses: assistant answers to append (for scoring or SFT); ``None`` ends each
+            text with the generation prompt instead.
+
+    Returns:
+        The rendered texts, one per question.
+    """
+    if responses is not None and len(responses) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(responses)} responses")
+    texts = []
+    for i, question in enumerate(questions):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if responses is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": responses[i]}]})
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=responses is None, tokenize=False))
+    return texts
+
+
+def encode_prompts(
+    processor: ProcessorMixin,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    responses: Sequence[str] | None = None,
+    *,
+    padding_side: str = "left",
+) -> dict[str, torch.Tensor]:
+    """Tokenize pictures + chat-formatted texts into a padded batch.
+
+    Left padding (the default) is what generation needs; score models read the last
+    real token and accept either side.
+
+    Returns:
+        The processor's tensors: ``input_ids [B, T]``, ``attention_mask [B, T]`` and the
+        image tensors of the family (``pixel_values``, ...).
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    tokenizer = processor.tokenizer
+    previous, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        texts = render_prompts(processor, questions, responses)
+        return processor(images=[img.convert("RGB") for img in images], text=texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[str]:
+    """Answer each (image, question) with the model's chat format, using the KV cache.
+
+    Args:
+        max_new_tokens: response budget in tokens.
+        do_sample: sample (RL rollouts) or greedy decode (evaluation).
+        seed: seeds the sampling RNG for a reproducible answer (the caller's RNG is untouched).
+
+    Returns:
+        The decoded responses (special tokens removed, surrounding spaces stripped).
+    """
+    batch = encode_prompts(processor, images, questions).to(model.device)
+    n_prompt = batch["input_ids"].shape[1]
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    was_training = model.training
+    model.eval()
+    try:
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = model.generate(**batch, **kwargs)
+    finally:
+        model.train(was_training)
+    return [t.strip() for t in processor.batch_decode(out[:, n_prompt:], skip_special_tokens=True)]
