@@ -1,0 +1,139 @@
+"""The whole reproduction as one command: ``python -m saferlhfv.pipeline --preset tiny --out DIR``.
+
+Stages run in order and each adds its metrics (and its wall time in
+``seconds``) under its own key of ``DIR/summary.json``, which is rewritten
+atomically after every stage so an interrupted run keeps what it finished.
+
+Stages so far:
+
+* ``data``: the BeaverTails-V-mini world: sizes per split, per-category counts,
+  how often the more helpful response is not the safer one, image-text coupling.
+* ``smoke``: builds the preset's VLM and a score model on it, answers a few
+  evaluation prompts (image + question) and scores the answers at their last
+  real token: proof that the model, processor, generation and score paths work
+  end to end before anything is trained.
+
+Later stages (SFT, RM-V, CM-V, guard, PPO-Lagrangian, evaluation) join the same
+``STAGES`` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.io import write_json_atomic
+
+__all__ = ["STAGES", "run_pipeline", "main"]
+
+
+def stage_data(cfg: Config, out: Path) -> dict[str, Any]:
+    """Dataset statistics of the configured source (the mini world for tiny)."""
+    from saferlhfv.data.world import dataset_statistics
+
+    if cfg.data.source != "mini":
+        raise NotImplementedError(
+            f"the data stage describes the mini world; data.source={cfg.data.source!r} is loaded by "
+            "saferlhfv.data.load_beavertails_v instead"
+        )
+    return dataset_statistics(cfg.data)
+
+
+def stage_smoke(cfg: Config, out: Path, *, n_prompts: int = 4, max_new_tokens: int = 16) -> dict[str, Any]:
+    """Build the VLM + a score model, answer a few evaluation prompts, score the answers."""
+    from saferlhfv.data.world import rl_prompts, text_corpus
+    from saferlhfv.models.factory import count_parameters, load_vlm
+    from saferlhfv.models.generation import encode_prompts, generate_responses
+    from saferlhfv.models.score import ScoreModel
+
+    corpus = text_corpus(cfg.data) if cfg.model.family == "tiny" else None
+    model, processor = load_vlm(cfg.model, corpus)
+    scorer = ScoreModel(model, seed=cfg.seed).eval()
+    prompts = rl_prompts(cfg.data, "evaluation")
+    prompts = prompts.select(range(min(n_prompts, len(prompts))))
+    images, questions = list(prompts["image"]), list(prompts["question"])
+    responses = generate_responses(
+        model, processor, images, questions, max_new_tokens=max_new_tokens, do_sample=True, seed=cfg.seed
+    )
+    with torch.no_grad():
+        batch = encode_prompts(processor, images, questions, responses, padding_side="right").to(model.device)
+        scored = scorer(**batch)
+    return {
+        "model_family": cfg.model.family,
+        "parameters": count_parameters(model),
+        "sequence_length": int(batch["input_ids"].shape[1]),
+        "samples": [
+            {"question": q, "response": r, "end_score": round(float(s), 4)}
+            for q, r, s in zip(questions, responses, scored.end_scores)
+        ],
+    }
+
+
+#: stage name -> function(cfg, out_dir) -> metrics; run in this order.
+STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
+    "data": stage_data,
+    "smoke": stage_smoke,
+}
+
+
+def run_pipeline(cfg: Config, out: str | Path, stages: list[str] | None = None) -> dict[str, Any]:
+    """Run ``stages`` (all when None) in order, writing ``out/summary.json`` after each.
+
+    Returns:
+        The summary: ``preset``, ``config`` and one entry of metrics per stage.
+    """
+    names = list(STAGES) if not stages else stages
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    summary: dict[str, Any] = {"preset": cfg.preset, "stages": names}
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} ...", flush=True)
+        start = time.perf_counter()
+        metrics = STAGES[name](cfg, out)
+        metrics["seconds"] = round(time.perf_counter() - start, 2)
+        summary[name] = metrics
+        write_json_atomic(out / "summary.json", summary)
+        print(f"[{i}/{len(names)}] {name} done in {metrics['seconds']:.1f} s", flush=True)
+    return summary
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    print("\nstage     seconds  highlights")
+    for name in summary["stages"]:
+        m = summary[name]
+        if name == "data":
+            sizes = m.get("sizes", {})
+            note = ", ".join(f"{k}={v}" for k, v in sizes.items()) if isinstance(sizes, dict) else ""
+        elif name == "smoke":
+            note = f"{m['parameters']:,} parameters; first answer: {m['samples'][0]['response'][:40]!r}"
+        else:
+            note = ""
+        print(f"{name:<9} {m['seconds']:>7.1f}  {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saferlhfv.pipeline", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--out", default="runs/tiny", help="output folder for summary.json (default: runs/tiny)")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), help="run only these stages")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    summary = run_pipeline(cfg, args.out, args.stages)
+    _print_table(summary)
+    print(f"\nsummary written to {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
