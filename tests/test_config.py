@@ -3,6 +3,7 @@
 import argparse
 
 import pytest
+
 from saferlhfv.config import (
     PRESETS,
     Config,

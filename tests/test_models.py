@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from saferlhfv.config import LoraConfig, ModelConfig
 from saferlhfv.models.factory import (
     ModelNotAvailableError,
@@ -16,7 +17,6 @@ from saferlhfv.models.factory import (
     vision_tower,
 )
 from saferlhfv.models.generation import render_prompts
-
 from tests.helpers import CORPUS, picture, tiny_model_config
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from saferlhfv.models.factory import build_tiny_vlm
 from saferlhfv.models.generation import render_prompts
 from saferlhfv.models.score import (
@@ -11,7 +12,6 @@ from saferlhfv.models.score import (
     position_ids_from_mask,
     save_score_model,
 )
-
 from tests.helpers import CORPUS, picture, tiny_model_config
 
 

@@ -1,0 +1,259 @@
+"""The one supervised training loop behind SFT, RM-V, CM-V and the guard.
+
+Built on ``accelerate``, so the same code runs on a CPU, one GPU or many
+(``accelerate launch``). Each stage supplies a model, a dataset, a collate
+function and a loss function; the loop does the rest:
+
+* AdamW over trainable parameters, linear warm-up then cosine decay;
+* a seeded, per-epoch shuffle (so a resumed run sees exactly the batches an
+  uninterrupted one would);
+* a progress bar, metrics as JSON lines (``metrics.jsonl``), periodic evaluation;
+* checkpoints every ``save_every`` steps through a temporary folder renamed into
+  place (``checkpoint/``: model, optimizer, scheduler and RNG states through
+  ``accelerator.save_state`` plus ``trainer_state.json``), from which
+  :meth:`Trainer.train` resumes by default.
+
+Pseudocode::
+
+    for epoch in epochs:
+        for batch in shuffled(dataset, seed + epoch)[skip already-done batches]:
+            loss, stats = loss_fn(model, batch)
+            backward; clip grad norm; optimizer step; scheduler step
+            log; every eval_every: eval_fn(model); every save_every: checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from saferlhfv.config import TrainConfig
+
+__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn"]
+
+#: loss_fn(model, batch) -> (scalar loss, {name: float}) for logging.
+LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+#: eval_fn(model) -> {name: float}.
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    #: optimiser steps already taken in the current epoch.
+    step_in_epoch: int = 0
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` with ``loss_fn``; see the module docstring.
+
+    Args:
+        model: any ``nn.Module`` (a VLM, a :class:`~saferlhfv.models.score.ScoreModel`, ...).
+        dataset: indexable dataset (``datasets.Dataset`` or list); items go to ``collate_fn``.
+        collate_fn: list of items -> batch dict of tensors.
+        loss_fn: ``(model, batch) -> (loss, stats)``.
+        cfg: optimisation settings (learning rate, epochs or max_steps, batch size, ...).
+        out_dir: where ``checkpoint/`` and ``metrics.jsonl`` go.
+        eval_fn: ``model -> metrics`` run every ``cfg.eval_every`` steps and at the end.
+        desc: label of the progress bar.
+        accelerator: reuse one (default: a new ``Accelerator`` with ``cfg``'s accumulation).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        dataset,
+        collate_fn: Callable[[list[Any]], dict[str, Any]],
+        loss_fn: LossFn,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        eval_fn: EvalFn | None = None,
+        desc: str = "train",
+        accelerator: Accelerator | None = None,
+    ):
+        if len(dataset) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.cfg = cfg
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.loss_fn = loss_fn
+        self.eval_fn = eval_fn
+        self.desc = desc
+        self.out_dir = Path(out_dir)
+        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        batches = math.ceil(math.ceil(len(dataset) / cfg.batch_size) / self.accelerator.num_processes)
+        self.steps_per_epoch = math.ceil(batches / max(1, cfg.gradient_accumulation_steps))
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps), num_training_steps=self.total_steps
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ data
+
+    def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=order,
+            collate_fn=self.collate_fn,
+            num_workers=0,
+        )
+        loader = self.accelerator.prepare(loader)
+        skip = skip_steps * self.cfg.gradient_accumulation_steps
+        return self.accelerator.skip_first_batches(loader, skip) if skip else loader
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint/`` atomically (every process takes part, the main one renames)."""
+        acc = self.accelerator
+        tmp = self.out_dir / f".{CHECKPOINT}.tmp-step{self.state.step}"
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state)))
+            old = self.out_dir / f".{CHECKPOINT}.old"
+            if self.checkpoint_dir.exists():
+                os.replace(self.checkpoint_dir, old)
+            os.replace(tmp, self.checkpoint_dir)
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _try_resume(self) -> bool:
+        state_file = self.checkpoint_dir / "trainer_state.json"
+        if not state_file.is_file():
+            return False
+        self.accelerator.load_state(str(self.checkpoint_dir))
+        self.state = TrainState(**json.loads(state_file.read_text()))
+        self._truncate_metrics(self.state.step)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after ``step`` (they will be logged again)."""
+        path = self.out_dir / METRICS
+        if not path.is_file() or not self.accelerator.is_main_process:
+            return
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.out_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ training
+
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` on the unwrapped model in eval mode; log and return its metrics."""
+        if self.eval_fn is None:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = self.eval_fn(model)
+        model.train(was_training)
+        self._log({"step": self.state.step, "split": "eval", **metrics})
+        return metrics
+
+    def train(self, *, resume: bool = True) -> dict[str, Any]:
+        """Train to ``total_steps`` (resuming from ``checkpoint/`` when allowed).
+
+        Returns:
+            ``{"steps", "resumed", "train_loss" (mean over the last epoch's steps), "eval": {...}}``.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self._try_resume()
+        if not resumed and acc.is_main_process:
+            (self.out_dir / METRICS).unlink(missing_ok=True)
+        self.model.train()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc=self.desc,
+            disable=not acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        while self.state.step < self.total_steps:
+            loader = self._loader(self.state.epoch, self.state.step_in_epoch)
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss, stats = self.loss_fn(self.model, batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                self.state.step_in_epoch += 1
+                loss_value = float(acc.reduce(loss.detach(), reduction="mean"))
+                self._log(
+                    {
+                        "step": self.state.step,
+                        "epoch": self.state.epoch,
+                        "split": "train",
+                        "loss": loss_value,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        **{k: float(v) for k, v in stats.items()},
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < self.total_steps:
+                    self.evaluate()
+                if cfg.save_every and self.state.step % cfg.save_every == 0 and self.state.step < self.total_steps:
+                    self.save_checkpoint()
+                if self.state.step >= self.total_steps:
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+        bar.close()
+        final_eval = self.evaluate()
+        self.save_checkpoint()
+        return {"steps": self.state.step, "resumed": resumed, "train_loss": self._recent_loss(), "eval": final_eval}
+
+    def _recent_loss(self) -> float:
+        """Mean train loss over the last epoch's worth of steps, read back from metrics.jsonl."""
+        path = self.out_dir / METRICS
+        if not path.is_file():
+            return float("nan")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        losses = [r["loss"] for r in records if r["split"] == "train"][-self.steps_per_epoch :]
+        return sum(losses) / len(losses) if losses else float("nan")
