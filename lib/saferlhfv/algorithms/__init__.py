@@ -1,1 +1,36 @@
-"""saferlhfv.algorithms."""
+"""saferlhfv.algorithms: the math of Safe RLHF-V on plain tensors.
+
+* :mod:`~saferlhfv.algorithms.losses`: RM-V / CM-V losses, KL-shaped per-token
+  rewards and costs, the PPO-Lagrangian actor loss and the clipped critic loss.
+* :mod:`~saferlhfv.algorithms.gae`: masked GAE for padded responses.
+* :mod:`~saferlhfv.algorithms.lagrange`: the multiplier lambda (log space,
+  budget, delay, sliding cost window, pooled across processes).
+"""
+
+from saferlhfv.algorithms.gae import masked_gae
+from saferlhfv.algorithms.lagrange import Lagrange
+from saferlhfv.algorithms.losses import (
+    actor_loss,
+    cost_loss,
+    cost_signs,
+    critic_loss,
+    kl_shaped_costs,
+    kl_shaped_rewards,
+    last_real_index,
+    masked_mean,
+    reward_loss,
+)
+
+__all__ = [
+    "Lagrange",
+    "actor_loss",
+    "cost_loss",
+    "cost_signs",
+    "critic_loss",
+    "kl_shaped_costs",
+    "kl_shaped_rewards",
+    "last_real_index",
+    "masked_gae",
+    "masked_mean",
+    "reward_loss",
+]
