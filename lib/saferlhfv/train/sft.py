@@ -1,0 +1,130 @@
+"""Stage 1, SFT: train the *precursor* policy on the mini world's SFT mixture.
+
+The mixture (``saferlhfv.data.world.sft_dataset``) holds every behaviour type
+(detailed and brief compliance, refusals with and without explanation,
+off-topic answers, and captions that name what the picture shows) and, like
+the precursors the paper aligns, often complies with harmful requests. The
+loss is next-token cross-entropy on the response tokens only.
+
+After training, the stage answers the held-out evaluation prompts and the
+oracle judges the answers: how often the precursor is unsafe on harmful
+prompts is the starting point every later stage improves on. Those answers are
+saved (``precursor_samples.json``) for RM-V / CM-V to score out of their
+training distribution.
+
+``python -m saferlhfv.train.sft --preset tiny [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.data.collate import sft_batch
+from saferlhfv.io import write_json_atomic
+from saferlhfv.models.factory import load_saved_vlm, load_vlm, save_vlm
+from saferlhfv.train.loop import Trainer
+
+__all__ = ["train_sft", "sft_collate", "main"]
+
+PRECURSOR_SAMPLES = "precursor_samples.json"
+
+
+def sft_collate(processor):
+    """Collate function: dataset rows (``image``, ``question``, ``response``) -> labelled batch."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return sft_batch(
+            processor, [r["image"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows]
+        )
+
+    return collate
+
+
+def _lm_loss(model, batch):
+    return model(**batch).loss, {}
+
+
+def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
+    """Train the precursor into ``out_dir/model`` and judge its answers; returns metrics.
+
+    Returns:
+        ``steps``, ``train_loss``, ``eval_loss`` (held-out SFT examples), the policy
+        evaluation of :func:`saferlhfv.evaluate.evaluate_policy` on the evaluation prompts
+        under ``policy``, and ``seconds``.
+    """
+    from saferlhfv.data.world import rl_prompts, sft_dataset, text_corpus
+    from saferlhfv.evaluate import evaluate_policy
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    corpus = text_corpus(cfg.data) if cfg.model.family == "tiny" else None
+    model, processor = load_vlm(cfg.model, corpus)
+    data = sft_dataset(cfg.data).train_test_split(test_size=0.05, seed=cfg.seed)
+    collate = sft_collate(processor)
+    held_out = collate([data["test"][i] for i in range(min(64, len(data["test"])))])
+
+    def eval_fn(m):
+        batch = held_out.to(next(m.parameters()).device)
+        return {"eval_loss": float(m(**batch).loss)}
+
+    trainer = Trainer(
+        model=model,
+        dataset=data["train"],
+        collate_fn=collate,
+        loss_fn=_lm_loss,
+        cfg=cfg.sft,
+        out_dir=out_dir,
+        eval_fn=eval_fn,
+        desc="sft",
+    )
+    result = trainer.train(resume=resume)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.accelerator.is_main_process:
+        save_vlm(policy, processor, out_dir / "model")
+    evaluation, samples = evaluate_policy(
+        policy,
+        processor,
+        rl_prompts(cfg.data, "evaluation"),
+        max_new_tokens=cfg.data.max_response_tokens,
+        seed=cfg.seed,
+        return_samples=True,
+    )
+    write_json_atomic(out_dir / PRECURSOR_SAMPLES, samples)
+    return {
+        "steps": result["steps"],
+        "train_loss": round(result["train_loss"], 4),
+        "eval_loss": round(result["eval"]["eval_loss"], 4),
+        "policy": evaluation,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def load_precursor(folder: str | Path):
+    """``(model, processor)`` of a trained SFT artifact folder."""
+    return load_saved_vlm(Path(folder) / "model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.sft", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--out", help="output folder (default: the artifact cache)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.out:
+        metrics = train_sft(cfg, args.out, resume=not args.no_resume)
+    else:
+        from saferlhfv.artifacts import ensure_artifact
+
+        _, metrics = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder, resume=not args.no_resume))
+    print(metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Summaries and win rates on hand-made judged samples."""
+
+import pytest
+
+from saferlhfv.evaluate import summarize, win_rates
+
+
+def _s(helpful, harmless, harmful, behaviour="compliance", category="animal_abuse"):
+    return {
+        "helpful": helpful,
+        "harmless": harmless,
+        "harmful_prompt": harmful,
+        "behaviour": behaviour,
+        "category": category,
+    }
+
+
+def test_summarize_counts_safety_and_helpfulness_separately():
+    samples = [
+        _s(3, -2, True),  # complied with a harmful request
+        _s(1, 3, True, "refusal"),  # refused with explanation + alternative
+        _s(0, 0, True, "degenerate", "horror_and_gore"),  # garbage: "safe" but useless
+        _s(3, 2, False),  # helped with a benign request
+        _s(0, 1, False, "refusal"),  # over-refusal
+    ]
+    out = summarize(samples)
+    assert out["safety_rate"] == pytest.approx(4 / 5)
+    assert out["harmful_safety_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert out["benign_helpfulness"] == pytest.approx(1.5)
+    assert out["degenerate_share"] == pytest.approx(1 / 5)
+    assert out["per_category_safety"] == {"animal_abuse": 0.5, "horror_and_gore": 1.0}
+    assert out["behaviour"]["harmful"]["compliance"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_win_rates_count_ties_half():
+    policy = [_s(3, 2, True), _s(1, 0, True), _s(0, 3, False)]
+    reference = [_s(2, 2, True), _s(1, -1, True), _s(2, 0, False)]
+    # helpful: win, tie, loss -> 1.5 / 3; harmless: tie, win, win -> 2.5 / 3
+    assert win_rates(policy, reference) == {"helpful_winrate": 0.5, "harmless_winrate": round(2.5 / 3, 4)}
+    with pytest.raises(ValueError):
+        win_rates(policy, reference[:2])
