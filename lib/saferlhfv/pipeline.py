@@ -13,8 +13,12 @@ Stages so far:
   real token: proof that the model, processor, generation and score paths work
   end to end before anything is trained.
 
-Later stages (SFT, RM-V, CM-V, guard, PPO-Lagrangian, evaluation) join the same
-``STAGES`` table.
+* ``sft``: the precursor policy (:mod:`saferlhfv.train.sft`) and its oracle evaluation.
+* ``reward`` / ``cost``: RM-V and CM-V (:mod:`saferlhfv.train.preference`).
+
+Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
+run, or a notebook, reuses them unless their config changed. Later stages (guard,
+PPO-Lagrangian, evaluation) join the same ``STAGES`` table.
 """
 
 from __future__ import annotations
@@ -76,10 +80,36 @@ def stage_smoke(cfg: Config, out: Path, *, n_prompts: int = 4, max_new_tokens: i
     }
 
 
+def stage_sft(cfg: Config, out: Path) -> dict[str, Any]:
+    """The precursor policy (cached artifact; trained if missing)."""
+    from saferlhfv.artifacts import ensure_artifact
+    from saferlhfv.train.sft import train_sft
+
+    _, metrics = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+    return dict(metrics)
+
+
+def _stage_preference(kind: str):
+    def stage(cfg: Config, out: Path) -> dict[str, Any]:
+        from saferlhfv.artifacts import ensure_artifact
+        from saferlhfv.train.preference import train_preference_model
+        from saferlhfv.train.sft import train_sft
+
+        sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+        _, metrics = ensure_artifact(cfg, kind, lambda folder: train_preference_model(cfg, kind, folder, sft_dir))
+        return dict(metrics)
+
+    stage.__doc__ = f"{'RM-V' if kind == 'reward' else 'CM-V'} on the SFT backbone (cached artifact)."
+    return stage
+
+
 #: stage name -> function(cfg, out_dir) -> metrics; run in this order.
 STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "data": stage_data,
     "smoke": stage_smoke,
+    "sft": stage_sft,
+    "reward": _stage_preference("reward"),
+    "cost": _stage_preference("cost"),
 }
 
 
@@ -101,10 +131,12 @@ def run_pipeline(cfg: Config, out: str | Path, stages: list[str] | None = None) 
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         start = time.perf_counter()
         metrics = STAGES[name](cfg, out)
-        metrics["seconds"] = round(time.perf_counter() - start, 2)
+        # a cached stage reports the seconds it took to train; this run's wall time is separate
+        metrics.setdefault("seconds", round(time.perf_counter() - start, 2))
+        metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
         summary[name] = metrics
         write_json_atomic(out / "summary.json", summary)
-        print(f"[{i}/{len(names)}] {name} done in {metrics['seconds']:.1f} s", flush=True)
+        print(f"[{i}/{len(names)}] {name} done in {metrics['wall_seconds']:.1f} s", flush=True)
     return summary
 
 
@@ -117,6 +149,16 @@ def _print_table(summary: dict[str, Any]) -> None:
             note = ", ".join(f"{k}={v}" for k, v in sizes.items()) if isinstance(sizes, dict) else ""
         elif name == "smoke":
             note = f"{m['parameters']:,} parameters; first answer: {m['samples'][0]['response'][:40]!r}"
+        elif name == "sft":
+            p = m["policy"]
+            note = (
+                f"precursor safety on harmful prompts {p['harmful_safety_rate']:.2f}, "
+                f"benign helpfulness {p['benign_helpfulness']:.2f}"
+            )
+        elif name in ("reward", "cost"):
+            note = f"eval accuracy {m['eval_accuracy']:.3f}, blank-image accuracy {m['image_ablation_accuracy']:.3f}"
+            if name == "cost":
+                note += f", sign accuracy {m['eval_sign_accuracy']:.3f}"
         else:
             note = ""
         print(f"{name:<9} {m['seconds']:>7.1f}  {note}")
