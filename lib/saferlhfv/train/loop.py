@@ -41,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from saferlhfv.config import TrainConfig
 
-__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn"]
+__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "save_checkpoint", "load_checkpoint"]
 
 #: loss_fn(model, batch) -> (scalar loss, {name: float}) for logging.
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -50,6 +50,45 @@ EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: dict[str, Any]) -> Path:
+    """Save everything ``accelerator`` prepared (models, optimizers, schedulers, RNG) plus ``state``.
+
+    Every process must call it. The files go to a temporary folder that the main
+    process renames to ``out_dir/checkpoint`` once complete, so a crash mid-save leaves
+    the previous checkpoint intact.
+
+    Args:
+        state: JSON-serialisable loop state (step, epoch, a Lagrange multiplier, ...).
+    """
+    out_dir = Path(out_dir)
+    final = out_dir / CHECKPOINT
+    tmp = out_dir / f".{CHECKPOINT}.tmp"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        old = out_dir / f".{CHECKPOINT}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, out_dir: str | Path) -> dict[str, Any] | None:
+    """Restore what :func:`save_checkpoint` wrote into the prepared objects; return its state (None if absent)."""
+    final = Path(out_dir) / CHECKPOINT
+    state_file = final / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    accelerator.load_state(str(final))
+    return json.loads(state_file.read_text())
 
 
 @dataclass
@@ -136,27 +175,14 @@ class Trainer:
         return self.out_dir / CHECKPOINT
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint/`` atomically (every process takes part, the main one renames)."""
-        acc = self.accelerator
-        tmp = self.out_dir / f".{CHECKPOINT}.tmp-step{self.state.step}"
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state)))
-            old = self.out_dir / f".{CHECKPOINT}.old"
-            if self.checkpoint_dir.exists():
-                os.replace(self.checkpoint_dir, old)
-            os.replace(tmp, self.checkpoint_dir)
-            if old.exists():
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        """Write ``checkpoint/`` atomically: model, optimizer, scheduler, RNG and :class:`TrainState`."""
+        save_checkpoint(self.accelerator, self.out_dir, asdict(self.state))
 
     def _try_resume(self) -> bool:
-        state_file = self.checkpoint_dir / "trainer_state.json"
-        if not state_file.is_file():
+        state = load_checkpoint(self.accelerator, self.out_dir)
+        if state is None:
             return False
-        self.accelerator.load_state(str(self.checkpoint_dir))
-        self.state = TrainState(**json.loads(state_file.read_text()))
+        self.state = TrainState(**state)
         self._truncate_metrics(self.state.step)
         return True
 

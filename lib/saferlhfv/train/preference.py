@@ -39,7 +39,7 @@ from saferlhfv.models.factory import load_saved_vlm
 from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model
 from saferlhfv.train.loop import Trainer
 
-__all__ = ["KINDS", "pair_view", "preference_pairs", "train_preference_model", "score_pairs", "load_scorer", "cli"]
+__all__ = ["KINDS", "pair_view", "load_pairs", "train_preference_model", "score_pairs", "load_scorer", "cli"]
 
 #: "reward" trains RM-V, "cost" trains CM-V.
 KINDS = ("reward", "cost")
@@ -85,14 +85,14 @@ def pair_view(row: dict[str, Any], kind: str) -> dict[str, Any]:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def preference_pairs(cfg: Config, split: str):
+def load_pairs(cfg: Config, split: str):
     """The preference pairs of ``split`` ("train" / "evaluation") for the configured data source."""
     from saferlhfv.data import load_beavertails_v
 
     if cfg.data.source == "mini":
-        from saferlhfv.data.world import preference_dataset
+        from saferlhfv.data.world import preference_pairs
 
-        return preference_dataset(cfg.data, split)
+        return preference_pairs(cfg.data, split)
     return load_beavertails_v(cfg.data.source, configs=cfg.data.configs, split=split)
 
 
@@ -235,7 +235,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     stage_cfg = cfg.reward if kind == "reward" else cfg.cost
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
     model = ScoreModel(backbone, seed=stage_cfg.seed)
-    train_pairs, eval_pairs = preference_pairs(cfg, "train"), preference_pairs(cfg, "evaluation")
+    train_pairs, eval_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "evaluation")
 
     def eval_fn(m):
         res = score_pairs(m, processor, eval_pairs, kind)
