@@ -120,3 +120,13 @@ def test_half_precision_is_upcast_and_no_grad():
     assert adv.dtype == torch.float32 and not adv.requires_grad and not ret.requires_grad
     with pytest.raises(ValueError, match="same"):
         masked_gae(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+
+
+def test_a_gap_in_the_mask_ends_the_episode():
+    # two runs in one row = two episodes: [0, 1] and [3, 4]
+    rewards = t([0.0, 1.0, 5.0, 0.0, 2.0])
+    values = t([0.5, 0.5, 9.0, 1.0, 1.0])
+    adv, _ = masked_gae(rewards, values, torch.tensor([[1, 1, 0, 1, 1]]), gamma=1.0, lam=1.0)
+    # first: A1 = 1 - 0.5 = 0.5 (no V from the gap) ; A0 = 0 + 0.5 - 0.5 + 0.5 = 0.5
+    # second: A4 = 2 - 1 = 1 ; A3 = 0 + 1 - 1 + 1 = 1
+    torch.testing.assert_close(adv, t([0.5, 0.5, 0.0, 1.0, 1.0]))

@@ -268,8 +268,9 @@ def kl_shaped_rewards(
 
     Differences from the public code: it clamps the *sum* (KL term + score) of
     every token to +-clip_score; here only the end score is clipped, so the KL
-    term is never cut. With the paper's c = 50 and beta = 0.02 the two agree
-    unless a single token's log-ratio exceeds about 2500 nats.
+    term is never cut. They differ only where a token's total leaves +-c: at the
+    last token when the KL term pushes a score near c past it, elsewhere only
+    when beta * |log-ratio| > c (with the paper's c = 50, beta = 0.02: 2500 nats).
 
     Args:
         end_reward: ``[B]`` RM-V end scores R.
