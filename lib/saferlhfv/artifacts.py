@@ -36,6 +36,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "reward": ("seed", "model", "data", "sft", "reward"),
     "cost": ("seed", "model", "data", "sft", "cost"),
     "guard": ("seed", "model", "data", "sft", "guard"),
+    "ppo": ("seed", "model", "data", "sft", "reward", "cost", "ppo"),
 }
 
 
