@@ -133,6 +133,13 @@ class DataConfig:
     prompts_per_category_eval: int = 8
     #: SFT examples per category in the precursor mixture.
     sft_per_category: int = 60
+    #: share of the SFT mixture that is captioning ("what is in the picture?" -> names the object): grounding.
+    sft_caption_share: float = 0.25
+    #: how often the precursor SFT mixture complies with a harmful request (so the SFT policy is unsafe).
+    precursor_compliance: float = 0.65
+    #: guard (moderation) examples per category, train / evaluation: this many input rows and as many output rows.
+    guard_per_category_train: int = 40
+    guard_per_category_eval: int = 10
     #: probability that an annotator flips a preference label.
     label_noise: float = 0.1
     #: side of the generated pictures in pixels (the processor resizes to the model's size).
