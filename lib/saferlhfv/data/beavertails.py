@@ -170,7 +170,8 @@ def _load_local_dir(root: Path, configs: list[str] | None, split: str) -> Datase
         if not files:
             raise BeaverTailsUnavailableError(
                 f"{root} is not in the BeaverTails-V hub layout: expected one folder per category config "
-                f"(e.g. {root}/animal_abuse/{split}-00000-of-00001.parquet) or {split} files in the folder")
+                f"(e.g. {root}/animal_abuse/{split}-00000-of-00001.parquet) or {split} files in the folder"
+            )
         ds = _read_files(files)
         if configs is not None and "category" in ds.column_names:
             ds = ds.filter(lambda c: c in configs, input_columns="category")
@@ -184,7 +185,8 @@ def _load_local_dir(root: Path, configs: list[str] | None, split: str) -> Datase
         files = _split_files(base / c, split)
         if not files:
             raise BeaverTailsUnavailableError(
-                f"{base / c} has no '{split}' files (expected {split}-*.parquet, {split}.jsonl or {split}/)")
+                f"{base / c} has no '{split}' files (expected {split}-*.parquet, {split}.jsonl or {split}/)"
+            )
         parts.append(_read_files(files))
     try:
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -199,9 +201,13 @@ def _load_hub(source: str, configs: list[str] | None, split: str) -> Dataset:
         try:
             parts.append(datasets.load_dataset(source, name=name, split=split))
         except Exception as err:  # offline, unknown repo, gated ... : say what to do instead
-            offline = any(os.environ.get(v, "0") not in ("0", "", "false", "False")
-                          for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-            why = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if offline else "it cannot be reached"
+            offline = any(
+                os.environ.get(v, "0") not in ("0", "", "false", "False")
+                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+            )
+            why = (
+                "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if offline else "it cannot be reached"
+            )
             raise BeaverTailsUnavailableError(
                 f"could not load {source!r} (config {name!r}, split {split!r}) from the Hugging Face hub: {why} "
                 f"[{type(err).__name__}: {str(err)[:300]}]. Use source='mini' for the bundled BeaverTails-V-mini "
@@ -291,7 +297,8 @@ def load_beavertails_v(
             ds = _load_hub(source, configs, split)
         else:
             raise BeaverTailsUnavailableError(
-                f"{source!r} is neither 'mini', an existing file or folder, nor a hub id like {HUB_ID!r}")
+                f"{source!r} is neither 'mini', an existing file or folder, nor a hub id like {HUB_ID!r}"
+            )
     if is_single_response_layout(ds.column_names):
         if not allow_single_response:
             raise SingleResponseLayoutError(_single_layout_message())

@@ -63,12 +63,16 @@ def _stadium(cx, cy, half_len, r, angle, n=8):
     def rot(x, y):
         return (cx + x * ca - y * sa, cy + x * sa + y * ca)
 
-    left = [rot(0, -r), rot(-half_len, -r)] + [
-        rot(-half_len - r * math.sin(math.pi * k / n), -r * math.cos(math.pi * k / n)) for k in range(n + 1)
-    ] + [rot(0, r)]
-    right = [rot(0, -r), rot(half_len, -r)] + [
-        rot(half_len + r * math.sin(math.pi * k / n), -r * math.cos(math.pi * k / n)) for k in range(n + 1)
-    ] + [rot(0, r)]
+    left = (
+        [rot(0, -r), rot(-half_len, -r)]
+        + [rot(-half_len - r * math.sin(math.pi * k / n), -r * math.cos(math.pi * k / n)) for k in range(n + 1)]
+        + [rot(0, r)]
+    )
+    right = (
+        [rot(0, -r), rot(half_len, -r)]
+        + [rot(half_len + r * math.sin(math.pi * k / n), -r * math.cos(math.pi * k / n)) for k in range(n + 1)]
+        + [rot(0, r)]
+    )
     return left, right
 
 
@@ -145,8 +149,20 @@ def _syringe(rng):
 
 
 def _flame(s, dy=0.0):
-    pts = [(0, -0.48), (0.1, -0.3), (0.24, -0.2), (0.3, -0.02), (0.32, 0.16), (0.22, 0.34), (0, 0.42),
-           (-0.22, 0.34), (-0.32, 0.16), (-0.28, -0.04), (-0.16, -0.16), (-0.14, -0.3)]
+    pts = [
+        (0, -0.48),
+        (0.1, -0.3),
+        (0.24, -0.2),
+        (0.3, -0.02),
+        (0.32, 0.16),
+        (0.22, 0.34),
+        (0, 0.42),
+        (-0.22, 0.34),
+        (-0.32, 0.16),
+        (-0.28, -0.04),
+        (-0.16, -0.16),
+        (-0.14, -0.3),
+    ]
     return [(x * s, y * s + dy) for x, y in pts]
 
 
@@ -315,8 +331,9 @@ def _flower(rng):
     ]
     for k in range(6):
         a = 2 * math.pi * k / 6
-        prims.append(("poly", _ellipse(0.17 * math.cos(a), -0.12 + 0.17 * math.sin(a), 0.1, 0.1), (252, 252, 252),
-                      True))
+        prims.append(
+            ("poly", _ellipse(0.17 * math.cos(a), -0.12 + 0.17 * math.sin(a), 0.1, 0.1), (252, 252, 252), True)
+        )
     prims.append(("poly", _ellipse(0, -0.12, 0.09, 0.09), (250, 196, 0), True))
     return prims
 
@@ -411,8 +428,21 @@ def _map(rng):
 
 def _car(rng):
     return [
-        ("poly", [(-0.46, 0.12), (-0.46, -0.04), (-0.26, -0.08), (-0.14, -0.26), (0.18, -0.26), (0.3, -0.08),
-                  (0.46, -0.04), (0.46, 0.12)], (212, 34, 34), True),
+        (
+            "poly",
+            [
+                (-0.46, 0.12),
+                (-0.46, -0.04),
+                (-0.26, -0.08),
+                (-0.14, -0.26),
+                (0.18, -0.26),
+                (0.3, -0.08),
+                (0.46, -0.04),
+                (0.46, 0.12),
+            ],
+            (212, 34, 34),
+            True,
+        ),
         ("poly", [(-0.11, -0.21), (0.02, -0.21), (0.02, -0.09), (-0.2, -0.09)], (180, 225, 250), False),
         ("poly", [(0.06, -0.21), (0.15, -0.21), (0.24, -0.09), (0.06, -0.09)], (180, 225, 250), False),
         ("poly", _ellipse(-0.25, 0.13, 0.1, 0.1), (20, 20, 20), True),
@@ -426,8 +456,23 @@ def _mask(rng):
     gold = (232, 182, 40)
     return [
         ("line", [(0.3, 0.05), (0.42, 0.44)], (120, 72, 30), 0.03),
-        ("poly", [(-0.44, -0.12), (-0.2, -0.2), (0, -0.1), (0.2, -0.2), (0.44, -0.12), (0.4, 0.08), (0.2, 0.16),
-                  (0.0, 0.06), (-0.2, 0.16), (-0.4, 0.08)], gold, True),
+        (
+            "poly",
+            [
+                (-0.44, -0.12),
+                (-0.2, -0.2),
+                (0, -0.1),
+                (0.2, -0.2),
+                (0.44, -0.12),
+                (0.4, 0.08),
+                (0.2, 0.16),
+                (0.0, 0.06),
+                (-0.2, 0.16),
+                (-0.4, 0.08),
+            ],
+            gold,
+            True,
+        ),
         ("poly", _ellipse(-0.2, -0.03, 0.1, 0.06), (20, 20, 20), False),
         ("poly", _ellipse(0.2, -0.03, 0.1, 0.06), (20, 20, 20), False),
         ("poly", [(-0.3, -0.17), (-0.36, -0.42), (-0.22, -0.2)], (190, 40, 160), False),
@@ -441,11 +486,35 @@ def _adult_photo(rng):
 
 
 _DRAW = {
-    "knife": _knife, "gun": _gun, "pills": _pills, "syringe": _syringe, "fire": _fire, "bomb": _bomb,
-    "skull": _skull, "blood": _blood, "card": _card, "passport": _passport, "laptop": _laptop,
-    "camera": _camera, "cash": _cash, "poison": _poison, "barrel": _barrel, "dog": _dog, "candy": _candy,
-    "apple": _apple, "flower": _flower, "book": _book, "ball": _ball, "phone": _phone, "letter": _letter,
-    "tree": _tree, "cake": _cake, "flag": _flag, "map": _map, "car": _car, "mask": _mask,
+    "knife": _knife,
+    "gun": _gun,
+    "pills": _pills,
+    "syringe": _syringe,
+    "fire": _fire,
+    "bomb": _bomb,
+    "skull": _skull,
+    "blood": _blood,
+    "card": _card,
+    "passport": _passport,
+    "laptop": _laptop,
+    "camera": _camera,
+    "cash": _cash,
+    "poison": _poison,
+    "barrel": _barrel,
+    "dog": _dog,
+    "candy": _candy,
+    "apple": _apple,
+    "flower": _flower,
+    "book": _book,
+    "ball": _ball,
+    "phone": _phone,
+    "letter": _letter,
+    "tree": _tree,
+    "cake": _cake,
+    "flag": _flag,
+    "map": _map,
+    "car": _car,
+    "mask": _mask,
     "adult_photo": _adult_photo,
 }
 assert set(_DRAW) == set(OBJECTS), set(OBJECTS) ^ set(_DRAW)
@@ -466,8 +535,9 @@ def _darker(color: Color, f: float = 0.55) -> Color:
     return tuple(int(c * f) for c in color)
 
 
-def _render(draw: ImageDraw.ImageDraw, prims, size: int, scale: float, angle_deg: float, cx: float, cy: float,
-            delta=(0, 0, 0)):
+def _render(
+    draw: ImageDraw.ImageDraw, prims, size: int, scale: float, angle_deg: float, cx: float, cy: float, delta=(0, 0, 0)
+):
     """Draw primitives transformed by scale / rotation / centre (unit canvas coords) onto ``draw``."""
     a = math.radians(angle_deg)
     ca, sa = math.cos(a), math.sin(a)
@@ -481,8 +551,12 @@ def _render(draw: ImageDraw.ImageDraw, prims, size: int, scale: float, angle_deg
         if prim[0] == "poly":
             _, pts, col, outlined = prim
             col = _jitter(col, delta)
-            draw.polygon([tf(p) for p in pts], fill=col, outline=_darker(col) if outlined else None,
-                         width=outline_w if outlined else 1)
+            draw.polygon(
+                [tf(p) for p in pts],
+                fill=col,
+                outline=_darker(col) if outlined else None,
+                width=outline_w if outlined else 1,
+            )
         else:
             _, pts, col, width = prim
             col = _jitter(col, delta)
@@ -523,11 +597,26 @@ def draw_object_image(obj: str, variant: str, size: int, rng: random.Random) -> 
         ink = rng.choice([(15, 15, 15), (20, 30, 110), (150, 10, 20)])
         prims = [("poly", _rect(-0.47, -0.24, 0.47, 0.24), board, True)]
         prims += _text(spec.sign, 0.0, 0.0, 0.3, ink, max_width=0.86)
-        _render(draw, prims, big, rng.uniform(0.92, 1.0), rng.uniform(-8, 8), 0.5 + rng.uniform(-0.02, 0.02),
-                0.5 + rng.uniform(-0.1, 0.1))
+        _render(
+            draw,
+            prims,
+            big,
+            rng.uniform(0.92, 1.0),
+            rng.uniform(-8, 8),
+            0.5 + rng.uniform(-0.02, 0.02),
+            0.5 + rng.uniform(-0.1, 0.1),
+        )
     elif variant == "labeled":
-        _render(draw, _DRAW[obj](rng), big, rng.uniform(0.55, 0.62), rng.uniform(-10, 10) + _BASE_ROTATION.get(obj, 0),
-                0.5 + rng.uniform(-0.06, 0.06), 0.34, delta)
+        _render(
+            draw,
+            _DRAW[obj](rng),
+            big,
+            rng.uniform(0.55, 0.62),
+            rng.uniform(-10, 10) + _BASE_ROTATION.get(obj, 0),
+            0.5 + rng.uniform(-0.06, 0.06),
+            0.34,
+            delta,
+        )
         prims = [("poly", _rect(-0.5, -0.1, 0.5, 0.1), (252, 252, 252), False)]
         prims += _text(spec.sign, 0.0, 0.0, 0.16, (10, 10, 10), max_width=0.9)
         _render(draw, prims, big, 1.0, 0.0, 0.5, 0.82)
@@ -535,8 +624,16 @@ def draw_object_image(obj: str, variant: str, size: int, rng: random.Random) -> 
         max_rot = _MAX_ROTATION.get(obj, 15.0)
         scale = rng.uniform(0.68, 0.92)
         room = max(0.0, (1 - scale) / 2 - 0.02)
-        _render(draw, _DRAW[obj](rng), big, scale, _BASE_ROTATION.get(obj, 0) + rng.uniform(-max_rot, max_rot),
-                0.5 + rng.uniform(-room, room), 0.5 + rng.uniform(-room, room), delta)
+        _render(
+            draw,
+            _DRAW[obj](rng),
+            big,
+            scale,
+            _BASE_ROTATION.get(obj, 0) + rng.uniform(-max_rot, max_rot),
+            0.5 + rng.uniform(-room, room),
+            0.5 + rng.uniform(-room, room),
+            delta,
+        )
     return img.resize((size, size), Image.LANCZOS)
 
 

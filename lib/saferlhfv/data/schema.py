@@ -138,8 +138,10 @@ class ValidationReport:
         """A readable summary: counts, then the first ``max_lines`` problems."""
         if self.ok:
             return f"{self.n_records} records, all valid"
-        head = (f"{len(self.bad_indices)} of {self.n_records} records are invalid "
-                f"({len(self.problems)} problems; by field: {self.counts()})")
+        head = (
+            f"{len(self.bad_indices)} of {self.n_records} records are invalid "
+            f"({len(self.problems)} problems; by field: {self.counts()})"
+        )
         lines = [head] + [f"  {p}" for p in self.problems[:max_lines]]
         if len(self.problems) > max_lines:
             lines.append(f"  ... and {len(self.problems) - max_lines} more")
@@ -217,7 +219,9 @@ def _image_problem(value, base_dir: str | None = None) -> str | None:
     return None
 
 
-def check_record(record: dict[str, Any], *, check_image: bool = True, base_dir: str | None = None) -> list[tuple[str, str]]:
+def check_record(
+    record: dict[str, Any], *, check_image: bool = True, base_dir: str | None = None
+) -> list[tuple[str, str]]:
     """All defects of one paired record.
 
     Args:
@@ -274,8 +278,13 @@ def check_record(record: dict[str, Any], *, check_image: bool = True, base_dir: 
             else:
                 rate = record.get(f"response_{k}_harmless_rate")
                 if _is_int(rate) and -3 <= rate <= 3 and ((rate < 0 and label) or (rate > 0 and not label)):
-                    out.append((name, f"label inconsistent with the rates: labelled "
-                                      f"{'safe' if label else 'unsafe'} but response_{k}_harmless_rate is {rate}"))
+                    out.append(
+                        (
+                            name,
+                            f"label inconsistent with the rates: labelled "
+                            f"{'safe' if label else 'unsafe'} but response_{k}_harmless_rate is {rate}",
+                        )
+                    )
     r1, r2 = record.get("response_1"), record.get("response_2")
     if isinstance(r1, str) and isinstance(r2, str) and r1.strip() and r1.strip() == r2.strip():
         out.append(("response_2", "both responses are identical: the pair carries no preference"))
@@ -320,8 +329,8 @@ def validate_dataset(
     if missing:
         problems = [Problem(-1, f, "missing field (no such column)") for f in missing]
         raise SchemaError(
-            f"the dataset lacks column(s) {missing} of the BeaverTails-V paired schema "
-            f"(has: {sorted(cols)})", problems)
+            f"the dataset lacks column(s) {missing} of the BeaverTails-V paired schema (has: {sorted(cols)})", problems
+        )
     raw = ds
     if isinstance(ds.features.get("image"), datasets.Image) and ds.features["image"].decode:
         raw = ds.cast_column("image", datasets.Image(decode=False))
@@ -337,8 +346,10 @@ def validate_dataset(
                 probs = [Problem(index, f, r) for f, r in found]
                 if on_error == "raise":
                     msg = "; ".join(f"'{p.field}': {p.reason}" for p in probs)
-                    raise SchemaError(f"record {index} is invalid: {msg} (use on_error='drop' to drop bad records "
-                                      "and get a report)", probs)
+                    raise SchemaError(
+                        f"record {index} is invalid: {msg} (use on_error='drop' to drop bad records and get a report)",
+                        probs,
+                    )
                 report.problems.extend(probs)
             index += 1
     if report.problems:

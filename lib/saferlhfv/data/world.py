@@ -108,46 +108,104 @@ MAX_RESPONSE_WORDS = 26
 #: (harmful context, benign context) and how often they misname the object.
 WRITERS: dict[str, dict[str, Any]] = {
     "eager-vlm": {
-        "harmful": {"detailed_compliance": 0.45, "brief_compliance": 0.3, "warned_compliance": 0.1,
-                    "refusal_explained": 0.05, "bare_refusal": 0.05, "off_topic": 0.05},
-        "benign": {"detailed_compliance": 0.6, "brief_compliance": 0.3, "refusal_explained": 0.03,
-                   "bare_refusal": 0.02, "off_topic": 0.05},
+        "harmful": {
+            "detailed_compliance": 0.45,
+            "brief_compliance": 0.3,
+            "warned_compliance": 0.1,
+            "refusal_explained": 0.05,
+            "bare_refusal": 0.05,
+            "off_topic": 0.05,
+        },
+        "benign": {
+            "detailed_compliance": 0.6,
+            "brief_compliance": 0.3,
+            "refusal_explained": 0.03,
+            "bare_refusal": 0.02,
+            "off_topic": 0.05,
+        },
         "misname": 0.08,
     },
     "careful-vlm": {
-        "harmful": {"detailed_compliance": 0.05, "brief_compliance": 0.05, "warned_compliance": 0.1,
-                    "refusal_explained": 0.6, "bare_refusal": 0.15, "off_topic": 0.05},
-        "benign": {"detailed_compliance": 0.45, "brief_compliance": 0.25, "refusal_explained": 0.15,
-                   "bare_refusal": 0.1, "off_topic": 0.05},
+        "harmful": {
+            "detailed_compliance": 0.05,
+            "brief_compliance": 0.05,
+            "warned_compliance": 0.1,
+            "refusal_explained": 0.6,
+            "bare_refusal": 0.15,
+            "off_topic": 0.05,
+        },
+        "benign": {
+            "detailed_compliance": 0.45,
+            "brief_compliance": 0.25,
+            "refusal_explained": 0.15,
+            "bare_refusal": 0.1,
+            "off_topic": 0.05,
+        },
         "misname": 0.04,
     },
     "terse-vlm": {
-        "harmful": {"detailed_compliance": 0.05, "brief_compliance": 0.35, "refusal_explained": 0.1,
-                    "bare_refusal": 0.45, "off_topic": 0.05},
-        "benign": {"detailed_compliance": 0.1, "brief_compliance": 0.6, "refusal_explained": 0.05,
-                   "bare_refusal": 0.2, "off_topic": 0.05},
+        "harmful": {
+            "detailed_compliance": 0.05,
+            "brief_compliance": 0.35,
+            "refusal_explained": 0.1,
+            "bare_refusal": 0.45,
+            "off_topic": 0.05,
+        },
+        "benign": {
+            "detailed_compliance": 0.1,
+            "brief_compliance": 0.6,
+            "refusal_explained": 0.05,
+            "bare_refusal": 0.2,
+            "off_topic": 0.05,
+        },
         "misname": 0.08,
     },
     "wandering-vlm": {
-        "harmful": {"detailed_compliance": 0.1, "brief_compliance": 0.2, "refusal_explained": 0.1,
-                    "bare_refusal": 0.1, "off_topic": 0.5},
-        "benign": {"detailed_compliance": 0.1, "brief_compliance": 0.2, "refusal_explained": 0.1,
-                   "bare_refusal": 0.1, "off_topic": 0.5},
+        "harmful": {
+            "detailed_compliance": 0.1,
+            "brief_compliance": 0.2,
+            "refusal_explained": 0.1,
+            "bare_refusal": 0.1,
+            "off_topic": 0.5,
+        },
+        "benign": {
+            "detailed_compliance": 0.1,
+            "brief_compliance": 0.2,
+            "refusal_explained": 0.1,
+            "bare_refusal": 0.1,
+            "off_topic": 0.5,
+        },
         "misname": 0.2,
     },
 }
 
 #: the precursor (SFT) policy on benign requests; on harmful ones it complies with
 #: probability ``DataConfig.precursor_compliance`` (split as below) and otherwise refuses / wanders.
-PRECURSOR_BENIGN = {"detailed_compliance": 0.62, "brief_compliance": 0.3, "refusal_explained": 0.03,
-                    "bare_refusal": 0.02, "off_topic": 0.03}
+PRECURSOR_BENIGN = {
+    "detailed_compliance": 0.62,
+    "brief_compliance": 0.3,
+    "refusal_explained": 0.03,
+    "bare_refusal": 0.02,
+    "off_topic": 0.03,
+}
 PRECURSOR_HARMFUL_COMPLY = {"detailed_compliance": 0.58, "brief_compliance": 0.34, "warned_compliance": 0.08}
 PRECURSOR_HARMFUL_OTHER = {"refusal_explained": 0.6, "bare_refusal": 0.25, "off_topic": 0.15}
 #: guard output moderation: a balanced mixture so that both labels are common.
-GUARD_HARMFUL = {"detailed_compliance": 0.3, "brief_compliance": 0.2, "warned_compliance": 0.05,
-                 "refusal_explained": 0.25, "bare_refusal": 0.1, "off_topic": 0.1}
-GUARD_BENIGN = {"detailed_compliance": 0.45, "brief_compliance": 0.3, "refusal_explained": 0.1,
-                "bare_refusal": 0.1, "off_topic": 0.05}
+GUARD_HARMFUL = {
+    "detailed_compliance": 0.3,
+    "brief_compliance": 0.2,
+    "warned_compliance": 0.05,
+    "refusal_explained": 0.25,
+    "bare_refusal": 0.1,
+    "off_topic": 0.1,
+}
+GUARD_BENIGN = {
+    "detailed_compliance": 0.45,
+    "brief_compliance": 0.3,
+    "refusal_explained": 0.1,
+    "bare_refusal": 0.1,
+    "off_topic": 0.05,
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -352,9 +410,9 @@ def _pair_record(cfg: DataConfig, split: str, category: str, i: int) -> dict[str
 def _pair_records(cfg: DataConfig, split: str) -> dict[str, list[dict[str, Any]]]:
     split = _split_name(split)
     n = cfg.pairs_per_category_train if split == "train" else cfg.pairs_per_category_eval
-    return _cached(f"pairs/{split}", cfg, lambda: {
-        c: [_pair_record(cfg, split, c, i) for i in range(n)] for c in _categories(cfg)
-    })
+    return _cached(
+        f"pairs/{split}", cfg, lambda: {c: [_pair_record(cfg, split, c, i) for i in range(n)] for c in _categories(cfg)}
+    )
 
 
 def _pairs_dataset(records: list[dict[str, Any]]) -> Dataset:
@@ -378,19 +436,24 @@ def preference_pairs(cfg: DataConfig, split: str = "train") -> Dataset:
         and are each flipped with probability ``label_noise``.
     """
     split = _split_name(split)
-    return _cached(f"pairs_ds/{split}", cfg, lambda: _pairs_dataset(
-        [r for recs in _pair_records(cfg, split).values() for r in recs]))
+    return _cached(
+        f"pairs_ds/{split}",
+        cfg,
+        lambda: _pairs_dataset([r for recs in _pair_records(cfg, split).values() for r in recs]),
+    )
 
 
-_PROMPT_FEATURES = Features({
-    "image": datasets.Image(),
-    "question": Value("string"),
-    "category": Value("string"),
-    "image_severity": Value("int64"),
-    "severity": Value("int64"),
-    "is_harmful": Value("bool"),
-    "context": Value("string"),
-})
+_PROMPT_FEATURES = Features(
+    {
+        "image": datasets.Image(),
+        "question": Value("string"),
+        "category": Value("string"),
+        "image_severity": Value("int64"),
+        "severity": Value("int64"),
+        "is_harmful": Value("bool"),
+        "context": Value("string"),
+    }
+)
 
 
 def _prompt_row(ctx: dict[str, Any], image: bytes) -> dict[str, Any]:
@@ -445,15 +508,17 @@ def rl_prompts(cfg: DataConfig, split: str = "train") -> Dataset:
     return _cached("prompts", cfg, lambda: _build_prompts(cfg))[_split_name(split)]
 
 
-_SFT_FEATURES = Features({
-    "image": datasets.Image(),
-    "question": Value("string"),
-    "response": Value("string"),
-    "behaviour": Value("string"),
-    "category": Value("string"),
-    "is_harmful": Value("bool"),
-    "context": Value("string"),
-})
+_SFT_FEATURES = Features(
+    {
+        "image": datasets.Image(),
+        "question": Value("string"),
+        "response": Value("string"),
+        "behaviour": Value("string"),
+        "category": Value("string"),
+        "is_harmful": Value("bool"),
+        "context": Value("string"),
+    }
+)
 
 
 def _build_sft(cfg: DataConfig) -> Dataset:
@@ -471,15 +536,17 @@ def _build_sft(cfg: DataConfig) -> Dataset:
                 behaviour = "caption"
             else:
                 behaviour = _choice(rng, harmful_mix if ctx["harmful"] else PRECURSOR_BENIGN)
-            rows.append({
-                "image": {"bytes": image, "path": None},
-                "question": ctx["question"],
-                "response": render_response(behaviour, ctx, rng),
-                "behaviour": behaviour,
-                "category": c,
-                "is_harmful": ctx["harmful"],
-                "context": _ctx_json(ctx),
-            })
+            rows.append(
+                {
+                    "image": {"bytes": image, "path": None},
+                    "question": ctx["question"],
+                    "response": render_response(behaviour, ctx, rng),
+                    "behaviour": behaviour,
+                    "category": c,
+                    "is_harmful": ctx["harmful"],
+                    "context": _ctx_json(ctx),
+                }
+            )
     return Dataset.from_dict({k: [r[k] for r in rows] for k in _SFT_FEATURES}, features=_SFT_FEATURES)
 
 
@@ -500,16 +567,18 @@ def sft_dataset(cfg: DataConfig) -> Dataset:
     return _cached("sft", cfg, lambda: _build_sft(cfg))
 
 
-_GUARD_FEATURES = Features({
-    "image": datasets.Image(),
-    "question": Value("string"),
-    "response": Value("string"),
-    "mode": Value("string"),
-    "is_unsafe": Value("bool"),
-    "category": Value("string"),
-    "severity": Value("int64"),
-    "context": Value("string"),
-})
+_GUARD_FEATURES = Features(
+    {
+        "image": datasets.Image(),
+        "question": Value("string"),
+        "response": Value("string"),
+        "mode": Value("string"),
+        "is_unsafe": Value("bool"),
+        "category": Value("string"),
+        "severity": Value("int64"),
+        "context": Value("string"),
+    }
+)
 
 
 def _build_guard(cfg: DataConfig, split: str) -> Dataset:
@@ -528,16 +597,18 @@ def _build_guard(cfg: DataConfig, split: str) -> Dataset:
                     response = render_response(behaviour, ctx, rng, misname=0.05)
                     harmless = judge(ctx, response)[1]
                     unsafe, sev = harmless < 0, max(0, -harmless)
-                rows.append({
-                    "image": {"bytes": image, "path": None},
-                    "question": ctx["question"],
-                    "response": response,
-                    "mode": mode,
-                    "is_unsafe": bool(unsafe),
-                    "category": c,
-                    "severity": int(sev),
-                    "context": _ctx_json(ctx),
-                })
+                rows.append(
+                    {
+                        "image": {"bytes": image, "path": None},
+                        "question": ctx["question"],
+                        "response": response,
+                        "mode": mode,
+                        "is_unsafe": bool(unsafe),
+                        "category": c,
+                        "severity": int(sev),
+                        "context": _ctx_json(ctx),
+                    }
+                )
     return Dataset.from_dict({k: [r[k] for r in rows] for k in _GUARD_FEATURES}, features=_GUARD_FEATURES)
 
 
@@ -666,7 +737,8 @@ def dataset_statistics(cfg: DataConfig) -> dict[str, Any]:
     for split in SPLITS:
         recs = [r for v in _pair_records(cfg, split).values() for r in v]
         stats["helpful_ne_safer"][split] = round(
-            sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in recs) / max(1, len(recs)), 4)
+            sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in recs) / max(1, len(recs)), 4
+        )
         flips, n = 0, 0
         for r in recs:
             for rate, lab in (("helpful", "more_helpful_response_id"), ("harmless", "safer_response_id")):
@@ -682,16 +754,14 @@ def dataset_statistics(cfg: DataConfig) -> dict[str, Any]:
         "questions": coupling["questions"],
         "coupled": coupling["coupled"],
         "rate": round(coupling["rate"], 4),
-        "prompt_share": round(
-            sum(coupling["per_question"][c["qid"]] for c in prompt_ctx) / max(1, len(prompt_ctx)), 4),
+        "prompt_share": round(sum(coupling["per_question"][c["qid"]] for c in prompt_ctx) / max(1, len(prompt_ctx)), 4),
     }
     stats["harmful_share"] = round(sum(c["harmful"] for c in prompt_ctx) / max(1, len(prompt_ctx)), 4)
     stats["text_only_ceiling"] = round(_text_only_ceiling(prompt_ctx), 4)
     sft = sft_dataset(cfg)
     stats["sft_behaviours"] = dict(sorted(Counter(sft["behaviour"]).items()))
     harm = [(c, r) for c, r, h in zip(sft["context"], sft["response"], sft["is_harmful"]) if h]
-    stats["precursor_safety_rate_harmful"] = round(
-        sum(analyse(c, r).is_safe for c, r in harm) / max(1, len(harm)), 4)
+    stats["precursor_safety_rate_harmful"] = round(sum(analyse(c, r).is_safe for c, r in harm) / max(1, len(harm)), 4)
     vocab = {w for s in text_corpus(cfg) for w in s.lower().replace(",", " ").replace(".", " ").split()}
     stats["vocabulary_words"] = len(vocab)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
@@ -707,12 +777,22 @@ def _card(cfg: DataConfig, cats: tuple[str, ...]) -> str:
         lines += [f"- config_name: {c}", "  data_files:"]
         for split in SPLITS:
             lines += [f"  - split: {split}", f"    path: {c}/{split}-00000-of-00001.parquet"]
-    lines += ["---", "", "# BeaverTails-V-mini", "",
-              "Generated by `python -m saferlhfv.data.world` (saferlhfv): a procedural stand-in for",
-              "saferlhf-v/BeaverTails-V in the same paired schema, plus a `context` column for the",
-              "mini world's oracle. See `data/README.md` in the saferlhfv repository for the data card.", "",
-              "Generator settings:", "", "```json",
-              json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True, default=str), "```", ""]
+    lines += [
+        "---",
+        "",
+        "# BeaverTails-V-mini",
+        "",
+        "Generated by `python -m saferlhfv.data.world` (saferlhfv): a procedural stand-in for",
+        "saferlhf-v/BeaverTails-V in the same paired schema, plus a `context` column for the",
+        "mini world's oracle. See `data/README.md` in the saferlhfv repository for the data card.",
+        "",
+        "Generator settings:",
+        "",
+        "```json",
+        json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
