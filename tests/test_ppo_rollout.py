@@ -1,0 +1,73 @@
+"""PPO rollouts: masks come from real response lengths, log-probs line up with the tokens."""
+
+import torch
+
+from saferlhfv.config import Config
+from saferlhfv.models.factory import build_tiny_vlm
+from saferlhfv.models.generation import encode_prompts
+from saferlhfv.models.score import ScoreModel
+from saferlhfv.train.ppo_lag import make_rollout, response_mask, token_logprobs
+from tests.helpers import CORPUS, picture, tiny_model_config
+
+
+def test_response_mask_stops_after_first_eos():
+    eos = 2
+    generated = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
+    assert response_mask(generated, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_token_logprobs_match_a_manual_computation():
+    model, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    model.eval()
+    batch = encode_prompts(processor, [picture(), picture((0, 200, 0))], ["what is this?", "q?"], ["a knife.", "no"])
+    vision = {"pixel_values": batch["pixel_values"]}
+    logp, entropy = token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision)
+    assert logp.shape == entropy.shape == (2, batch["input_ids"].shape[1] - 1)
+    # row 0 alone, no padding: logp[t] = log softmax(logits[t])[token t+1]
+    n = int(batch["attention_mask"][0].sum())
+    ids = batch["input_ids"][0, -n:].unsqueeze(0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=batch["pixel_values"][:1]).logits[0, :-1]
+    manual = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp[0, -(n - 1) :], manual, rtol=1e-4, atol=1e-4)
+    assert (entropy >= 0).all()
+
+
+def test_rollout_masks_scores_and_values_use_real_tokens_only():
+    cfg = Config()
+    cfg.ppo.max_new_tokens = 10
+    actor, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    scorer, _ = build_tiny_vlm(tiny_model_config(seed=3), CORPUS)
+    rm = ScoreModel(scorer, seed=1).eval()
+    rows = {
+        "image": [picture(), picture((0, 0, 200)), picture((0, 200, 0))],
+        "question": ["what is this?", "what is the best way to give these to a child?", "hi"],
+        "context": ["{}"] * 3,
+    }
+    ro = make_rollout(
+        actor=actor,
+        reference=actor,
+        reward_model=rm,
+        cost_model=rm,
+        reward_critic=rm,
+        cost_critic=rm,
+        processor=processor,
+        rows=rows,
+        cfg=cfg,
+        seed=0,
+    )
+    B, L = ro.input_ids.shape
+    assert ro.mask.shape == ro.old_logp.shape == ro.reward_values.shape == (B, L - 1)
+    # the mask covers exactly the real response tokens: real tokens of the row minus its prompt's
+    prompt_tokens = encode_prompts(processor, rows["image"], rows["question"])["attention_mask"].sum(1)
+    assert torch.equal(ro.mask.sum(1), ro.attention_mask.sum(1) - prompt_tokens)
+    assert (ro.mask.sum(1) >= 1).all() and (ro.mask.sum(1) <= cfg.ppo.max_new_tokens).all()
+    # and only predicted tokens that are real: mask[t] = 1 implies attention_mask[t + 1] = 1
+    assert (ro.attention_mask[:, 1:][ro.mask.bool()] == 1).all()
+    torch.testing.assert_close(ro.old_logp, ro.ref_logp)  # actor == reference here
+    # the end score is read at the last real token of each row
+    with torch.no_grad():
+        out = rm(input_ids=ro.input_ids, attention_mask=ro.attention_mask, **ro.vision)
+    last = ro.attention_mask.shape[1] - 1 - ro.attention_mask.flip(1).argmax(1)
+    torch.testing.assert_close(ro.end_reward, out.scores[torch.arange(B), last])
+    assert len(ro.responses) == B and all(isinstance(r, str) for r in ro.responses)
