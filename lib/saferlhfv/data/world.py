@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -762,7 +763,7 @@ def dataset_statistics(cfg: DataConfig) -> dict[str, Any]:
     stats["sft_behaviours"] = dict(sorted(Counter(sft["behaviour"]).items()))
     harm = [(c, r) for c, r, h in zip(sft["context"], sft["response"], sft["is_harmful"]) if h]
     stats["precursor_safety_rate_harmful"] = round(sum(analyse(c, r).is_safe for c, r in harm) / max(1, len(harm)), 4)
-    vocab = {w for s in text_corpus(cfg) for w in s.lower().replace(",", " ").replace(".", " ").split()}
+    vocab = {w for s in text_corpus(cfg) for w in re.findall(r"[a-z0-9]+", s.lower())}
     stats["vocabulary_words"] = len(vocab)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return stats
