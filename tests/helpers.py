@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from PIL import Image, ImageDraw
+
 from saferlhfv.config import ModelConfig
 
 CORPUS = [

@@ -82,22 +82,16 @@ def stage_smoke(cfg: Config, out: Path, *, n_prompts: int = 4, max_new_tokens: i
 
 def stage_sft(cfg: Config, out: Path) -> dict[str, Any]:
     """The precursor policy (cached artifact; trained if missing)."""
-    from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.sft import train_sft
+    from saferlhfv.train.sft import ensure_sft
 
-    _, metrics = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
-    return dict(metrics)
+    return dict(ensure_sft(cfg)[1])
 
 
 def _stage_preference(kind: str):
     def stage(cfg: Config, out: Path) -> dict[str, Any]:
-        from saferlhfv.artifacts import ensure_artifact
-        from saferlhfv.train.preference import train_preference_model
-        from saferlhfv.train.sft import train_sft
+        from saferlhfv.train.preference import ensure_preference_model
 
-        sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
-        _, metrics = ensure_artifact(cfg, kind, lambda folder: train_preference_model(cfg, kind, folder, sft_dir))
-        return dict(metrics)
+        return dict(ensure_preference_model(cfg, kind)[1])
 
     stage.__doc__ = f"{'RM-V' if kind == 'reward' else 'CM-V'} on the SFT backbone (cached artifact)."
     return stage

@@ -26,6 +26,7 @@ from saferlhfv.io import atomic_directory
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
 
 __all__ = [
+    "score_texts",
     "ScoreOutput",
     "ScoreModel",
     "last_token_index",
@@ -132,6 +133,37 @@ class ScoreModel(nn.Module):
         end_index = last_token_index(attention_mask)
         end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)
         return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)
+
+
+@torch.no_grad()
+def score_texts(
+    model: ScoreModel, processor: ProcessorMixin, images, questions, responses, *, batch_size: int = 32
+) -> list[float]:
+    """End scores of (image, question, response) triples, in batches.
+
+    Args:
+        images, questions, responses: equal-length sequences (PIL images, strings, strings).
+
+    Returns:
+        One float per triple: the score at the last real token of the chat-formatted sequence.
+    """
+    from saferlhfv.models.generation import encode_prompts
+
+    if not (len(images) == len(questions) == len(responses)):
+        raise ValueError("score_texts needs as many images, questions and responses")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(questions), batch_size):
+        end = start + batch_size
+        batch = encode_prompts(
+            processor, list(images[start:end]), list(questions[start:end]), list(responses[start:end]),
+            padding_side="right",
+        ).to(device)  # fmt: skip
+        scores += model(**batch).end_scores.float().cpu().tolist()
+    model.train(was_training)
+    return scores
 
 
 def save_score_model(model: ScoreModel, processor: ProcessorMixin, path: str | Path) -> Path:

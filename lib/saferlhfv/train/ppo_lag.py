@@ -53,7 +53,7 @@ from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.factory import load_saved_vlm, save_vlm
 from saferlhfv.models.generation import encode_prompts
-from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask
+from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask, score_texts
 from saferlhfv.train.loop import METRICS, load_checkpoint, save_checkpoint
 
 __all__ = ["Rollout", "token_logprobs", "response_mask", "make_rollout", "PPOLagTrainer", "train_ppo_lag", "main"]
@@ -491,34 +491,27 @@ def train_ppo_lag(
     }
 
 
-@torch.no_grad()
 def _score_samples(trainer: PPOLagTrainer, prompts, samples: list[dict[str, Any]]) -> dict[str, float]:
     """Mean RM-V and CM-V scores of evaluation answers."""
-    device = trainer.accelerator.device
-    rewards, costs = [], []
-    for start in range(0, len(samples), 32):
-        chunk = samples[start : start + 32]
-        batch = encode_prompts(
-            trainer.processor,
-            [prompts[s["index"]]["image"] for s in chunk],
-            [s["question"] for s in chunk],
-            [s["response"] for s in chunk],
-            padding_side="right",
-        ).to(device)
-        rewards += trainer.reward_model(**batch).end_scores.float().tolist()
-        costs += trainer.cost_model(**batch).end_scores.float().tolist()
+    args = (
+        [prompts[s["index"]]["image"] for s in samples],
+        [s["question"] for s in samples],
+        [s["response"] for s in samples],
+    )
+    rewards = score_texts(trainer.reward_model, trainer.processor, *args)
+    costs = score_texts(trainer.cost_model, trainer.processor, *args)
     return {"reward": round(sum(rewards) / len(rewards), 4), "cost": round(sum(costs) / len(costs), 4)}
 
 
 def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
     """The PPO artifact for ``cfg`` (training SFT, RM-V and CM-V first if they are not cached)."""
     from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.preference import train_preference_model
-    from saferlhfv.train.sft import train_sft
+    from saferlhfv.train.preference import ensure_preference_model
+    from saferlhfv.train.sft import ensure_sft
 
-    sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
-    reward_dir, _ = ensure_artifact(cfg, "reward", lambda f: train_preference_model(cfg, "reward", f, sft_dir))
-    cost_dir, _ = ensure_artifact(cfg, "cost", lambda f: train_preference_model(cfg, "cost", f, sft_dir))
+    sft_dir, _ = ensure_sft(cfg)
+    reward_dir, _ = ensure_preference_model(cfg, "reward")
+    cost_dir, _ = ensure_preference_model(cfg, "cost")
     return ensure_artifact(
         cfg,
         "ppo",

@@ -36,10 +36,20 @@ from saferlhfv.algorithms.losses import cost_loss, cost_signs, reward_loss
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.data.collate import blank_like, pair_batch
 from saferlhfv.models.factory import load_saved_vlm
-from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model
+from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model, score_texts
 from saferlhfv.train.loop import Trainer
+from saferlhfv.train.sft import PRECURSOR_SAMPLES
 
-__all__ = ["KINDS", "pair_view", "load_pairs", "train_preference_model", "score_pairs", "load_scorer", "cli"]
+__all__ = [
+    "KINDS",
+    "pair_view",
+    "load_pairs",
+    "train_preference_model",
+    "score_pairs",
+    "load_scorer",
+    "ensure_preference_model",
+    "cli",
+]
 
 #: "reward" trains RM-V, "cost" trains CM-V.
 KINDS = ("reward", "cost")
@@ -194,31 +204,27 @@ def _pearson(x: list[float], y: list[float]) -> float:
     return round(float(torch.corrcoef(t)[0, 1]), 4)
 
 
-@torch.no_grad()
 def _precursor_correlation(model, processor, cfg: Config, sft_dir: Path, kind: str) -> dict[str, Any]:
     """Correlate scores of the precursor's own answers with the oracle's ratings."""
     from saferlhfv.data.world import rl_prompts
-    from saferlhfv.models.generation import encode_prompts
 
-    samples_file = sft_dir / "precursor_samples.json"
+    samples_file = sft_dir / PRECURSOR_SAMPLES
     if not samples_file.is_file():
         return {}
     samples = json.loads(samples_file.read_text())
     prompts = rl_prompts(cfg.data, "evaluation")
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(samples), 32):
-        chunk = samples[start : start + 32]
-        images = [prompts[s["index"]]["image"] for s in chunk]
-        batch = encode_prompts(
-            processor, images, [s["question"] for s in chunk], [s["response"] for s in chunk], padding_side="right"
-        ).to(device)
-        scores += model(**batch).end_scores.float().cpu().tolist()
-    oracle_key = "helpful" if kind == "reward" else "harmless"
-    target = [s[oracle_key] for s in samples]
-    # the cost should fall as harmlessness rises: report corr(cost, -harmless) so "higher is better" for both
-    corr = _pearson(scores, target if kind == "reward" else [-t for t in target])
-    return {"precursor_samples": len(samples), f"corr_with_oracle_{'helpful' if kind == 'reward' else 'harm'}": corr}
+    images = [prompts[s["index"]]["image"] for s in samples]
+    scores = score_texts(model, processor, images, [s["question"] for s in samples], [s["response"] for s in samples])
+    if kind == "reward":
+        return {
+            "precursor_samples": len(samples),
+            "corr_with_oracle_helpful": _pearson(scores, [s["helpful"] for s in samples]),
+        }
+    # the cost should fall as harmlessness rises: report corr(cost, -harmless) so that higher is better for both
+    return {
+        "precursor_samples": len(samples),
+        "corr_with_oracle_harm": _pearson(scores, [-s["harmless"] for s in samples]),
+    }
 
 
 def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True):
@@ -280,20 +286,28 @@ def load_scorer(folder: str | Path, *, dtype: str = "float32"):
     return load_score_model(Path(folder) / "model", dtype=dtype)
 
 
+def ensure_preference_model(cfg: Config, kind: str) -> tuple[Path, dict[str, Any]]:
+    """The cached RM-V / CM-V artifact for ``cfg`` (training the SFT precursor first if needed)."""
+    from saferlhfv.artifacts import ensure_artifact
+    from saferlhfv.train.sft import ensure_sft
+
+    sft_dir, _ = ensure_sft(cfg)
+    return ensure_artifact(cfg, kind, lambda folder: train_preference_model(cfg, kind, folder, sft_dir))
+
+
 def cli(kind: str, argv: list[str] | None = None) -> int:
     """Command line of ``python -m saferlhfv.train.reward`` / ``...cost``: trains SFT first if it is not cached."""
-    from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.sft import train_sft
+    from saferlhfv.train.sft import ensure_sft
 
     parser = argparse.ArgumentParser(prog=f"python -m saferlhfv.train.{kind}", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--out", help="output folder (default: the artifact cache)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
     if args.out:
+        sft_dir, _ = ensure_sft(cfg)
         metrics = train_preference_model(cfg, kind, args.out, sft_dir)
     else:
-        _, metrics = ensure_artifact(cfg, kind, lambda folder: train_preference_model(cfg, kind, folder, sft_dir))
+        _, metrics = ensure_preference_model(cfg, kind)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_category_accuracy"}, indent=2))
     return 0

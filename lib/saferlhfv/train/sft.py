@@ -29,7 +29,7 @@ from saferlhfv.io import write_json_atomic
 from saferlhfv.models.factory import load_saved_vlm, load_vlm, save_vlm
 from saferlhfv.train.loop import Trainer
 
-__all__ = ["train_sft", "sft_collate", "main"]
+__all__ = ["train_sft", "ensure_sft", "load_precursor", "sft_collate", "main"]
 
 PRECURSOR_SAMPLES = "precursor_samples.json"
 
@@ -104,6 +104,13 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
     }
 
 
+def ensure_sft(cfg: Config) -> tuple[Path, dict[str, Any]]:
+    """The cached precursor artifact for ``cfg`` (trained on first use): ``(folder, metrics)``."""
+    from saferlhfv.artifacts import ensure_artifact
+
+    return ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+
+
 def load_precursor(folder: str | Path):
     """``(model, processor)`` of a trained SFT artifact folder."""
     return load_saved_vlm(Path(folder) / "model")
@@ -119,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         metrics = train_sft(cfg, args.out, resume=not args.no_resume)
     else:
-        from saferlhfv.artifacts import ensure_artifact
-
-        _, metrics = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder, resume=not args.no_resume))
+        _, metrics = ensure_sft(cfg)
     print(metrics)
     return 0
 
