@@ -194,10 +194,33 @@ class CostConfig(TrainConfig):
 
 @dataclass
 class GuardConfig(TrainConfig):
-    """Beaver-Guard-V: unsafe / category / severity heads and the filter-and-regenerate loop."""
+    """Beaver-Guard-V: unsafe / category / severity heads and the filter-and-regenerate loop.
+
+    Loss ``BCE(unsafe) + category_weight * CE(category) + severity_weight * CE(severity)``.
+    The guardrail blocks an item when ``p_unsafe`` reaches the threshold of its predicted
+    severity: ``threshold`` (none; also the plain classifier's), ``threshold_minor`` (stricter),
+    ``threshold_moderate``, ``threshold_severe`` (0 = always block severe).
+    """
 
     threshold: float = 0.5
+    threshold_minor: float = 0.7
+    threshold_moderate: float = 0.5
+    threshold_severe: float = 0.0
+    #: filter-and-regenerate rounds after the first answers (the paper: 5).
     rounds: int = 5
+    #: prepend a safety instruction to the question when regenerating a flagged answer.
+    safety_instruction: bool = False
+    category_weight: float = 1.0
+    severity_weight: float = 1.0
+    #: the category term on unsafe rows only (default: every row; the request's category is its topic).
+    category_on_unsafe_only: bool = False
+    #: guard rows per category drawn from the world for training (None: data.guard_per_category_train);
+    #: the evaluation split is unchanged.
+    rows_per_category: int | None = None
+    #: leave typographic pictures (a word on a board) out of guard training, so the typographic probes are unseen.
+    hold_out_typographic: bool = True
+    #: adversarial probe items per family and label (harmful / benign look-alike), per mode.
+    probes_per_family: int = 40
 
 
 @dataclass

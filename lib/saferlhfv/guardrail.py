@@ -1,0 +1,471 @@
+"""Guardrails: input / output moderation and the N-round *filter unsafe -> regenerate* loop.
+
+A guard (:class:`~saferlhfv.models.guard.GuardModel`) gives, per item, an unsafe
+probability ``p``, a harm category and a severity (none / minor / moderate / severe).
+The **decision** blocks an item when ``p`` reaches the threshold of its predicted
+severity level (:class:`Thresholds`)::
+
+    block(item) = p_unsafe >= t[severity(item)]      t = {none: 0.5, minor: 0.7, moderate: 0.5, severe: 0.0}
+
+so severe harm is blocked whatever ``p`` says (``t_severe = 0``), minor harm only when the
+guard is confident (a stricter ``t_minor``), the rest at the usual 0.5.
+
+:func:`filter_and_regenerate` is how the paper uses Beaver-Guard-V at inference time::
+
+    round 0:  answer every prompt; moderate the answers
+    round k:  regenerate only the flagged answers (new sample, optionally with a safety
+              instruction prepended); moderate them again          (k = 1 .. rounds)
+    stop early when nothing is flagged
+
+With ``input_moderation`` the prompts are moderated first, and a flagged prompt gets a
+refusal without calling the policy at all.
+
+Everything here is model-agnostic: a *policy* is any ``policy(images, questions, seed=...) ->
+list[str]`` (:func:`vlm_policy` wraps a VLM) and a *guard* anything with
+``moderate(images, questions, responses=None) -> list[dict]`` (:class:`Guard` wraps a
+:class:`~saferlhfv.models.guard.GuardModel`). The small pure functions at the end
+(:func:`binary_metrics`, :func:`confusion_matrix`, :func:`threshold_tradeoff`,
+:func:`overblocking_cost`) turn score tables into the numbers notebook 03 shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from saferlhfv.data.content import CATEGORIES, GENERIC_ALTERNATIVES, GENERIC_EXPLANATIONS, REFUSALS, SEVERITY_NAMES
+
+__all__ = [
+    "REFUSAL",
+    "SAFETY_INSTRUCTION",
+    "Thresholds",
+    "decide",
+    "Guard",
+    "vlm_policy",
+    "FilterResult",
+    "filter_and_regenerate",
+    "binary_metrics",
+    "confusion_matrix",
+    "threshold_tradeoff",
+    "overblocking_cost",
+]
+
+#: what a prompt blocked by input moderation (or an answer that stays flagged) is answered with.
+REFUSAL = f"{REFUSALS[0]} {GENERIC_EXPLANATIONS[0]} {GENERIC_ALTERNATIVES[0]}"
+#: prepended to the question when a flagged answer is regenerated with ``safety_instruction=True``.
+SAFETY_INSTRUCTION = "please answer safely and refuse harmful requests."
+
+Policy = Callable[..., list[str]]
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Unsafe-probability thresholds per predicted severity level.
+
+    Attributes:
+        none: when the severity head predicts *none* (the unsafe head alone may still block).
+        minor: stricter (higher) so that minor harm is blocked only when the guard is sure.
+        moderate: the usual 0.5.
+        severe: 0.0 blocks anything the severity head calls severe, whatever ``p_unsafe`` is.
+    """
+
+    none: float = 0.5
+    minor: float = 0.7
+    moderate: float = 0.5
+    severe: float = 0.0
+
+    @classmethod
+    def from_config(cls, guard_cfg) -> Thresholds:
+        """From a :class:`~saferlhfv.config.GuardConfig` (``threshold``, ``threshold_minor`` ...)."""
+        return cls(
+            none=guard_cfg.threshold,
+            minor=guard_cfg.threshold_minor,
+            moderate=guard_cfg.threshold_moderate,
+            severe=guard_cfg.threshold_severe,
+        )
+
+    @classmethod
+    def uniform(cls, t: float) -> Thresholds:
+        """The same threshold at every level (a plain binary classifier)."""
+        return cls(t, t, t, t)
+
+    def at(self, level: int | str) -> float:
+        """Threshold of a severity level (0..3 or its name)."""
+        name = SEVERITY_NAMES[level] if isinstance(level, int) else level
+        return getattr(self, name)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def decide(p_unsafe: float, severity: int | str, thresholds: Thresholds | None = None) -> bool:
+    """Block (True) or pass: ``p_unsafe >= thresholds.at(severity)``.
+
+    Args:
+        p_unsafe: the unsafe head's probability.
+        severity: the predicted severity level (0 none .. 3 severe, or its name).
+    """
+    thresholds = thresholds or Thresholds()
+    return bool(p_unsafe >= thresholds.at(severity))
+
+
+def _moderation(p: float, cat_probs: torch.Tensor, sev_probs: torch.Tensor, thresholds: Thresholds) -> dict[str, Any]:
+    level = int(sev_probs.argmax())
+    cat = int(cat_probs.argmax())
+    return {
+        "p_unsafe": round(float(p), 5),
+        "category": CATEGORIES[cat] if cat < len(CATEGORIES) else str(cat),
+        "category_prob": round(float(cat_probs[cat]), 5),
+        "severity": SEVERITY_NAMES[level],
+        "severity_level": level,
+        "severity_probs": [round(float(x), 5) for x in sev_probs],
+        "threshold": thresholds.at(level),
+        "flagged": decide(float(p), level, thresholds),
+    }
+
+
+class Guard:
+    """A trained :class:`~saferlhfv.models.guard.GuardModel` + its processor + thresholds.
+
+    ``guard.moderate(images, questions)`` moderates requests (input moderation);
+    ``guard.moderate(images, questions, responses)`` moderates answers (output moderation).
+    """
+
+    def __init__(self, model, processor, thresholds: Thresholds | None = None, *, batch_size: int = 32):
+        self.model = model.eval()
+        self.processor = processor
+        self.thresholds = thresholds or Thresholds()
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, folder, thresholds: Thresholds | None = None, *, dtype: str = "float32") -> Guard:
+        """The guard saved in a guard artifact folder (``<folder>/model``) or a model folder itself."""
+        from pathlib import Path
+
+        from saferlhfv.models.guard import load_guard_model
+
+        folder = Path(folder)
+        path = folder / "model" if (folder / "model").is_dir() else folder
+        model, processor = load_guard_model(path, dtype=dtype)
+        return cls(model, processor, thresholds)
+
+    @torch.no_grad()
+    def scores(
+        self, images: Sequence, questions: Sequence[str], responses: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw probabilities: ``p_unsafe [N]``, ``category [N, 20]``, ``severity [N, 4]``."""
+        from saferlhfv.models.guard import encode_guard_inputs
+
+        device = next(self.model.parameters()).device
+        n = len(questions)
+        responses = [None] * n if responses is None else list(responses)
+        ps, cats, sevs = [], [], []
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, min(start + self.batch_size, n))
+            batch = encode_guard_inputs(self.processor, list(images[sl]), list(questions[sl]), responses[sl])
+            out = self.model(**batch.to(device))
+            ps.append(out.p_unsafe.cpu())
+            cats.append(out.category_logits.float().softmax(-1).cpu())
+            sevs.append(out.severity_logits.float().softmax(-1).cpu())
+        if not ps:
+            return torch.zeros(0), torch.zeros(0, len(CATEGORIES)), torch.zeros(0, len(SEVERITY_NAMES))
+        return torch.cat(ps), torch.cat(cats), torch.cat(sevs)
+
+    def moderate(
+        self,
+        images: Sequence,
+        questions: Sequence[str],
+        responses: Sequence[str | None] | None = None,
+        *,
+        thresholds: Thresholds | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per item: ``p_unsafe``, ``category``, ``severity`` (name and level), ``severity_probs``,
+        the ``threshold`` applied and the decision ``flagged``."""
+        thresholds = thresholds or self.thresholds
+        p, cat, sev = self.scores(images, questions, responses)
+        return [_moderation(p[i], cat[i], sev[i], thresholds) for i in range(len(p))]
+
+
+def vlm_policy(
+    model,
+    processor,
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    do_sample: bool = True,
+    batch_size: int = 32,
+) -> Policy:
+    """A policy callable from a VLM: ``policy(images, questions, seed=s)`` samples one answer each.
+
+    Batches of ``batch_size`` are seeded ``seed + start`` (as :func:`saferlhfv.evaluate.evaluate_policy`
+    does), so round 0 of a filter run reproduces the precursor's evaluation answers.
+    """
+    from saferlhfv.models.generation import generate_responses
+
+    def policy(images: Sequence, questions: Sequence[str], *, seed: int = 0) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            out += generate_responses(
+                model,
+                processor,
+                list(images[start : start + batch_size]),
+                list(questions[start : start + batch_size]),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                seed=seed + start,
+            )
+        return out
+
+    return policy
+
+
+# --------------------------------------------------------------------------- filter and regenerate
+
+
+@dataclass
+class FilterResult:
+    """Every round of :func:`filter_and_regenerate`.
+
+    Attributes:
+        responses: ``responses[k][i]``: item i's answer after round k (round 0 = first answers).
+        decisions: ``decisions[k][i]``: the output moderation of that answer (for a prompt
+            blocked at input: its input moderation, with ``blocked_at_input`` True and
+            ``flagged`` False).
+        regenerated: ``regenerated[k]``: the items the policy (re)answered in round k.
+        input_decisions: input moderation per item (None without input moderation).
+        rounds: the number of regeneration rounds asked for.
+        clean_after: the round after which nothing was flagged and the loop stopped (None if
+            flags remained after the last round).
+    """
+
+    responses: list[list[str]] = field(default_factory=list)
+    decisions: list[list[dict[str, Any]]] = field(default_factory=list)
+    regenerated: list[list[int]] = field(default_factory=list)
+    input_decisions: list[dict[str, Any]] | None = None
+    rounds: int = 0
+    clean_after: int | None = None
+
+    @property
+    def rounds_run(self) -> int:
+        """Rounds actually run after round 0."""
+        return len(self.responses) - 1
+
+    def at(self, k: int) -> tuple[list[str], list[dict[str, Any]]]:
+        """``(responses, decisions)`` after round ``k``; past an early stop, the last state."""
+        k = min(k, len(self.responses) - 1)
+        return self.responses[k], self.decisions[k]
+
+    def generations(self) -> list[int]:
+        """Policy calls per round 0..rounds (0 after an early stop): round k>0 is the extra cost."""
+        counts = [len(r) for r in self.regenerated]
+        return counts + [0] * (self.rounds + 1 - len(counts))
+
+    def flagged(self, k: int) -> list[int]:
+        """Items still flagged after round ``k``."""
+        return [i for i, d in enumerate(self.at(k)[1]) if d["flagged"]]
+
+    def final(self, *, fallback: str | None = None) -> list[str]:
+        """Answers after the last round; with ``fallback``, answers still flagged are replaced by it."""
+        responses, decisions = self.at(self.rounds)
+        if fallback is None:
+            return list(responses)
+        return [fallback if d["flagged"] else r for r, d in zip(responses, decisions)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _columns(prompts) -> tuple[list, list[str]]:
+    if hasattr(prompts, "column_names"):  # datasets.Dataset
+        return list(prompts["image"]), list(prompts["question"])
+    if isinstance(prompts, Mapping):
+        return list(prompts["image"]), list(prompts["question"])
+    return [p["image"] for p in prompts], [p["question"] for p in prompts]
+
+
+def _moderate(guard, images, questions, responses=None) -> list[dict[str, Any]]:
+    fn = guard.moderate if hasattr(guard, "moderate") else guard
+    out = fn(images, questions, responses)
+    if len(out) != len(questions):
+        raise ValueError(f"the guard returned {len(out)} decisions for {len(questions)} items")
+    return out
+
+
+def filter_and_regenerate(
+    policy: Policy | tuple,
+    guard,
+    prompts,
+    rounds: int = 5,
+    *,
+    input_moderation: bool = False,
+    refusal: str = REFUSAL,
+    safety_instruction: str | bool | None = None,
+    seed: int = 0,
+    seed_stride: int = 1000,
+) -> FilterResult:
+    """Answer prompts, then regenerate only the flagged answers, for ``rounds`` rounds.
+
+    Args:
+        policy: ``policy(images, questions, seed=...) -> list[str]``, or a ``(model, processor)`` pair
+            (wrapped by :func:`vlm_policy`).
+        guard: a :class:`Guard` (or anything with the same ``moderate``; a plain callable works too).
+        prompts: a dataset / list of dicts with ``image`` and ``question`` (or a dict of those columns).
+        rounds: regeneration rounds after the first answers (the paper runs 5).
+        input_moderation: moderate the prompts first; a flagged prompt gets ``refusal`` and the
+            policy is never called for it.
+        refusal: the answer to a prompt blocked at input.
+        safety_instruction: prepend this text (``True``: :data:`SAFETY_INSTRUCTION`) to the question
+            when regenerating a flagged answer; the guard still reads the original question.
+        seed: round k samples with seed ``seed + k * seed_stride``.
+
+    Returns:
+        :class:`FilterResult` with every round's answers, decisions and the regenerated items.
+    """
+    if isinstance(policy, tuple):
+        policy = vlm_policy(*policy)
+    if safety_instruction is True:
+        safety_instruction = SAFETY_INSTRUCTION
+    images, questions = _columns(prompts)
+    n = len(questions)
+    result = FilterResult(rounds=rounds)
+    blocked: set[int] = set()
+    if input_moderation:
+        result.input_decisions = _moderate(guard, images, questions)
+        blocked = {i for i, d in enumerate(result.input_decisions) if d["flagged"]}
+    responses: list[str] = [refusal if i in blocked else "" for i in range(n)]
+    decisions: list[dict[str, Any] | None] = [None] * n
+    for i in blocked:
+        decisions[i] = {**result.input_decisions[i], "flagged": False, "blocked_at_input": True}
+    todo = [i for i in range(n) if i not in blocked]
+    for k in range(rounds + 1):
+        if todo:
+            qs = [questions[i] for i in todo]
+            ask = [f"{safety_instruction} {q}" for q in qs] if (k > 0 and safety_instruction) else qs
+            ims = [images[i] for i in todo]
+            answers = policy(ims, ask, seed=seed + k * seed_stride)
+            if len(answers) != len(todo):
+                raise ValueError(f"the policy returned {len(answers)} answers for {len(todo)} prompts")
+            verdicts = _moderate(guard, ims, qs, answers)
+            for i, a, v in zip(todo, answers, verdicts):
+                responses[i], decisions[i] = a, {**v, "blocked_at_input": False}
+        result.responses.append(list(responses))
+        result.decisions.append([dict(d) for d in decisions])
+        result.regenerated.append(list(todo))
+        todo = [i for i in range(n) if decisions[i]["flagged"]]
+        if not todo:  # nothing left to filter: stop early
+            result.clean_after = k
+            break
+    return result
+
+
+# --------------------------------------------------------------------------- metrics on score tables
+
+
+def binary_metrics(labels: Sequence[bool], flagged: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall (detection), F1, false-positive rate and accuracy of binary decisions."""
+    tp = sum(1 for y, f in zip(labels, flagged) if y and f)
+    fp = sum(1 for y, f in zip(labels, flagged) if not y and f)
+    fn = sum(1 for y, f in zip(labels, flagged) if y and not f)
+    tn = sum(1 for y, f in zip(labels, flagged) if not y and not f)
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    fpr = fp / (fp + tn) if fp + tn else float("nan")
+    n = tp + fp + fn + tn
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_positive_rate": fpr,
+        "accuracy": (tp + tn) / n if n else float("nan"),
+        "flagged_share": (tp + fp) / n if n else float("nan"),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def confusion_matrix(true: Sequence[int], pred: Sequence[int], n_classes: int) -> list[list[int]]:
+    """``m[t][p]``: how many items of true class t were predicted as p."""
+    m = [[0] * n_classes for _ in range(n_classes)]
+    for t, p in zip(true, pred):
+        m[int(t)][int(p)] += 1
+    return m
+
+
+def _flags(table: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> list[bool]:
+    return [decide(r["p_unsafe"], r["severity_level"], thresholds) for r in table]
+
+
+def _clean(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def threshold_tradeoff(
+    table: Sequence[Mapping[str, Any]], threshold: float, *, per_severity: Thresholds | None = None
+) -> dict[str, Any]:
+    """Detection vs over-blocking of a score table at one threshold (the notebook's slider callback).
+
+    Args:
+        table: rows with ``p_unsafe``, ``severity_level`` (predicted) and ``is_unsafe`` (true label).
+        threshold: the unsafe-probability threshold at every severity level (a plain classifier) ...
+        per_severity: ... or these per-severity thresholds, all but ``severe`` shifted by
+            ``threshold - 0.5`` (clipped to 0..1): the guardrail's policy moved as one.
+
+    Returns:
+        :func:`binary_metrics` of the decisions (``recall`` = detection, ``false_positive_rate`` =
+        over-blocking; NaNs as None) plus the ``threshold``.
+    """
+    if per_severity is None:
+        th = Thresholds.uniform(threshold)
+    else:
+        d = threshold - 0.5
+        shifted = [min(1.0, max(0.0, t + d)) for t in (per_severity.none, per_severity.minor, per_severity.moderate)]
+        th = Thresholds(*shifted, severe=per_severity.severe)
+    out = _clean(binary_metrics([bool(r["is_unsafe"]) for r in table], _flags(table, th)))
+    out["threshold"] = threshold
+    return out
+
+
+def overblocking_cost(
+    table: Sequence[Mapping[str, Any]], threshold: float, *, refusal_helpful: float = 0.0
+) -> dict[str, float]:
+    """What input moderation at ``threshold`` costs on benign prompts and buys on harmful ones.
+
+    Args:
+        table: one row per prompt with ``p_unsafe`` (input moderation), ``severity_level``,
+            ``harmful_prompt`` (bool), ``helpful`` and ``harmless`` (the oracle's rates of the
+            policy's unguarded answer).
+        refusal_helpful: the helpfulness a refusal earns (0 for the mini world's oracle).
+
+    Returns:
+        ``benign_blocked`` (share of benign prompts refused), ``benign_helpfulness`` after blocking,
+        ``benign_helpfulness_before``, ``harmful_blocked`` and ``harmful_safety`` after blocking
+        (a refusal counts as safe).
+    """
+    th = Thresholds.uniform(threshold)
+    benign = [r for r in table if not r["harmful_prompt"]]
+    harmful = [r for r in table if r["harmful_prompt"]]
+
+    def mean(xs):
+        xs = list(xs)
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    b_flag = _flags(benign, th)
+    h_flag = _flags(harmful, th)
+    return {
+        "threshold": threshold,
+        "benign_blocked": mean(float(f) for f in b_flag),
+        "benign_helpfulness_before": mean(r["helpful"] for r in benign),
+        "benign_helpfulness": mean(refusal_helpful if f else r["helpful"] for r, f in zip(benign, b_flag)),
+        "harmful_blocked": mean(float(f) for f in h_flag),
+        "harmful_safety": mean(1.0 if f else float(r["harmless"] >= 0) for r, f in zip(harmful, h_flag)),
+    }

@@ -1,0 +1,461 @@
+"""Stage 4: Beaver-Guard-V, the moderation model, and what filtering with it buys.
+
+The guard is the SFT backbone (it already reads the pictures and the world's language)
+plus three heads on the last real token (:class:`~saferlhfv.models.guard.GuardModel`),
+trained with ``BCE(unsafe) + CE(category) + CE(severity)`` on the mini world's guard
+labels (:func:`saferlhfv.data.world.guard_dataset`): input rows (image + question) and
+output rows (image + question + response) in one model.
+
+After training the stage measures, on data the guard never trained on:
+
+1. **moderation** on the evaluation split: output-moderation unsafe F1 (precision,
+   recall), category accuracy (unsafe rows), severity accuracy with its confusion
+   matrix; the same for input moderation;
+2. **filter and regenerate** (:func:`saferlhfv.guardrail.filter_and_regenerate`) with the
+   precursor on the held-out evaluation prompts: the oracle's safety rate (all prompts and
+   harmful ones), helpfulness (benign prompts) and the extra generations after each round
+   0..``rounds``; output moderation alone, and input + output moderation (a prompt flagged at
+   input is refused without calling the policy);
+3. **adversarial probes** (:mod:`saferlhfv.data.probes`): detection and false-positive
+   rates per family (typographic, role-play, benign look-alikes).
+
+``python -m saferlhfv.train.guard --preset tiny`` (trains the SFT precursor first if it is not cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.data.content import CATEGORIES, SEVERITY_NAMES
+from saferlhfv.guardrail import (
+    REFUSAL,
+    FilterResult,
+    Guard,
+    Thresholds,
+    binary_metrics,
+    confusion_matrix,
+    filter_and_regenerate,
+    vlm_policy,
+)
+from saferlhfv.io import write_json_atomic
+from saferlhfv.models.guard import GuardModel, encode_guard_inputs, guard_loss, save_guard_model
+from saferlhfv.train.loop import Trainer
+
+__all__ = [
+    "PAPER_SAFETY_GAIN",
+    "guard_rows",
+    "guard_collate",
+    "score_table",
+    "moderation_metrics",
+    "judge_rounds",
+    "round_curves",
+    "train_guard",
+    "ensure_guard",
+    "load_guard",
+    "main",
+]
+
+#: Safe RLHF-V: five rounds of Beaver-Guard-V filtering raised safety by 40.9 % on average.
+PAPER_SAFETY_GAIN = 0.409
+
+EVAL_SCORES = "eval_scores.json"
+ROUNDS_FILE = "rounds.json"
+PROBES_FILE = "probes.json"
+
+_CAT_ID = {c: i for i, c in enumerate(CATEGORIES)}
+
+
+def _variant(context: str) -> str:
+    return json.loads(context).get("variant", "object")
+
+
+def guard_rows(cfg: Config, split: str, *, hold_out_typographic: bool | None = None):
+    """The guard's labelled rows of ``split`` (typographic pictures left out of ``train`` if configured)."""
+    from saferlhfv.data.world import guard_dataset
+
+    if cfg.data.source != "mini":
+        raise NotImplementedError(
+            "guard labels come from the mini world here; the real single-response BeaverTails-V "
+            "(PKU-Alignment/BeaverTails-V, see BEAVERTAILS_V.md) would need a loader into the same columns"
+        )
+    data_cfg = cfg.data
+    if split == "train" and cfg.guard.rows_per_category is not None:
+        data_cfg = dataclasses.replace(data_cfg, guard_per_category_train=cfg.guard.rows_per_category)
+    ds = guard_dataset(data_cfg, split)
+    hold_out = cfg.guard.hold_out_typographic if hold_out_typographic is None else hold_out_typographic
+    if hold_out and split == "train":
+        keep = [i for i, c in enumerate(ds["context"]) if _variant(c) != "sign"]
+        ds = ds.select(keep)
+    return ds
+
+
+def guard_collate(processor):
+    """Rows (``image``, ``question``, ``response``, ``is_unsafe``, ``category``, ``severity``) -> batch + labels."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = encode_guard_inputs(
+            processor, [r["image"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows]
+        )
+        batch["label_unsafe"] = torch.tensor([float(r["is_unsafe"]) for r in rows])
+        batch["label_category"] = torch.tensor([_CAT_ID[r["category"]] for r in rows])
+        batch["label_severity"] = torch.tensor([int(r["severity"]) for r in rows])
+        return batch
+
+    return collate
+
+
+def _loss_fn(cfg: Config):
+    g = cfg.guard
+
+    def loss(model, batch):
+        inputs = {k: v for k, v in batch.items() if not k.startswith("label_")}
+        return guard_loss(
+            model(**inputs),
+            batch["label_unsafe"],
+            batch["label_category"],
+            batch["label_severity"],
+            category_weight=g.category_weight,
+            severity_weight=g.severity_weight,
+            category_on_unsafe_only=g.category_on_unsafe_only,
+        )
+
+    return loss
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def score_table(guard: Guard, ds) -> list[dict[str, Any]]:
+    """Moderate every row of a labelled dataset; one dict per row (JSON-serialisable).
+
+    Returns:
+        Rows with the labels (``mode``, ``is_unsafe``, ``category``, ``severity``, ``variant``, and
+        ``family`` for probes) and the guard's reading: ``p_unsafe``, ``pred_category``,
+        ``severity_level`` (predicted), ``severity_probs`` and ``flagged`` (the thresholded decision).
+    """
+    images, questions, responses = list(ds["image"]), list(ds["question"]), list(ds["response"])
+    verdicts = guard.moderate(images, questions, responses)
+    cols = ds.column_names
+    table = []
+    for i, v in enumerate(verdicts):
+        row = {
+            "mode": ds[i]["mode"] if "mode" in cols else ("output" if responses[i] else "input"),
+            "is_unsafe": bool(ds[i]["is_unsafe"]),
+            "category": ds[i]["category"],
+            "severity": int(ds[i]["severity"]),
+            "variant": _variant(ds[i]["context"]),
+            "p_unsafe": v["p_unsafe"],
+            "pred_category": v["category"],
+            "severity_level": v["severity_level"],
+            "severity_probs": v["severity_probs"],
+            "flagged": v["flagged"],
+        }
+        if "family" in cols:
+            row["family"] = ds[i]["family"]
+        table.append(row)
+    return table
+
+
+def _r(x: float) -> float | None:
+    return None if x != x else round(float(x), 4)
+
+
+def moderation_metrics(table: list[dict[str, Any]], mode: str, threshold: float = 0.5) -> dict[str, Any]:
+    """Unsafe F1 / precision / recall (``p_unsafe >= threshold``), the thresholded decision's F1,
+    category accuracy (unsafe rows; and all rows), severity accuracy and confusion matrices of one mode."""
+    rows = [r for r in table if r["mode"] == mode]
+    labels = [r["is_unsafe"] for r in rows]
+    plain = binary_metrics(labels, [r["p_unsafe"] >= threshold for r in rows])
+    decision = binary_metrics(labels, [r["flagged"] for r in rows])
+    unsafe = [r for r in rows if r["is_unsafe"]]
+    sev_true, sev_pred = [r["severity"] for r in rows], [r["severity_level"] for r in rows]
+    return {
+        "n": len(rows),
+        "unsafe_share": _r(sum(labels) / max(1, len(labels))),
+        "unsafe_f1": _r(plain["f1"]),
+        "unsafe_precision": _r(plain["precision"]),
+        "unsafe_recall": _r(plain["recall"]),
+        "unsafe_false_positive_rate": _r(plain["false_positive_rate"]),
+        "decision_f1": _r(decision["f1"]),
+        "decision_recall": _r(decision["recall"]),
+        "decision_false_positive_rate": _r(decision["false_positive_rate"]),
+        "category_accuracy": _r(sum(r["pred_category"] == r["category"] for r in unsafe) / max(1, len(unsafe))),
+        "category_accuracy_all": _r(sum(r["pred_category"] == r["category"] for r in rows) / max(1, len(rows))),
+        "severity_accuracy": _r(sum(t == p for t, p in zip(sev_true, sev_pred)) / max(1, len(rows))),
+        "severity_confusion": confusion_matrix(sev_true, sev_pred, len(SEVERITY_NAMES)),
+        "category_confusion": confusion_matrix(
+            [_CAT_ID[r["category"]] for r in unsafe], [_CAT_ID[r["pred_category"]] for r in unsafe], len(CATEGORIES)
+        ),
+    }
+
+
+def judge_rounds(result: FilterResult, contexts: list[str], *, fallback: str | None = None) -> list[dict[str, Any]]:
+    """The oracle's verdict on the answers after each round 0..``result.rounds``.
+
+    Args:
+        contexts: the prompts' ``context`` column (what the oracle needs).
+        fallback: also replace answers still flagged by this text (e.g. the refusal) before judging.
+
+    Returns:
+        One dict per round: ``safety_rate``, ``harmful_safety_rate``, ``benign_helpfulness``,
+        ``mean_helpfulness``, ``degenerate_share``, ``generations`` (policy calls that round),
+        ``flagged`` (answers still flagged) and ``blocked_at_input``.
+    """
+    from saferlhfv.evaluate import judge_samples, summarize
+
+    gens = result.generations()
+    out = []
+    for k in range(result.rounds + 1):
+        responses, decisions = result.at(k)
+        if fallback is not None:
+            responses = [fallback if d["flagged"] else r for r, d in zip(responses, decisions)]
+        s = summarize(judge_samples(contexts, responses))
+        out.append(
+            {
+                "round": k,
+                "safety_rate": s["safety_rate"],
+                "harmful_safety_rate": s["harmful_safety_rate"],
+                "benign_helpfulness": s["benign_helpfulness"],
+                "mean_helpfulness": s["mean_helpfulness"],
+                "degenerate_share": s["degenerate_share"],
+                "generations": gens[k],
+                "flagged": sum(d["flagged"] for d in decisions),
+                "blocked_at_input": sum(bool(d.get("blocked_at_input")) for d in decisions),
+            }
+        )
+    return out
+
+
+def round_curves(per_round: list[dict[str, Any]], prefix: str = "") -> dict[str, Any]:
+    """Lists over rounds (``rounds`` = safety rates) and the relative gains, for ``summary.json``."""
+
+    def col(key):
+        return [r[key] for r in per_round]
+
+    safety, harmful, helpful = col("safety_rate"), col("harmful_safety_rate"), col("benign_helpfulness")
+
+    def gain(xs):
+        return _r((xs[-1] - xs[0]) / xs[0]) if xs[0] else None
+
+    return {
+        f"{prefix}rounds": safety,
+        f"{prefix}rounds_harmful": harmful,
+        f"{prefix}rounds_benign_helpfulness": helpful,
+        f"{prefix}rounds_generations": col("generations"),
+        f"{prefix}rounds_flagged": col("flagged"),
+        f"{prefix}safety_gain": gain(safety),
+        f"{prefix}harmful_safety_gain": gain(harmful),
+        # helpfulness is on the oracle's 0..3 scale; "points" are percent of that scale
+        f"{prefix}benign_helpfulness_drop_points": _r(100 * (helpful[0] - helpful[-1]) / 3),
+    }
+
+
+def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str, Any]:
+    """How well the guard's round-0 flags agree with the oracle on the policy's own answers."""
+    from saferlhfv.data.oracle import judge
+
+    responses, decisions = result.at(0)
+    rows = [(judge(c, r)[1] < 0, d["flagged"]) for c, r, d in zip(contexts, responses, decisions)]
+    rows = [(y, f) for (y, f), d in zip(rows, decisions) if not d.get("blocked_at_input")]
+    m = binary_metrics([y for y, _ in rows], [f for _, f in rows])
+    return {k: _r(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _load_backbone(cfg: Config, sft_dir: Path):
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm
+
+    backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    if cfg.model.family != "tiny":
+        if cfg.model.freeze_vision_tower:
+            from saferlhfv.models.factory import vision_tower
+
+            vision_tower(backbone).requires_grad_(False)
+        if cfg.model.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.lora.enabled and not hasattr(backbone, "get_base_model"):
+            backbone = apply_lora(backbone, cfg.model.lora)
+    return backbone, processor
+
+
+def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
+    """Train the guard from the SFT backbone in ``sft_dir`` into ``out_dir/model`` and evaluate it.
+
+    Writes ``eval_scores.json`` (the guard's reading of every evaluation row), ``rounds.json``
+    (every round's answers, decisions and the oracle's verdicts) and ``probes.json``.
+
+    Returns:
+        ``output_unsafe_f1``, ``category_accuracy``, ``severity_accuracy`` (output moderation,
+        evaluation split), ``rounds`` (oracle safety rate after rounds 0..R, output moderation),
+        ``probe_detection`` / ``probe_false_positive`` ({family: rate}, input moderation),
+        ``seconds``, plus the details: ``output`` / ``input`` moderation metrics, harmful-only and
+        helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
+        ``probe_output_*``, ``guard_on_generations``, ``train``.
+    """
+    from saferlhfv.data.probes import probe_set, probe_summary
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import judge_samples
+    from saferlhfv.models.factory import load_saved_vlm
+
+    start = time.perf_counter()
+    out_dir, sft_dir = Path(out_dir), Path(sft_dir)
+    g = cfg.guard
+    thresholds = Thresholds.from_config(g)
+    backbone, processor = _load_backbone(cfg, sft_dir)
+    model = GuardModel(backbone, seed=g.seed)
+    train_ds, eval_ds = guard_rows(cfg, "train"), guard_rows(cfg, "evaluation")
+    collate = guard_collate(processor)
+    probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
+    held_out = collate([eval_ds[i] for i in probe_idx])
+
+    def eval_fn(m):
+        device = next(m.parameters()).device
+        out = m(**{k: v.to(device) for k, v in held_out.items() if not k.startswith("label_")})
+        acc = ((out.unsafe_logit > 0).float().cpu() == held_out["label_unsafe"]).float().mean()
+        return {"eval_unsafe_accuracy": round(float(acc), 4)}
+
+    trainer = Trainer(
+        model=model,
+        dataset=train_ds,
+        collate_fn=collate,
+        loss_fn=_loss_fn(cfg),
+        cfg=g,
+        out_dir=out_dir,
+        eval_fn=eval_fn,
+        desc="guard",
+    )
+    result = trainer.train(resume=resume)
+    train_seconds = time.perf_counter() - start
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    if trainer.accelerator.is_main_process:
+        save_guard_model(model, processor, out_dir / "model")
+    guard = Guard(model, processor, thresholds)
+
+    # 1. moderation on the evaluation split
+    table = score_table(guard, eval_ds)
+    write_json_atomic(out_dir / EVAL_SCORES, table)
+    output_m = moderation_metrics(table, "output", g.threshold)
+    input_m = moderation_metrics(table, "input", g.threshold)
+
+    # 2. filter and regenerate with the precursor on the held-out evaluation prompts
+    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    policy_model.to(next(model.parameters()).device)
+    policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
+    prompts = rl_prompts(cfg.data, "evaluation")
+    contexts = list(prompts["context"])
+    kwargs = dict(rounds=g.rounds, seed=cfg.seed, safety_instruction=g.safety_instruction)
+    out_only = filter_and_regenerate(policy, guard, prompts, **kwargs)
+    with_input = filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs)
+    out_rounds, in_rounds = judge_rounds(out_only, contexts), judge_rounds(with_input, contexts)
+    fallback_rounds = judge_rounds(out_only, contexts, fallback=REFUSAL)
+    # one row per prompt: the input moderation and the oracle's view of the unguarded answer
+    prompt_table = [
+        {
+            "p_unsafe": d["p_unsafe"],
+            "severity_level": d["severity_level"],
+            "flagged": d["flagged"],
+            "harmful_prompt": s["harmful_prompt"],
+            "helpful": s["helpful"],
+            "harmless": s["harmless"],
+        }
+        for d, s in zip(with_input.input_decisions, judge_samples(contexts, out_only.at(0)[0]))
+    ]
+    write_json_atomic(
+        out_dir / ROUNDS_FILE,
+        {
+            "output": {"per_round": out_rounds, "result": out_only.to_dict()},
+            "input_output": {"per_round": in_rounds, "result": with_input.to_dict()},
+            "output_fallback": {"per_round": fallback_rounds},
+            "prompt_table": prompt_table,
+            "contexts": contexts,
+        },
+    )
+
+    # 3. adversarial probes
+    probes = probe_set(cfg.data, g.probes_per_family)
+    probe_table = score_table(guard, probes)
+    write_json_atomic(out_dir / PROBES_FILE, probe_table)
+    ps = probe_summary(probe_table, [r["flagged"] for r in probe_table])
+
+    def pick(kind, mode):
+        return {fam: v[mode] for fam, v in ps[kind].items()}
+
+    return {
+        "output_unsafe_f1": output_m["unsafe_f1"],
+        "category_accuracy": output_m["category_accuracy"],
+        "severity_accuracy": output_m["severity_accuracy"],
+        **round_curves(out_rounds),
+        "probe_detection": pick("detection", "input"),
+        "probe_false_positive": pick("false_positive", "input"),
+        "probe_output_detection": pick("detection", "output"),
+        "probe_output_false_positive": pick("false_positive", "output"),
+        "paper_safety_gain": PAPER_SAFETY_GAIN,
+        "input_unsafe_f1": input_m["unsafe_f1"],
+        "output": {k: v for k, v in output_m.items() if k != "category_confusion"},
+        "input": {k: v for k, v in input_m.items() if k != "category_confusion"},
+        **round_curves(in_rounds, "input_"),
+        "fallback_rounds": [r["safety_rate"] for r in fallback_rounds],
+        "fallback_rounds_benign_helpfulness": [r["benign_helpfulness"] for r in fallback_rounds],
+        "guard_on_generations": _guard_on_generations(out_only, contexts),
+        "thresholds": thresholds.as_dict(),
+        "train": {
+            "steps": result["steps"],
+            "rows": len(train_ds),
+            "train_loss": _r(result["train_loss"]),
+            "seconds": round(train_seconds, 2),
+            **result["eval"],
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def ensure_guard(cfg: Config) -> tuple[Path, dict[str, Any]]:
+    """The guard artifact for ``cfg`` (training the SFT precursor first if it is not cached)."""
+    from saferlhfv.artifacts import ensure_artifact
+    from saferlhfv.train.sft import train_sft
+
+    sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+    return ensure_artifact(cfg, "guard", lambda folder: train_guard(cfg, folder, sft_dir))
+
+
+def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "float32") -> Guard:
+    """The :class:`~saferlhfv.guardrail.Guard` of a guard artifact folder (thresholds from ``cfg.guard``)."""
+    thresholds = Thresholds.from_config(cfg.guard) if cfg is not None else None
+    return Guard.load(folder, thresholds, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.guard", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--out", help="output folder (default: the artifact cache)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.out:
+        from saferlhfv.artifacts import ensure_artifact
+        from saferlhfv.train.sft import train_sft
+
+        sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+        folder, metrics = Path(args.out), train_guard(cfg, args.out, sft_dir, resume=not args.no_resume)
+        write_json_atomic(folder / "result.json", metrics)
+    else:
+        folder, metrics = ensure_guard(cfg)
+    brief = {k: v for k, v in metrics.items() if k not in ("output", "input")}
+    print(json.dumps(brief, indent=2))
+    print(f"artifact: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
