@@ -423,9 +423,9 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
 def ensure_guard(cfg: Config) -> tuple[Path, dict[str, Any]]:
     """The guard artifact for ``cfg`` (training the SFT precursor first if it is not cached)."""
     from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.sft import train_sft
+    from saferlhfv.train.sft import ensure_sft
 
-    sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+    sft_dir, _ = ensure_sft(cfg)
     return ensure_artifact(cfg, "guard", lambda folder: train_guard(cfg, folder, sft_dir))
 
 
@@ -443,10 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.out:
-        from saferlhfv.artifacts import ensure_artifact
-        from saferlhfv.train.sft import train_sft
+        from saferlhfv.train.sft import ensure_sft
 
-        sft_dir, _ = ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
+        sft_dir, _ = ensure_sft(cfg)
         folder, metrics = Path(args.out), train_guard(cfg, args.out, sft_dir, resume=not args.no_resume)
         write_json_atomic(folder / "result.json", metrics)
     else:
