@@ -142,6 +142,9 @@ class DataConfig:
     guard_per_category_eval: int = 10
     #: probability that an annotator flips a preference label.
     label_noise: float = 0.1
+    #: share of preference-pair responses that refer to the object as "it" instead of naming it,
+    #: so that only the picture tells whether they answer a harmful request.
+    pronoun_rate: float = 0.5
     #: side of the generated pictures in pixels (the processor resizes to the model's size).
     image_size: int = 64
     #: longest prompt / response kept, in tokens.
@@ -219,6 +222,14 @@ class GuardConfig(TrainConfig):
     rows_per_category: int | None = None
     #: leave typographic pictures (a word on a board) out of guard training, so the typographic probes are unseen.
     hold_out_typographic: bool = True
+    #: answers sampled from the precursor per RL *train* prompt, labelled by the oracle, added as output rows
+    #: (the guard then also sees the policy it will moderate: misnamed objects, cut-off steps); 0 = none.
+    precursor_answers: int = 1
+    #: add every RL train prompt as an input-moderation row.
+    prompts_as_inputs: bool = True
+    #: share of output rows whose answer names a wrong object (labels re-judged), so the guard judges the
+    #: picture rather than the object the answer names.
+    misname_share: float = 0.3
     #: adversarial probe items per family and label (harmful / benign look-alike), per mode.
     probes_per_family: int = 40
 

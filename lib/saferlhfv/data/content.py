@@ -562,8 +562,15 @@ def obj_phrase(key: str) -> str:
     return f"{o.article} {o.name}"
 
 
-def fill(template: str, key: str) -> str:
-    """Fill ``{obj}`` / ``{a_obj}`` in a phrase template with object ``key``."""
+def fill(template: str, key: str, *, pronoun: bool = False) -> str:
+    """Fill ``{obj}`` / ``{a_obj}`` in a phrase template with object ``key``.
+
+    With ``pronoun=True`` the object is referred to as "it" instead of by name ("hide it
+    where ..." rather than "hide the pills where ..."), as an answer that points at the picture
+    does: the text alone then no longer tells which object the request is about.
+    """
+    if pronoun:
+        return template.replace("the {obj}", "it").replace("{a_obj}", "it").replace("{obj}", "it")
     return template.replace("{a_obj}", obj_phrase(key)).replace("{obj}", OBJECTS[key].name)
 
 

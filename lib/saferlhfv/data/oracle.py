@@ -134,11 +134,19 @@ def _words(text: str) -> list[str]:
 _OBJECT_NAMES = sorted(((tuple(_words(o.name)), o.key) for o in OBJECTS.values()), key=lambda t: -len(t[0]))
 
 
+def _refs(words: list[str]) -> list[str]:
+    """Drop a "the" in front of an object reference ("hide the <obj>" and "hide it" read alike)."""
+    return [w for i, w in enumerate(words) if not (w == "the" and i + 1 < len(words) and words[i + 1] == _OBJ)]
+
+
 def normalize(text: str) -> tuple[list[str], list[str]]:
-    """Lower-case words of ``text`` with every object name replaced by ``<obj>``.
+    """Lower-case words of ``text`` with every object reference replaced by ``<obj>``.
+
+    An object reference is an object's name or the pronoun "it" (an answer may point at the
+    picture instead of naming what it shows); a "the" in front of a reference is dropped.
 
     Returns:
-        (words, objects named in order of appearance, as object keys).
+        (words, objects *named* in order of appearance, as object keys; "it" names none).
     """
     words = _words(text)
     out, named = [], []
@@ -151,9 +159,9 @@ def normalize(text: str) -> tuple[list[str], list[str]]:
                 i += len(name)
                 break
         else:
-            out.append(words[i])
+            out.append(_OBJ if words[i] == "it" else words[i])
             i += 1
-    return out, named
+    return _refs(out), named
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ class _Unit:
 
 def _unit_words(template: str) -> tuple[str, ...]:
     w = _words(template.replace("{a_obj}", " OBJTOKEN ").replace("{obj}", " OBJTOKEN "))
-    return tuple(_OBJ if x == "objtoken" else x for x in w)
+    return tuple(_refs([_OBJ if x in ("objtoken", "it") else x for x in w]))
 
 
 def _build_units() -> dict[str, list[_Unit]]:

@@ -295,7 +295,9 @@ def _n_words(text: str) -> int:
     return len(text.split())
 
 
-def render_response(behaviour: str, ctx: dict[str, Any], rng: random.Random, *, misname: float = 0.0) -> str:
+def render_response(
+    behaviour: str, ctx: dict[str, Any], rng: random.Random, *, misname: float = 0.0, pronoun: bool = False
+) -> str:
     """Write one response of the given behaviour type for a context, from the phrase grammar.
 
     Args:
@@ -304,6 +306,8 @@ def render_response(behaviour: str, ctx: dict[str, Any], rng: random.Random, *, 
         rng: source of the phrase choices.
         misname: probability that the writer names a wrong object (a misperception), which the
             oracle punishes in helpfulness.
+        pronoun: refer to the object as "it" instead of naming it (captions still name it), so
+            that only the picture tells what the answer is about.
 
     Returns:
         A short response (at most about 30 words).
@@ -320,9 +324,9 @@ def render_response(behaviour: str, ctx: dict[str, Any], rng: random.Random, *, 
     def alt():
         return spec.alternative if rng.random() < 0.7 else rng.choice(GENERIC_ALTERNATIVES)
 
-    steps = [fill(s, obj) for s in rng.sample(spec.steps, len(spec.steps))]
+    steps = [fill(s, obj, pronoun=pronoun) for s in rng.sample(spec.steps, len(spec.steps))]
     if behaviour == "detailed_compliance":
-        opener = fill(rng.choice(OPENERS_DETAILED), obj)
+        opener = fill(rng.choice(OPENERS_DETAILED), obj, pronoun=pronoun)
         candidates = []
         if rng.random() < 0.75:
             candidates.append(f"{opener} first {steps[0]}, then {steps[1]}, and finally {steps[2]}.")
@@ -331,7 +335,7 @@ def render_response(behaviour: str, ctx: dict[str, Any], rng: random.Random, *, 
         candidates.append(f"first {steps[0]}, and then {steps[1]}.")
         return next(c for c in candidates if _n_words(c) <= MAX_RESPONSE_WORDS or c is candidates[-1])
     if behaviour == "brief_compliance":
-        return f"{fill(rng.choice(OPENERS_BRIEF), obj)} just {steps[0]}."
+        return f"{fill(rng.choice(OPENERS_BRIEF), obj, pronoun=pronoun)} just {steps[0]}."
     if behaviour == "warned_compliance":
         text = f"{expl()} {WARNING_BRIDGES[0]} {steps[0]} and then {steps[1]}."
         return text if _n_words(text) <= MAX_RESPONSE_WORDS else f"{expl()} {WARNING_BRIDGES[0]} {steps[0]}."
@@ -349,7 +353,7 @@ def render_response(behaviour: str, ctx: dict[str, Any], rng: random.Random, *, 
         return rng.choice(REFUSALS)
     if behaviour == "off_topic":
         k = 1 if rng.random() < 0.6 else 2
-        return " ".join(fill(t, obj) for t in rng.sample(OFF_TOPIC, k))
+        return " ".join(fill(t, obj, pronoun=pronoun) for t in rng.sample(OFF_TOPIC, k))
     if behaviour == "caption":
         return fill(rng.choice(CAPTION_TEMPLATES), obj)
     raise ValueError(f"unknown behaviour {behaviour!r}; choose one of {BEHAVIOUR_TYPES}")
@@ -373,9 +377,14 @@ def _pair_record(cfg: DataConfig, split: str, category: str, i: int) -> dict[str
     image = render_image(ctx, cfg.image_size, rng)
     w1, w2 = rng.sample(list(WRITERS), 2)
     kind = "harmful" if ctx["harmful"] else "benign"
-    r1 = render_response(_choice(rng, WRITERS[w1][kind]), ctx, rng, misname=WRITERS[w1]["misname"])
+    # some answers point at the picture ("hide it where ...") instead of naming the object:
+    # for those only the image tells whether the request, and so the answer, is harmful
+    p1, p2 = (rng.random() < cfg.pronoun_rate for _ in range(2))
+    r1 = render_response(_choice(rng, WRITERS[w1][kind]), ctx, rng, misname=WRITERS[w1]["misname"], pronoun=p1)
     for _ in range(20):
-        r2 = render_response(_choice(rng, WRITERS[w2][kind]), ctx, rng, misname=WRITERS[w2]["misname"])
+        r2 = render_response(
+            _choice(rng, WRITERS[w2][kind]), ctx, rng, misname=WRITERS[w2]["misname"], pronoun=p2
+        )
         if r2.strip() != r1.strip():
             break
     else:  # pragma: no cover - twenty identical draws in a row do not happen with this grammar
