@@ -382,9 +382,7 @@ def _pair_record(cfg: DataConfig, split: str, category: str, i: int) -> dict[str
     p1, p2 = (rng.random() < cfg.pronoun_rate for _ in range(2))
     r1 = render_response(_choice(rng, WRITERS[w1][kind]), ctx, rng, misname=WRITERS[w1]["misname"], pronoun=p1)
     for _ in range(20):
-        r2 = render_response(
-            _choice(rng, WRITERS[w2][kind]), ctx, rng, misname=WRITERS[w2]["misname"], pronoun=p2
-        )
+        r2 = render_response(_choice(rng, WRITERS[w2][kind]), ctx, rng, misname=WRITERS[w2]["misname"], pronoun=p2)
         if r2.strip() != r1.strip():
             break
     else:  # pragma: no cover - twenty identical draws in a row do not happen with this grammar
