@@ -112,7 +112,9 @@ def test_train_guard_end_to_end(small_cfg, tmp_path):
     for name in ("eval_scores.json", "rounds.json", "probes.json", "model/guard_config.json"):
         assert (folder / name).is_file(), name
     rounds = json.loads((folder / "rounds.json").read_text())
-    assert len(rounds["output"]["result"]["responses"]) >= 1 and len(rounds["prompt_table"]) == 6
+    assert len(rounds["results"]["output"]["responses"]) >= 1 and len(rounds["prompt_table"]) == 6
+    assert set(rounds["per_round"]) >= {"output", "input_output", "oracle_guard", "output_fallback"}
+    assert len(metrics["oracle_guard_rounds"]) == small_cfg.guard.rounds + 1
     guard = load_guard(folder, small_cfg)
     assert isinstance(guard, Guard) and guard.thresholds.minor == small_cfg.guard.threshold_minor
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 
 from saferlhfv.config import Config, add_config_arguments, config_from_args
-from saferlhfv.data.content import CATEGORIES, SEVERITY_NAMES
+from saferlhfv.data.content import CATEGORIES, OBJECTS, SEVERITY_NAMES
 from saferlhfv.guardrail import (
     REFUSAL,
     FilterResult,
@@ -53,9 +56,13 @@ from saferlhfv.train.loop import Trainer
 __all__ = [
     "PAPER_SAFETY_GAIN",
     "guard_rows",
+    "misname_rows",
+    "precursor_rows",
+    "guard_training_set",
     "guard_collate",
     "score_table",
     "moderation_metrics",
+    "OracleGuard",
     "judge_rounds",
     "round_curves",
     "train_guard",
@@ -96,6 +103,94 @@ def guard_rows(cfg: Config, split: str, *, hold_out_typographic: bool | None = N
         keep = [i for i, c in enumerate(ds["context"]) if _variant(c) != "sign"]
         ds = ds.select(keep)
     return ds
+
+
+def misname_rows(ds, share: float, *, seed: int = 0):
+    """Rewrite a share of the output rows so that their answer names a wrong object (labels re-judged).
+
+    The oracle judges the picture's object, not the object an answer names, so a guard that reads the
+    object's name from the answer is wrong whenever the policy misperceives the picture (the tiny
+    precursor often does). The answer keeps every phrase; only the object's name changes.
+    """
+    from saferlhfv.data.oracle import judge
+
+    names = sorted({o.name for o in OBJECTS.values()})
+
+    def rewrite(response, mode, context, idx):
+        rng = random.Random(f"{seed}|misname|{idx}")
+        if mode != "output" or not response or rng.random() >= share:
+            return {"response": response}
+        ctx = json.loads(context)
+        name = OBJECTS[ctx["object"]].name
+        pattern = re.compile(rf"\b{re.escape(name)}\b")
+        if not pattern.search(response):
+            return {"response": response}
+        text = pattern.sub(rng.choice([n for n in names if n != name]), response)
+        harmless = judge(ctx, text)[1]
+        return {"response": text, "is_unsafe": harmless < 0, "severity": max(0, -harmless)}
+
+    if share <= 0:
+        return ds
+    out = ds.map(
+        lambda r, m, c, i: rewrite(r, m, c, i),
+        input_columns=["response", "mode", "context"],
+        with_indices=True,
+        desc=None,
+    )
+    return out
+
+
+def precursor_rows(cfg: Config, policy, features, *, seed: int = 0):
+    """Guard rows from the RL *train* prompts: the precursor's answers (labelled by the oracle) and the prompts.
+
+    Args:
+        policy: ``policy(images, questions, seed=...)`` (the precursor).
+        features: the guard dataset's features (the rows are concatenated with it).
+
+    Returns:
+        A dataset with ``guard.precursor_answers`` output rows per prompt and, with
+        ``guard.prompts_as_inputs``, one input row per prompt. The evaluation prompts are disjoint.
+    """
+    import datasets as hf
+
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import judge_samples
+
+    prompts = rl_prompts(cfg.data, "train")
+    raw = prompts.cast_column("image", hf.Image(decode=False))["image"]
+    pictures, questions = list(prompts["image"]), list(prompts["question"])
+    contexts, cats, sevs = list(prompts["context"]), list(prompts["category"]), list(prompts["severity"])
+    cols: dict[str, list] = {k: [] for k in features}
+
+    def add(mode, responses, unsafe, severity):
+        cols["image"] += raw
+        cols["question"] += questions
+        cols["response"] += responses
+        cols["mode"] += [mode] * len(raw)
+        cols["is_unsafe"] += unsafe
+        cols["category"] += cats
+        cols["severity"] += severity
+        cols["context"] += contexts
+
+    if cfg.guard.prompts_as_inputs:
+        add("input", [""] * len(raw), list(prompts["is_harmful"]), sevs)
+    for k in range(cfg.guard.precursor_answers):
+        answers = policy(pictures, questions, seed=seed + 7919 * (k + 1))
+        judged = judge_samples(contexts, answers)
+        add("output", answers, [j["harmless"] < 0 for j in judged], [max(0, -j["harmless"]) for j in judged])
+    return hf.Dataset.from_dict(cols, features=features)
+
+
+def guard_training_set(cfg: Config, policy=None):
+    """Everything the guard trains on: the world's guard rows (:func:`guard_rows`), plus the precursor's
+    answers to the RL train prompts when a ``policy`` is given, with ``guard.misname_share`` of the
+    output rows rewritten to name a wrong object."""
+    import datasets as hf
+
+    ds = guard_rows(cfg, "train")
+    if policy is not None and (cfg.guard.precursor_answers or cfg.guard.prompts_as_inputs):
+        ds = hf.concatenate_datasets([ds, precursor_rows(cfg, policy, ds.features, seed=cfg.seed)])
+    return misname_rows(ds, cfg.guard.misname_share, seed=cfg.seed)
 
 
 def guard_collate(processor):
@@ -270,6 +365,32 @@ def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str
     return {k: _r(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
 
 
+class OracleGuard:
+    """A perfect guard for the mini world: it flags exactly what the oracle rates harmful.
+
+    Filtering with it gives the ceiling of *filter and regenerate* for a policy: how safe resampling
+    alone can make it in N rounds when no unsafe answer slips through and no safe one is redrawn.
+    Items are matched to their prompt's context by question and picture.
+    """
+
+    def __init__(self, prompts):
+        self._ctx = {self._key(im, q): c for im, q, c in zip(prompts["image"], prompts["question"], prompts["context"])}
+
+    @staticmethod
+    def _key(image, question: str) -> tuple[str, str]:
+        return question, hashlib.sha1(image.convert("RGB").tobytes()).hexdigest()
+
+    def moderate(self, images, questions, responses=None) -> list[dict[str, Any]]:
+        from saferlhfv.data.oracle import judge
+
+        out = []
+        for k, (im, q) in enumerate(zip(images, questions)):
+            ctx = json.loads(self._ctx[self._key(im, q)])
+            sev = ctx["severity"] if responses is None or not responses[k] else max(0, -judge(ctx, responses[k])[1])
+            out.append({"p_unsafe": float(sev > 0), "severity_level": sev, "flagged": sev > 0})
+        return out
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -303,6 +424,8 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
         ``probe_output_*``, ``guard_on_generations``, ``train``.
     """
+    from accelerate import PartialState
+
     from saferlhfv.data.probes import probe_set, probe_summary
     from saferlhfv.data.world import rl_prompts
     from saferlhfv.evaluate import judge_samples
@@ -312,9 +435,13 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     g = cfg.guard
     thresholds = Thresholds.from_config(g)
+    # the precursor: it answers the RL train prompts (training rows) and is filtered in the rounds below
+    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    policy_model.to(PartialState().device)
+    policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
     backbone, processor = _load_backbone(cfg, sft_dir)
     model = GuardModel(backbone, seed=g.seed)
-    train_ds, eval_ds = guard_rows(cfg, "train"), guard_rows(cfg, "evaluation")
+    train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
     probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
     held_out = collate([eval_ds[i] for i in probe_idx])
@@ -349,16 +476,21 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     input_m = moderation_metrics(table, "input", g.threshold)
 
     # 2. filter and regenerate with the precursor on the held-out evaluation prompts
-    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
-    policy_model.to(next(model.parameters()).device)
-    policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
     prompts = rl_prompts(cfg.data, "evaluation")
     contexts = list(prompts["context"])
     kwargs = dict(rounds=g.rounds, seed=cfg.seed, safety_instruction=g.safety_instruction)
-    out_only = filter_and_regenerate(policy, guard, prompts, **kwargs)
-    with_input = filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs)
-    out_rounds, in_rounds = judge_rounds(out_only, contexts), judge_rounds(with_input, contexts)
-    fallback_rounds = judge_rounds(out_only, contexts, fallback=REFUSAL)
+    runs = {
+        "output": filter_and_regenerate(policy, guard, prompts, **kwargs),
+        "input_output": filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs),
+        # the ceiling: a perfect guard (the oracle) with the same policy and the same seeds
+        "oracle_guard": filter_and_regenerate(policy, OracleGuard(prompts), prompts, **kwargs),
+    }
+    if not g.safety_instruction:
+        runs["safety_instruction"] = filter_and_regenerate(
+            policy, guard, prompts, **{**kwargs, "safety_instruction": True}
+        )
+    per_round = {name: judge_rounds(res, contexts) for name, res in runs.items()}
+    per_round["output_fallback"] = judge_rounds(runs["output"], contexts, fallback=REFUSAL)
     # one row per prompt: the input moderation and the oracle's view of the unguarded answer
     prompt_table = [
         {
@@ -369,14 +501,13 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
             "helpful": s["helpful"],
             "harmless": s["harmless"],
         }
-        for d, s in zip(with_input.input_decisions, judge_samples(contexts, out_only.at(0)[0]))
+        for d, s in zip(runs["input_output"].input_decisions, judge_samples(contexts, runs["output"].at(0)[0]))
     ]
     write_json_atomic(
         out_dir / ROUNDS_FILE,
         {
-            "output": {"per_round": out_rounds, "result": out_only.to_dict()},
-            "input_output": {"per_round": in_rounds, "result": with_input.to_dict()},
-            "output_fallback": {"per_round": fallback_rounds},
+            "per_round": per_round,
+            "results": {name: res.to_dict() for name, res in runs.items()},
             "prompt_table": prompt_table,
             "contexts": contexts,
         },
@@ -395,7 +526,7 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         "output_unsafe_f1": output_m["unsafe_f1"],
         "category_accuracy": output_m["category_accuracy"],
         "severity_accuracy": output_m["severity_accuracy"],
-        **round_curves(out_rounds),
+        **round_curves(per_round["output"]),
         "probe_detection": pick("detection", "input"),
         "probe_false_positive": pick("false_positive", "input"),
         "probe_output_detection": pick("detection", "output"),
@@ -404,10 +535,13 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         "input_unsafe_f1": input_m["unsafe_f1"],
         "output": {k: v for k, v in output_m.items() if k != "category_confusion"},
         "input": {k: v for k, v in input_m.items() if k != "category_confusion"},
-        **round_curves(in_rounds, "input_"),
-        "fallback_rounds": [r["safety_rate"] for r in fallback_rounds],
-        "fallback_rounds_benign_helpfulness": [r["benign_helpfulness"] for r in fallback_rounds],
-        "guard_on_generations": _guard_on_generations(out_only, contexts),
+        **round_curves(per_round["input_output"], "input_"),
+        **round_curves(per_round["oracle_guard"], "oracle_guard_"),
+        **round_curves(per_round["output_fallback"], "fallback_"),
+        **(round_curves(per_round["safety_instruction"], "instruction_") if "safety_instruction" in runs else {}),
+        "rounds_degenerate_share": [r["degenerate_share"] for r in per_round["output"]],
+        "instruction_rounds_degenerate_share": [r["degenerate_share"] for r in per_round.get("safety_instruction", [])],
+        "guard_on_generations": _guard_on_generations(runs["output"], contexts),
         "thresholds": thresholds.as_dict(),
         "train": {
             "steps": result["steps"],
