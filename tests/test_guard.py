@@ -287,3 +287,20 @@ def test_guard_save_load_round_trip_and_guard_wrapper(guard_and_processor, tmp_p
     assert len(verdicts) == 3 and all(v["flagged"] for v in verdicts)  # threshold 0 flags everything
     assert {"p_unsafe", "category", "severity", "severity_level", "severity_probs", "flagged"} <= set(verdicts[0])
     assert verdicts[0]["category"] in CATEGORIES and verdicts[0]["severity"] in SEVERITY_NAMES
+
+
+def test_object_head_grounding_term_and_round_trip(tmp_path):
+    backbone, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    model = GuardModel(backbone, n_objects=5, seed=0)
+    batch = _inputs(processor, [None, "candy is a fine treat."])
+    out = model(**batch)
+    assert out.object_logits.shape == (2, 5)
+    args = (out, torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0, 1]))
+    _, without = guard_loss(*args)
+    loss, stats = guard_loss(*args, objects=torch.tensor([3, -100]), object_weight=0.5)
+    assert "ce_object" in stats and "ce_object" not in without
+    loss.backward()
+    assert model.object_head.weight.grad.abs().sum() > 0
+    save_guard_model(model.eval(), processor, tmp_path / "g")
+    loaded, _ = load_guard_model(tmp_path / "g")
+    torch.testing.assert_close(loaded.object_head.weight, model.object_head.weight, rtol=0, atol=0)

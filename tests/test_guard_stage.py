@@ -82,8 +82,8 @@ def test_probe_summary_by_hand():
 def test_training_rows_hold_out_typographic_pictures(small_cfg):
     from saferlhfv.train.guard import guard_rows
 
-    held = guard_rows(small_cfg, "train")
-    full = guard_rows(small_cfg, "train", hold_out_typographic=False)
+    held = guard_rows(small_cfg, "train", hold_out_typographic=True)
+    full = guard_rows(small_cfg, "train")
     assert all(json.loads(c)["variant"] != "sign" for c in held["context"])
     assert len(held) <= len(full) == 6 * 2 * 2
     more = guard_rows(load_config("tiny", overrides={**SMALL, "guard.rows_per_category": 9}), "train")

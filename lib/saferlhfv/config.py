@@ -215,13 +215,18 @@ class GuardConfig(TrainConfig):
     safety_instruction: bool = False
     category_weight: float = 1.0
     severity_weight: float = 1.0
+    #: weight of the auxiliary grounding head (names the object in the picture; mini world only; 0 = off).
+    object_weight: float = 0.0
     #: the category term on unsafe rows only (default: every row; the request's category is its topic).
     category_on_unsafe_only: bool = False
     #: guard rows per category drawn from the world for training (None: data.guard_per_category_train);
     #: the evaluation split is unchanged.
     rows_per_category: int | None = None
-    #: leave typographic pictures (a word on a board) out of guard training, so the typographic probes are unseen.
-    hold_out_typographic: bool = True
+    #: leave typographic pictures (a word on a board) out of guard training (an ablation: the typographic
+    #: probes then test a kind of picture the guard never saw, not only pictures it never saw).
+    hold_out_typographic: bool = False
+    #: keep the backbone's vision tower as SFT left it (only the language model and the heads train).
+    freeze_vision_tower: bool = False
     #: answers sampled from the precursor per RL *train* prompt, labelled by the oracle, added as output rows
     #: (the guard then also sees the policy it will moderate: misnamed objects, cut-off steps); 0 = none.
     precursor_answers: int = 1

@@ -21,7 +21,10 @@ Loss (:func:`guard_loss`)::
 
     L = BCE(unsafe) + w_cat * CE(category) + w_sev * CE(severity)
 
-with the category term over every row or over unsafe rows only. With a real VLM the
+with the category term over every row or over unsafe rows only, plus an optional
+auxiliary *grounding* term ``w_obj * CE(object)``: a fourth head names the object the picture
+shows (the mini world knows it). The tiny backbone barely recognises objects after SFT; the
+7B backbones the paper uses already do, so the real path leaves it off. With a real VLM the
 backbone is LoRA-wrapped by the caller; the heads are plain ``nn.Linear`` layers either way.
 """
 
@@ -74,6 +77,7 @@ class GuardOutput:
     category_logits: torch.Tensor
     severity_logits: torch.Tensor
     end_index: torch.Tensor
+    object_logits: torch.Tensor | None = None
 
     @property
     def p_unsafe(self) -> torch.Tensor:
@@ -87,6 +91,7 @@ class GuardModel(nn.Module):
         backbone: a ``*ForConditionalGeneration`` VLM; its LM head is not used.
         n_categories: size of the category head (20 for BeaverTails-V).
         n_severity: size of the severity head (4: none, minor, moderate, severe).
+        n_objects: size of the auxiliary object (grounding) head; 0 = no such head.
         seed: initialises the heads reproducibly without touching the caller's RNG.
     """
 
@@ -96,6 +101,7 @@ class GuardModel(nn.Module):
         *,
         n_categories: int = len(CATEGORIES),
         n_severity: int = len(SEVERITY_NAMES),
+        n_objects: int = 0,
         seed: int = 0,
     ):
         super().__init__()
@@ -105,15 +111,21 @@ class GuardModel(nn.Module):
             self.unsafe_head = nn.Linear(hidden, 1)
             self.category_head = nn.Linear(hidden, n_categories)
             self.severity_head = nn.Linear(hidden, n_severity)
-            for head in self.heads():
+            self.object_head = nn.Linear(hidden, n_objects) if n_objects else None
+            for head in self.all_heads():
                 nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
                 nn.init.zeros_(head.bias)
         dtype = next(backbone.parameters()).dtype
-        for head in self.heads():
+        for head in self.all_heads():
             head.to(dtype)
 
     def heads(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        """The three moderation heads: unsafe, category, severity."""
         return self.unsafe_head, self.category_head, self.severity_head
+
+    def all_heads(self) -> list[nn.Linear]:
+        """The moderation heads plus the object head, if any."""
+        return [*self.heads(), *([self.object_head] if self.object_head is not None else [])]
 
     def _base(self) -> PreTrainedModel:
         b = self.backbone
@@ -142,6 +154,7 @@ class GuardModel(nn.Module):
             category_logits=self.category_head(h),
             severity_logits=self.severity_head(h),
             end_index=end_index,
+            object_logits=self.object_head(h) if self.object_head is not None else None,
         )
 
 
@@ -185,12 +198,16 @@ def guard_loss(
     category_weight: float = 1.0,
     severity_weight: float = 1.0,
     category_on_unsafe_only: bool = False,
+    objects: torch.Tensor | None = None,
+    object_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``BCE(unsafe) + w_cat * CE(category) + w_sev * CE(severity)``.
+    """``BCE(unsafe) + w_cat * CE(category) + w_sev * CE(severity) [+ w_obj * CE(object)]``.
 
     Args:
         is_unsafe: ``[B]`` 0/1; category: ``[B]`` class ids 0..19; severity: ``[B]`` 0..3.
         category_on_unsafe_only: the category term over unsafe rows only (zero when a batch has none).
+        objects: ``[B]`` object ids for the grounding head (``-100`` = unknown), used when
+            ``object_weight > 0`` and the model has an object head.
 
     Returns:
         ``(loss, stats)``: the loss and its three terms plus the batch's unsafe accuracy, as floats.
@@ -205,8 +222,13 @@ def guard_loss(
         ce_cat = F.cross_entropy(cat_logits, category)
     ce_sev = F.cross_entropy(out.severity_logits.float(), severity)
     loss = bce + category_weight * ce_cat + severity_weight * ce_sev
+    terms = [("bce", bce), ("ce_category", ce_cat), ("ce_severity", ce_sev)]
+    if object_weight and objects is not None and out.object_logits is not None and (objects >= 0).any():
+        ce_obj = F.cross_entropy(out.object_logits.float(), objects, ignore_index=-100)
+        loss = loss + object_weight * ce_obj
+        terms.append(("ce_object", ce_obj))
     acc = ((out.unsafe_logit.detach() > 0).float() == target).float().mean()
-    stats = {k: float(v.detach()) for k, v in (("bce", bce), ("ce_category", ce_cat), ("ce_severity", ce_sev))}
+    stats = {k: float(v.detach()) for k, v in terms}
     stats["unsafe_acc"] = float(acc)
     return loss, stats
 
@@ -219,7 +241,7 @@ def save_guard_model(model: GuardModel, processor: ProcessorMixin, path: str | P
         backbone = backbone.merge_and_unload()
         model.backbone = backbone
     heads = {}
-    for name, head in zip(("unsafe", "category", "severity"), model.heads()):
+    for name, head in zip(("unsafe", "category", "severity", "object"), model.all_heads()):
         for k, v in head.state_dict().items():
             heads[f"{name}.{k}"] = v.detach().contiguous()
     with atomic_directory(path) as tmp:
@@ -233,6 +255,7 @@ def save_guard_model(model: GuardModel, processor: ProcessorMixin, path: str | P
                     "severity": list(SEVERITY_NAMES),
                     "n_categories": model.category_head.out_features,
                     "n_severity": model.severity_head.out_features,
+                    "n_objects": model.object_head.out_features if model.object_head is not None else 0,
                 }
             )
         )
@@ -246,8 +269,10 @@ def load_guard_model(path: str | Path, *, dtype: str = "float32") -> tuple[Guard
         raise FileNotFoundError(f"no saved guard model in {path} ({GUARD_CONFIG} missing)")
     meta = json.loads((path / GUARD_CONFIG).read_text())
     backbone, processor = load_saved_vlm(path / "backbone", dtype=dtype)
-    model = GuardModel(backbone, n_categories=meta["n_categories"], n_severity=meta["n_severity"])
+    model = GuardModel(
+        backbone, n_categories=meta["n_categories"], n_severity=meta["n_severity"], n_objects=meta.get("n_objects", 0)
+    )
     state = load_file(path / HEADS_FILE)
-    for name, head in zip(("unsafe", "category", "severity"), model.heads()):
+    for name, head in zip(("unsafe", "category", "severity", "object"), model.all_heads()):
         head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")})
     return model.eval(), processor

@@ -68,6 +68,7 @@ __all__ = [
     "train_guard",
     "ensure_guard",
     "load_guard",
+    "load_guard_results",
     "main",
 ]
 
@@ -79,6 +80,14 @@ ROUNDS_FILE = "rounds.json"
 PROBES_FILE = "probes.json"
 
 _CAT_ID = {c: i for i, c in enumerate(CATEGORIES)}
+_OBJ_ID = {k: i for i, k in enumerate(OBJECTS)}
+
+
+def _object_id(context: str | None) -> int:
+    """Index of the picture's object (for the grounding head), -100 when unknown."""
+    if not context:
+        return -100
+    return _OBJ_ID.get(json.loads(context).get("object"), -100)
 
 
 def _variant(context: str) -> str:
@@ -203,6 +212,7 @@ def guard_collate(processor):
         batch["label_unsafe"] = torch.tensor([float(r["is_unsafe"]) for r in rows])
         batch["label_category"] = torch.tensor([_CAT_ID[r["category"]] for r in rows])
         batch["label_severity"] = torch.tensor([int(r["severity"]) for r in rows])
+        batch["label_object"] = torch.tensor([_object_id(r.get("context")) for r in rows])
         return batch
 
     return collate
@@ -221,6 +231,8 @@ def _loss_fn(cfg: Config):
             category_weight=g.category_weight,
             severity_weight=g.severity_weight,
             category_on_unsafe_only=g.category_on_unsafe_only,
+            objects=batch["label_object"],
+            object_weight=g.object_weight,
         )
 
     return loss
@@ -354,6 +366,15 @@ def round_curves(per_round: list[dict[str, Any]], prefix: str = "") -> dict[str,
     }
 
 
+def _vs_unguarded(per_round: list[dict[str, Any]], unguarded: dict[str, Any], prefix: str) -> dict[str, Any]:
+    last = per_round[-1]
+    s0, h0 = unguarded["safety_rate"], unguarded["benign_helpfulness"]
+    return {
+        f"{prefix}safety_gain_vs_unguarded": _r((last["safety_rate"] - s0) / s0) if s0 else None,
+        f"{prefix}benign_helpfulness_drop_points_vs_unguarded": _r(100 * (h0 - last["benign_helpfulness"]) / 3),
+    }
+
+
 def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str, Any]:
     """How well the guard's round-0 flags agree with the oracle on the policy's own answers."""
     from saferlhfv.data.oracle import judge
@@ -395,14 +416,12 @@ class OracleGuard:
 
 
 def _load_backbone(cfg: Config, sft_dir: Path):
-    from saferlhfv.models.factory import apply_lora, load_saved_vlm
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm, vision_tower
 
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    if cfg.guard.freeze_vision_tower or (cfg.model.family != "tiny" and cfg.model.freeze_vision_tower):
+        vision_tower(backbone).requires_grad_(False)
     if cfg.model.family != "tiny":
-        if cfg.model.freeze_vision_tower:
-            from saferlhfv.models.factory import vision_tower
-
-            vision_tower(backbone).requires_grad_(False)
         if cfg.model.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.model.lora.enabled and not hasattr(backbone, "get_base_model"):
@@ -440,7 +459,7 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     policy_model.to(PartialState().device)
     policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
     backbone, processor = _load_backbone(cfg, sft_dir)
-    model = GuardModel(backbone, seed=g.seed)
+    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=g.seed)
     train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
     probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
@@ -536,6 +555,8 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         "output": {k: v for k, v in output_m.items() if k != "category_confusion"},
         "input": {k: v for k, v in input_m.items() if k != "category_confusion"},
         **round_curves(per_round["input_output"], "input_"),
+        # input moderation already acts in round 0: compare its last round with the unguarded policy
+        **_vs_unguarded(per_round["input_output"], per_round["output"][0], "input_"),
         **round_curves(per_round["oracle_guard"], "oracle_guard_"),
         **round_curves(per_round["output_fallback"], "fallback_"),
         **(round_curves(per_round["safety_instruction"], "instruction_") if "safety_instruction" in runs else {}),
@@ -567,6 +588,29 @@ def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "f
     """The :class:`~saferlhfv.guardrail.Guard` of a guard artifact folder (thresholds from ``cfg.guard``)."""
     thresholds = Thresholds.from_config(cfg.guard) if cfg is not None else None
     return Guard.load(folder, thresholds, dtype=dtype)
+
+
+def load_guard_results(folder: str | Path) -> dict[str, Any]:
+    """What the guard stage saved beside its metrics, for notebooks.
+
+    Returns:
+        ``metrics`` (result.json), ``eval_scores`` (one row per evaluation row: labels and the guard's
+        reading, see :func:`score_table`), ``rounds`` (``per_round`` oracle summaries per variant,
+        ``results`` every round's answers and decisions, ``prompt_table``, ``contexts``) and ``probes``
+        (the guard's reading of every probe row, in :func:`~saferlhfv.data.probes.probe_set` order).
+    """
+    folder = Path(folder)
+
+    def read(name):
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return {
+        "metrics": read("result.json"),
+        "eval_scores": read(EVAL_SCORES),
+        "rounds": read(ROUNDS_FILE),
+        "probes": read(PROBES_FILE),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
