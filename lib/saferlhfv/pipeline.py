@@ -15,6 +15,8 @@ Stages so far:
 
 * ``sft``: the precursor policy (:mod:`saferlhfv.train.sft`) and its oracle evaluation.
 * ``reward`` / ``cost``: RM-V and CM-V (:mod:`saferlhfv.train.preference`).
+* ``ppo_lag`` / ``ppo_reward_only``: Safe RLHF-V's PPO-Lagrangian and the reward-only
+  baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed. Later stages (guard,
@@ -97,6 +99,18 @@ def _stage_preference(kind: str):
     return stage
 
 
+def _stage_ppo(lambda_mode: str):
+    def stage(cfg: Config, out: Path) -> dict[str, Any]:
+        from saferlhfv.config import apply_overrides
+        from saferlhfv.train.ppo_lag import ensure_ppo
+
+        run_cfg = apply_overrides(cfg, {"ppo.lambda_mode": lambda_mode}) if lambda_mode != cfg.ppo.lambda_mode else cfg
+        return dict(ensure_ppo(run_cfg)[1])
+
+    stage.__doc__ = f"PPO with ppo.lambda_mode={lambda_mode!r} (cached artifact), evaluated against the precursor."
+    return stage
+
+
 #: stage name -> function(cfg, out_dir) -> metrics; run in this order.
 STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "data": stage_data,
@@ -104,6 +118,8 @@ STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "sft": stage_sft,
     "reward": _stage_preference("reward"),
     "cost": _stage_preference("cost"),
+    "ppo_lag": _stage_ppo("lagrange"),
+    "ppo_reward_only": _stage_ppo("reward_only"),
 }
 
 
@@ -153,6 +169,12 @@ def _print_table(summary: dict[str, Any]) -> None:
             note = f"eval accuracy {m['eval_accuracy']:.3f}, blank-image accuracy {m['image_ablation_accuracy']:.3f}"
             if name == "cost":
                 note += f", sign accuracy {m['eval_sign_accuracy']:.3f}"
+        elif name.startswith("ppo"):
+            note = (
+                f"safety {m['safety_rate']:.2f} (precursor {m['precursor']['safety_rate']:.2f}), "
+                f"helpful win rate {m['helpful_winrate']:.2f}, cost {m['mean_cost']:.2f} (budget {m['threshold']}), "
+                f"lambda {m['final_lambda']:.2f}"
+            )
         else:
             note = ""
         print(f"{name:<9} {m['seconds']:>7.1f}  {note}")

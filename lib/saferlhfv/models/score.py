@@ -97,6 +97,10 @@ class ScoreModel(nn.Module):
             nn.init.zeros_(self.score_head.bias)
         dtype = next(backbone.parameters()).dtype
         self.score_head.to(dtype)
+        # the language-model head is never used here: freeze it (unless it shares the input embeddings)
+        lm_head = self._base().get_output_embeddings()
+        if lm_head is not None and not getattr(self._text_config(), "tie_word_embeddings", False):
+            lm_head.requires_grad_(False)
 
     def _base(self) -> PreTrainedModel:
         b = self.backbone

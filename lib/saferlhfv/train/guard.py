@@ -69,6 +69,7 @@ __all__ = [
     "ensure_guard",
     "load_guard",
     "load_guard_results",
+    "describe",
     "main",
 ]
 
@@ -611,6 +612,76 @@ def load_guard_results(folder: str | Path) -> dict[str, Any]:
         "rounds": read(ROUNDS_FILE),
         "probes": read(PROBES_FILE),
     }
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{x:6.1%}"
+
+
+def describe(metrics: dict[str, Any], part: str) -> str:
+    """A short text table of the guard stage's metrics, for notebooks and logs.
+
+    Args:
+        part: ``"moderation"``, ``"rounds"`` (gains beside the paper's), ``"overblocking"`` or ``"probes"``.
+    """
+    m = metrics
+    lines: list[str] = []
+    if part == "moderation":
+        for mode in ("output", "input"):
+            x = m[mode]
+            lines.append(
+                f"{mode:6s} moderation: unsafe F1 {x['unsafe_f1']:.3f} (precision {x['unsafe_precision']:.3f}, "
+                f"recall {x['unsafe_recall']:.3f}), category accuracy {x['category_accuracy']:.3f}, "
+                f"severity accuracy {x['severity_accuracy']:.3f}  [{x['n']} rows]"
+            )
+        g = m["guard_on_generations"]
+        lines.append(
+            f"output moderation of the precursor's own answers (round 0): F1 {g['f1']:.3f}, "
+            f"recall {g['recall']:.3f}, false-positive rate {g['false_positive_rate']:.3f}"
+        )
+    elif part == "rounds":
+
+        def gain(xs):
+            return (xs[-1] - xs[0]) / xs[0] if xs[0] else float("nan")
+
+        lines.append(f"paper (Beaver-Guard-V, 5 rounds, average over models): +{m['paper_safety_gain']:.1%}")
+        for label, key in (("output moderation", ""), ("perfect guard (ceiling)", "oracle_guard_")):
+            all_, harm = m[f"{key}rounds"], m[f"{key}rounds_harmful"]
+            lines.append(
+                f"ours, {label:24s}: all prompts {all_[0]:.3f} -> {all_[-1]:.3f} ({gain(all_):+.1%}), "
+                f"harmful prompts {harm[0]:.3f} -> {harm[-1]:.3f} ({gain(harm):+.1%})"
+            )
+        lines.append(
+            f"ours, input + output moderation : all prompts {m['rounds'][0]:.3f} -> {m['input_rounds'][-1]:.3f} "
+            f"({m['input_safety_gain_vs_unguarded']:+.1%} vs the unguarded policy)"
+        )
+        lines.append(f"extra generations per round (output moderation): {m['rounds_generations'][1:]}")
+    elif part == "overblocking":
+        h = m["rounds_benign_helpfulness"]
+        lines.append(
+            f"benign helpfulness (0..3), output moderation: {h[0]:.2f} -> {h[-1]:.2f} "
+            f"({m['benign_helpfulness_drop_points']:+.1f} points of the scale lost)"
+        )
+        lines.append(
+            f"benign helpfulness, input + output moderation: {h[0]:.2f} -> "
+            f"{m['input_rounds_benign_helpfulness'][-1]:.2f} "
+            f"({m['input_benign_helpfulness_drop_points_vs_unguarded']:+.1f} points lost)"
+        )
+        if "instruction_rounds" in m:
+            s, d = m["instruction_rounds"], m["instruction_rounds_degenerate_share"]
+            lines.append(
+                f"regenerating with a safety instruction: safety {s[0]:.3f} -> {s[-1]:.3f}, "
+                f"degenerate answers {d[0]:.0%} -> {d[-1]:.0%}"
+            )
+    elif part == "probes":
+        lines.append(f"{'family':12s}   input: detection  false pos.   output: detection  false pos.")
+        for fam in m["probe_detection"]:
+            det, fp = m["probe_detection"][fam], m["probe_false_positive"][fam]
+            det_o, fp_o = m["probe_output_detection"][fam], m["probe_output_false_positive"][fam]
+            lines.append(f"{fam:12s}          {_pct(det)}     {_pct(fp)}             {_pct(det_o)}     {_pct(fp_o)}")
+    else:
+        raise ValueError(f"part must be moderation, rounds, overblocking or probes, got {part!r}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,13 +35,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from saferlhfv.config import TrainConfig
 
-__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "save_checkpoint", "load_checkpoint"]
+__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "make_accelerator", "save_checkpoint", "load_checkpoint"]
 
 #: loss_fn(model, batch) -> (scalar loss, {name: float}) for logging.
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -50,6 +51,18 @@ EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
+
+
+def make_accelerator(**kwargs) -> Accelerator:
+    """An ``Accelerator`` that also forms a process group on GPU-less machines.
+
+    Launched by ``torchrun`` / ``accelerate launch`` on CPUs only, accelerate needs ``cpu=True``
+    to use gloo processes; without it each process would train alone.
+    """
+    # some weights take no part in a loss (a score model's unused LM head, the vision tower's final
+    # norm when features come from its last hidden state): DDP must be told to expect that
+    handlers = kwargs.pop("kwargs_handlers", []) + [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers, **kwargs)
 
 
 def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: dict[str, Any]) -> Path:
@@ -66,10 +79,12 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: dict[s
     final = out_dir / CHECKPOINT
     tmp = out_dir / f".{CHECKPOINT}.tmp"
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()  # every rank writes its own RNG state into tmp
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # ... and has finished before the folder is renamed
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         old = out_dir / f".{CHECKPOINT}.old"
@@ -138,7 +153,7 @@ class Trainer:
         self.eval_fn = eval_fn
         self.desc = desc
         self.out_dir = Path(out_dir)
-        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        self.accelerator = accelerator or make_accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")

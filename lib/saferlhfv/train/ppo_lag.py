@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from saferlhfv.algorithms.gae import masked_gae
@@ -54,7 +53,7 @@ from saferlhfv.io import write_json_atomic
 from saferlhfv.models.factory import load_saved_vlm, save_vlm
 from saferlhfv.models.generation import encode_prompts
 from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask, score_texts
-from saferlhfv.train.loop import METRICS, load_checkpoint, save_checkpoint
+from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 
 __all__ = ["Rollout", "token_logprobs", "response_mask", "make_rollout", "PPOLagTrainer", "train_ppo_lag", "main"]
 
@@ -258,7 +257,7 @@ class PPOLagTrainer:
 
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.accelerator = Accelerator()
+        self.accelerator = make_accelerator()
         dtype = cfg.model.dtype
         actor, self.processor = load_saved_vlm(Path(sft_dir) / "model", dtype=dtype)
         reference = copy.deepcopy(actor)
@@ -376,7 +375,7 @@ class PPOLagTrainer:
             acc.clip_grad_norm_(self.actor.parameters(), ppo.max_grad_norm)
         self.opt_actor.step()
         self.opt_actor.zero_grad(set_to_none=True)
-        out = {"actor_loss": float(loss_a), **a_stats}
+        out = {"actor_loss": loss_a.item(), **a_stats}
         inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], **mb["vision"]}
         for name, critic, opt, old, ret in (
             ("reward_critic_loss", self.reward_critic, self.opt_rc, mb["reward_values"], mb["reward_ret"]),
@@ -389,7 +388,7 @@ class PPOLagTrainer:
                 acc.clip_grad_norm_(critic.parameters(), ppo.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            out[name] = float(loss_c)
+            out[name] = loss_c.item()
         return out
 
     # ------------------------------------------------------------------ loop
@@ -437,7 +436,25 @@ class PPOLagTrainer:
                 save_checkpoint(acc, self.out_dir, self._state())
         bar.close()
         save_checkpoint(acc, self.out_dir, self._state())
-        return {"iterations": self.iteration, "final_lambda": self.lagrange.lambda_, "last": record}
+        return {
+            "iterations": self.iteration,
+            "final_lambda": self.lagrange.lambda_,
+            "processes": acc.num_processes,
+            "ranks_agree": self.ranks_agree(),
+            "last": record,
+        }
+
+    def ranks_agree(self) -> bool:
+        """True when lambda and the actor's weights are identical on every process (always, in one)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return True
+        params = [p.detach().float() for p in self._unwrap(self.actor).parameters()]
+        fingerprint = torch.stack([torch.tensor(self.lagrange.lambda_, dtype=torch.float64)] + [
+            (p * torch.linspace(0.5, 1.5, p.numel(), device=p.device).view_as(p)).sum().double().cpu() for p in params
+        ]).to(acc.device)  # fmt: skip
+        gathered = acc.gather(fingerprint.unsqueeze(0))
+        return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-8))
 
     def save_policy(self, path: str | Path) -> None:
         """Save the actor (safetensors + processor) atomically, from the main process."""
@@ -475,6 +492,8 @@ def train_ppo_lag(
     return {
         "lambda_mode": cfg.ppo.lambda_mode,
         "iterations": result["iterations"],
+        "processes": result["processes"],
+        "ranks_agree": result["ranks_agree"],
         "safety_rate": summary["safety_rate"],
         "harmful_safety_rate": summary["harmful_safety_rate"],
         "benign_helpfulness": summary["benign_helpfulness"],
@@ -519,22 +538,58 @@ def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
     )
 
 
+def _upstream_dirs(cfg: Config, *, train_missing: bool) -> dict[str, Path]:
+    """Artifact folders of SFT, RM-V and CM-V; trains missing ones only in a single process."""
+    from saferlhfv.artifacts import RESULT, artifact_dir
+    from saferlhfv.train.preference import ensure_preference_model
+    from saferlhfv.train.sft import ensure_sft
+
+    if train_missing:
+        return {
+            "sft_dir": ensure_sft(cfg)[0],
+            "reward_dir": ensure_preference_model(cfg, "reward")[0],
+            "cost_dir": ensure_preference_model(cfg, "cost")[0],
+        }
+    dirs = {f"{s}_dir": artifact_dir(cfg, s) for s in ("sft", "reward", "cost")}
+    missing = [str(d) for d in dirs.values() if not (d / RESULT).is_file()]
+    if missing:
+        raise SystemExit(
+            "PPO under several processes needs the SFT, RM-V and CM-V artifacts first (missing: "
+            + ", ".join(missing)
+            + f"). Train them once in a single process: python -m saferlhfv.pipeline --preset {cfg.preset} "
+            "--stages sft reward cost (with the same --set overrides)."
+        )
+    return dirs
+
+
 def main(argv: list[str] | None = None) -> int:
+    from accelerate import PartialState
+
+    from saferlhfv.artifacts import RESULT, artifact_dir
+
     parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.ppo_lag", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
+    parser.add_argument("--out", help="output folder (default: the artifact cache)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    folder, metrics = ensure_ppo(cfg)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "per_category_safety"}, indent=2))
-    print(f"artifact: {folder}")
+    state = PartialState(cpu=not torch.cuda.is_available())
     try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            Accelerator().end_training()
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - teardown must not mask the result
-        pass
+        if state.num_processes == 1 and not args.out:
+            folder, metrics = ensure_ppo(cfg)
+        else:
+            dirs = _upstream_dirs(cfg, train_missing=state.num_processes == 1)
+            folder = Path(args.out) if args.out else artifact_dir(cfg, "ppo")
+            metrics = train_ppo_lag(cfg, folder, **dirs)
+            if state.is_main_process:
+                write_json_atomic(folder / RESULT, metrics)
+        if state.is_main_process:
+            print(json.dumps({k: v for k, v in metrics.items() if k != "per_category_safety"}, indent=2))
+            print(f"artifact: {folder}")
+    finally:
+        # gloo process groups can abort at exit unless they are torn down explicitly
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            state.wait_for_everyone()
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -227,6 +227,41 @@ def _precursor_correlation(model, processor, cfg: Config, sft_dir: Path, kind: s
     }
 
 
+def response_table(pairs, reward_model: ScoreModel, cost_model: ScoreModel, processor) -> list[dict[str, Any]]:
+    """Every response of ``pairs`` with its RM-V and CM-V scores and its labels, one dict per response.
+
+    Fields: ``question``, ``response``, ``category``, ``reward``, ``cost`` (model scores),
+    ``helpful_rate``, ``harmless_rate``, ``safe`` (the record's labels) and ``more_helpful_unsafe``
+    (True for the more helpful response of a pair when it is the unsafe one: the tension the
+    paper is about).
+    """
+    rows: list[dict[str, Any]] = []
+    for r in pairs:
+        for i in ("1", "2"):
+            other = "2" if i == "1" else "1"
+            rows.append(
+                {
+                    "image": r["image"],
+                    "question": r["question"],
+                    "response": r[f"response_{i}"],
+                    "category": r["category"],
+                    "helpful_rate": int(r[f"response_{i}_helpful_rate"]),
+                    "harmless_rate": int(r[f"response_{i}_harmless_rate"]),
+                    "safe": _safe(r[f"is_response_{i}_safe"]),
+                    "more_helpful_unsafe": r["more_helpful_response_id"] == i
+                    and not _safe(r[f"is_response_{i}_safe"])
+                    and _safe(r[f"is_response_{other}_safe"]),
+                }
+            )
+    args = ([x["image"] for x in rows], [x["question"] for x in rows], [x["response"] for x in rows])
+    for name, model in (("reward", reward_model), ("cost", cost_model)):
+        for row, score in zip(rows, score_texts(model, processor, *args)):
+            row[name] = round(score, 4)
+    for row in rows:
+        del row["image"]
+    return rows
+
+
 def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True):
     """Train RM-V (``kind="reward"``) or CM-V (``"cost"``) from the SFT backbone in ``sft_dir``.
 
