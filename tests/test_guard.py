@@ -304,3 +304,14 @@ def test_object_head_grounding_term_and_round_trip(tmp_path):
     save_guard_model(model.eval(), processor, tmp_path / "g")
     loaded, _ = load_guard_model(tmp_path / "g")
     torch.testing.assert_close(loaded.object_head.weight, model.object_head.weight, rtol=0, atol=0)
+
+
+def test_threshold_slider_callback_is_the_library_function():
+    widgets = pytest.importorskip("ipywidgets")
+    slider = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05)
+    explorer = widgets.interactive(
+        threshold_tradeoff, table=widgets.fixed(TABLE), threshold=slider, per_severity=widgets.fixed(None)
+    )
+    assert explorer.result == threshold_tradeoff(TABLE, 0.5)
+    slider.value = 0.9
+    assert explorer.result == threshold_tradeoff(TABLE, 0.9) and explorer.result["tp"] == 1
