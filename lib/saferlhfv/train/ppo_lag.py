@@ -55,7 +55,17 @@ from saferlhfv.models.generation import encode_prompts
 from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask, score_texts
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 
-__all__ = ["Rollout", "token_logprobs", "response_mask", "make_rollout", "PPOLagTrainer", "train_ppo_lag", "main"]
+__all__ = [
+    "Rollout",
+    "token_logprobs",
+    "response_mask",
+    "make_rollout",
+    "PPOLagTrainer",
+    "train_ppo_lag",
+    "ensure_ppo",
+    "budget_sweep",
+    "main",
+]
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
 
@@ -536,6 +546,25 @@ def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
         "ppo",
         lambda folder: train_ppo_lag(cfg, folder, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir),
     )
+
+
+def budget_sweep(cfg: Config, thresholds, *, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """PPO-Lagrangian once per budget ``d`` in ``thresholds`` (each a cached artifact).
+
+    Args:
+        overrides: extra config fields for every run (e.g. fewer iterations for a quick sweep).
+
+    Returns:
+        One metrics dict (as :func:`train_ppo_lag` returns) per threshold, with ``folder`` added.
+    """
+    from saferlhfv.config import apply_overrides
+
+    results = []
+    for d in thresholds:
+        run_cfg = apply_overrides(cfg, {**(overrides or {}), "ppo.threshold": float(d), "ppo.lambda_mode": "lagrange"})
+        folder, metrics = ensure_ppo(run_cfg)
+        results.append({**metrics, "folder": str(folder)})
+    return results
 
 
 def _upstream_dirs(cfg: Config, *, train_missing: bool) -> dict[str, Path]:
