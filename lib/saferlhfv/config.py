@@ -172,7 +172,15 @@ class TrainConfig:
 
 @dataclass
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning of the precursor policy on the world's SFT mixture."""
+    """Supervised fine-tuning of the precursor policy on the world's SFT mixture.
+
+    With ``caption_steps > 0`` a vision-language alignment stage comes first: that many optimiser
+    steps on captioning examples only (``caption_examples`` of them), as LLaVA's first training
+    stage does, so that the vision tower learns to tell the objects apart before the mixture.
+    """
+
+    caption_steps: int = 0
+    caption_examples: int = 2000
 
 
 @dataclass
@@ -225,6 +233,9 @@ class GuardConfig(TrainConfig):
     #: leave typographic pictures (a word on a board) out of guard training (an ablation: the typographic
     #: probes then test a kind of picture the guard never saw, not only pictures it never saw).
     hold_out_typographic: bool = False
+    #: extra typographic training rows per category (input and output each; adversarial training against
+    #: typographic attacks; drawn apart from the probes). Ignored with hold_out_typographic.
+    typographic_rows_per_category: int = 0
     #: keep the backbone's vision tower as SFT left it (only the language model and the heads train).
     freeze_vision_tower: bool = False
     #: answers sampled from the precursor per RL *train* prompt, labelled by the oracle, added as output rows

@@ -575,6 +575,37 @@ def sft_dataset(cfg: DataConfig) -> Dataset:
     return _cached("sft", cfg, lambda: _build_sft(cfg))
 
 
+def _build_captions(cfg: DataConfig, n: int) -> Dataset:
+    cats = _categories(cfg)
+    rows = []
+    for i in range(n):
+        rng = _rng(cfg, "captions", i)
+        ctx = sample_context(rng, cats[i % len(cats)], caption=True)
+        image = render_image(ctx, cfg.image_size, rng)
+        rows.append(
+            {
+                "image": {"bytes": image, "path": None},
+                "question": ctx["question"],
+                "response": render_response("caption", ctx, rng),
+                "behaviour": "caption",
+                "category": ctx["category"],
+                "is_harmful": False,
+                "context": _ctx_json(ctx),
+            }
+        )
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in _SFT_FEATURES}, features=_SFT_FEATURES)
+
+
+def caption_dataset(cfg: DataConfig, n: int) -> Dataset:
+    """``n`` grounding examples ("what is in the picture?" -> "the picture shows a knife."), for the
+    vision-language alignment stage that precedes SFT (as LLaVA's first training stage does).
+
+    Drawn from their own seed stream, so they never repeat the SFT mixture's pictures; same
+    columns as :func:`sft_dataset`.
+    """
+    return _cached(f"captions-{n}", cfg, lambda: _build_captions(cfg, n))
+
+
 _GUARD_FEATURES = Features(
     {
         "image": datasets.Image(),

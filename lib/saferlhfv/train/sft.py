@@ -1,5 +1,11 @@
 """Stage 1, SFT: train the *precursor* policy on the mini world's SFT mixture.
 
+With ``sft.caption_steps`` set, a vision-language alignment stage on captions
+comes first (LLaVA's stage 1): the tiny vision tower starts from random weights
+and learns to tell the world's 30 objects apart far faster from captions alone
+than from the mixture, where only a few tokens of each answer depend on the
+picture.
+
 The mixture (``saferlhfv.data.world.sft_dataset``) holds every behaviour type
 (detailed and brief compliance, refusals with and without explanation,
 off-topic answers, and captions that name what the picture shows) and, like
@@ -18,6 +24,7 @@ training distribution.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -57,7 +64,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         evaluation of :func:`saferlhfv.evaluate.evaluate_policy` on the evaluation prompts
         under ``policy``, and ``seconds``.
     """
-    from saferlhfv.data.world import rl_prompts, sft_dataset, text_corpus
+    from saferlhfv.data.world import caption_dataset, rl_prompts, sft_dataset, text_corpus
     from saferlhfv.evaluate import evaluate_policy
 
     start = time.perf_counter()
@@ -72,6 +79,20 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         batch = held_out.to(next(m.parameters()).device)
         return {"eval_loss": float(m(**batch).loss)}
 
+    if cfg.sft.caption_steps:
+        # stage 1: vision-language alignment on captions only (resumable on its own)
+        align_cfg = dataclasses.replace(cfg.sft, max_steps=cfg.sft.caption_steps, eval_every=0)
+        aligner = Trainer(
+            model=model,
+            dataset=caption_dataset(cfg.data, cfg.sft.caption_examples),
+            collate_fn=collate,
+            loss_fn=_lm_loss,
+            cfg=align_cfg,
+            out_dir=out_dir / "align",
+            desc="sft: align",
+        )
+        aligner.train(resume=resume)
+        model = aligner.accelerator.unwrap_model(aligner.model)
     trainer = Trainer(
         model=model,
         dataset=data["train"],
