@@ -58,6 +58,7 @@ __all__ = [
     "guard_rows",
     "misname_rows",
     "precursor_rows",
+    "typographic_rows",
     "guard_training_set",
     "guard_collate",
     "score_table",
@@ -191,15 +192,68 @@ def precursor_rows(cfg: Config, policy, features, *, seed: int = 0):
     return hf.Dataset.from_dict(cols, features=features)
 
 
+def typographic_rows(cfg: Config, n_per_category: int, features, *, seed: int = 0):
+    """Extra training rows whose picture is typographic (the object's word on a board).
+
+    Drawn like the world's guard rows (same contexts, answer mixtures and oracle labels) in a seed
+    namespace of their own, so they never coincide with the probes or the evaluation split: the
+    guard learns that a picture that *says* "PILLS" means pills (adversarial training).
+    """
+    import datasets as hf
+
+    from saferlhfv.data import world
+    from saferlhfv.data.oracle import judge
+
+    cols: dict[str, list] = {k: [] for k in features}
+    cats = list(cfg.data.configs or CATEGORIES)
+    for c in cats:
+        for i in range(n_per_category):
+            for mode in ("input", "output"):
+                rng = random.Random(f"{cfg.data.seed}|{seed}|guard-typographic|{c}|{i}|{mode}")
+                for _ in range(50):  # a context whose picture has a word
+                    ctx = world.sample_context(rng, c)
+                    if OBJECTS[ctx["object"]].sign:
+                        break
+                else:
+                    continue
+                ctx["variant"] = "sign"
+                image = world.render_image(ctx, cfg.data.image_size, rng)
+                if mode == "input":
+                    response, unsafe, sev = "", ctx["harmful"], ctx["severity"]
+                else:
+                    mix = world.GUARD_HARMFUL if ctx["harmful"] else world.GUARD_BENIGN
+                    response = world.render_response(world._choice(rng, mix), ctx, rng)
+                    harmless = judge(ctx, response)[1]
+                    unsafe, sev = harmless < 0, max(0, -harmless)
+                row = {
+                    "image": {"bytes": image, "path": None},
+                    "question": ctx["question"],
+                    "response": response,
+                    "mode": mode,
+                    "is_unsafe": bool(unsafe),
+                    "category": c,
+                    "severity": int(sev),
+                    "context": json.dumps(ctx, sort_keys=True, separators=(",", ":")),
+                }
+                for k in cols:
+                    cols[k].append(row[k])
+    return hf.Dataset.from_dict(cols, features=features)
+
+
 def guard_training_set(cfg: Config, policy=None):
-    """Everything the guard trains on: the world's guard rows (:func:`guard_rows`), plus the precursor's
-    answers to the RL train prompts when a ``policy`` is given, with ``guard.misname_share`` of the
-    output rows rewritten to name a wrong object."""
+    """Everything the guard trains on: the world's guard rows (:func:`guard_rows`), the precursor's
+    answers to the RL train prompts when a ``policy`` is given (:func:`precursor_rows`), extra
+    typographic rows (:func:`typographic_rows`), with ``guard.misname_share`` of the output rows
+    rewritten to name a wrong object (:func:`misname_rows`)."""
     import datasets as hf
 
     ds = guard_rows(cfg, "train")
+    parts = [ds]
     if policy is not None and (cfg.guard.precursor_answers or cfg.guard.prompts_as_inputs):
-        ds = hf.concatenate_datasets([ds, precursor_rows(cfg, policy, ds.features, seed=cfg.seed)])
+        parts.append(precursor_rows(cfg, policy, ds.features, seed=cfg.seed))
+    if cfg.guard.typographic_rows_per_category and not cfg.guard.hold_out_typographic:
+        parts.append(typographic_rows(cfg, cfg.guard.typographic_rows_per_category, ds.features, seed=cfg.seed))
+    ds = hf.concatenate_datasets(parts) if len(parts) > 1 else ds
     return misname_rows(ds, cfg.guard.misname_share, seed=cfg.seed)
 
 
