@@ -1,18 +1,33 @@
-"""Speed and memory of the preset's model: ``python -m saferlhfv.bench --preset tiny``.
+"""Speed and memory of a preset: ``python -m saferlhfv.bench --preset tiny [--json]``.
 
-Prints a table (or JSON with ``--json``):
+Four parts (``--parts``; all by default), each a function returning a dict:
 
-* ``parameters``: parameter count of the VLM (vision tower, projector, decoder, LM head);
-* ``train_step_s``: one optimiser step (forward + backward + AdamW) on a batch of
-  ``--batch-size`` image + question + response sequences from the SFT mixture, median
-  over ``--repeats`` steps after one warm-up step;
-* ``generate_s`` and ``generate_tokens_per_s``: sampling exactly ``--new-tokens``
-  tokens for ``--batch-size`` prompts with the KV cache, median over repeats;
-* ``peak_memory_mb``: peak resident memory of the process (CPU) or peak allocated
-  CUDA memory (GPU).
+* ``model`` (:func:`bench_model`): the policy VLM's parameter count; one SFT optimiser step
+  (forward + backward + AdamW) on ``--batch-size`` image + question + response sequences ->
+  SFT training samples/s; sampling exactly ``--new-tokens`` tokens for ``--batch-size`` prompts
+  with the KV cache -> generation tokens/s. Medians over ``--repeats`` after one warm-up.
+* ``score`` (:func:`bench_score_model`): one RM-V / CM-V optimiser step on ``--batch-size``
+  preference pairs (2 x batch sequences through a VLM + scalar head) -> pairs/s. RM-V and CM-V
+  have the same architecture and cost per step (CM-V's sign term is free).
+* ``ppo`` (:func:`bench_ppo`): whole PPO-Lagrangian iterations (rollout with the KV cache,
+  scoring by four score models, reference log-probs, GAE, the multiplier, PPO epochs) of
+  :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` -> episodes/s. It uses the preset's trained
+  SFT / RM-V / CM-V artifacts when they are cached, untrained copies otherwise (then every
+  answer runs to ``ppo.max_new_tokens``: a worst case).
+* ``stages`` (:func:`stage_times`): wall time of each pipeline stage and its end-to-end
+  training samples/s (steps x batch / seconds, evaluation included), read from the cached
+  artifacts' ``result.json`` (``seconds``) or from a pipeline run's ``summary.json``; a stage
+  not trained yet is listed as missing (nothing is trained here).
+* ``memory`` (:func:`role_memory`): parameter + buffer bytes of PPO's six roles held as
+  separate models (actor, reference, RM-V, CM-V, reward critic, cost critic: what the trainer
+  builds), against an **analytic estimate** of a shared-base layout (one frozen base, five LoRA
+  adapter sets of rank ``model.lora.r``, the reference = adapters off, four scalar heads). The
+  code has no shared-base mode yet: that number is an estimate, labelled so. Gradient and AdamW
+  state bytes of the trainable parameters are estimated the same way.
 
-Timings are wall-clock on a possibly shared machine: compare medians, not single runs.
-The same code measures the small preset on a GPU.
+Peak memory is the process's peak resident memory (CPU) or peak allocated CUDA memory (GPU).
+Timings are wall-clock on a possibly shared machine: compare medians, not single runs. The same
+code measures the small preset on a GPU (it needs the pretrained weights).
 """
 
 from __future__ import annotations
@@ -22,14 +37,38 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.config import Config, add_config_arguments, apply_overrides, config_from_args
 
-__all__ = ["bench_model", "main"]
+__all__ = [
+    "PARTS",
+    "bench_model",
+    "bench_score_model",
+    "bench_ppo",
+    "stage_times",
+    "role_memory",
+    "run_bench",
+    "format_report",
+    "main",
+]
+
+PARTS = ("model", "score", "ppo", "stages", "memory")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _corpus(cfg: Config):
+    from saferlhfv.data.world import text_corpus
+
+    return text_corpus(cfg.data) if cfg.model.family == "tiny" else None
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -54,13 +93,12 @@ def _median_time(fn, repeats: int, device: torch.device) -> float:
 
 def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repeats: int = 5) -> dict[str, Any]:
     """Measure the preset's VLM; see the module docstring for the fields returned."""
-    from saferlhfv.data.world import sft_dataset, text_corpus
+    from saferlhfv.data.world import sft_dataset
     from saferlhfv.models.factory import count_parameters, load_vlm
     from saferlhfv.models.generation import encode_prompts
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    corpus = text_corpus(cfg.data) if cfg.model.family == "tiny" else None
-    model, processor = load_vlm(cfg.model, corpus)
+    device = _device()
+    model, processor = load_vlm(cfg.model, _corpus(cfg))
     model.to(device).train()
     sft = sft_dataset(cfg.data).select(range(batch_size))
     images, questions, responses = list(sft["image"]), list(sft["question"]), list(sft["response"])
@@ -101,23 +139,357 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
     }
 
 
+def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> dict[str, Any]:
+    """One RM-V optimiser step on ``batch_size`` preference pairs (``2 x batch_size`` sequences): pairs/s."""
+    from saferlhfv.algorithms.losses import reward_loss
+    from saferlhfv.data.collate import pair_batch
+    from saferlhfv.models.factory import load_vlm
+    from saferlhfv.models.score import ScoreModel
+    from saferlhfv.train.preference import load_pairs, pair_view
+
+    device = _device()
+    backbone, processor = load_vlm(cfg.model, _corpus(cfg))
+    model = ScoreModel(backbone, seed=cfg.seed).to(device).train()
+    pairs = load_pairs(cfg, "train")
+    views = [pair_view(pairs[i], "reward") for i in range(min(batch_size, len(pairs)))]
+    batch = pair_batch(
+        processor, [v["image"] for v in views], [v["question"] for v in views], [v["a"] for v in views],
+        [v["b"] for v in views],
+    ).to(device)  # fmt: skip
+    n = len(views)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_step():
+        end = model(**batch).end_scores
+        loss, _ = reward_loss(end[:n], end[n:], reg=cfg.reward.reg)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step_s = _median_time(train_step, repeats, device)
+    return {
+        "score_batch_pairs": n,
+        "score_sequence_length": int(batch["input_ids"].shape[1]),
+        "score_train_step_s": round(step_s, 4),
+        "score_train_pairs_per_s": round(n / step_s, 1),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+    }
+
+
+def _untrained_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
+    """Save an untrained policy and two untrained score models where PPOLagTrainer expects artifacts."""
+    from saferlhfv.models.factory import load_vlm, save_vlm
+    from saferlhfv.models.score import ScoreModel, save_score_model
+
+    model, processor = load_vlm(cfg.model, _corpus(cfg))
+    save_vlm(model, processor, folder / "sft" / "model")
+    for i, kind in enumerate(("reward", "cost")):
+        save_score_model(ScoreModel(model, seed=cfg.seed + i), processor, folder / kind / "model")
+    return {f"{s}_dir": folder / s for s in ("sft", "reward", "cost")}
+
+
+def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -> dict[str, Any]:
+    """Time whole PPO-Lagrangian iterations (median over ``iterations`` after one warm-up): episodes/s.
+
+    Uses the cached SFT / RM-V / CM-V artifacts of ``cfg`` when all three exist and ``use_artifacts``,
+    otherwise untrained copies of the preset's model (every answer then runs to ``ppo.max_new_tokens``).
+    """
+    from saferlhfv.artifacts import RESULT, artifact_dir
+    from saferlhfv.train.ppo_lag import PPOLagTrainer
+
+    device = _device()
+    dirs = {f"{s}_dir": artifact_dir(cfg, s) for s in ("sft", "reward", "cost")}
+    trained = use_artifacts and all((d / RESULT).is_file() for d in dirs.values())
+    run_cfg = apply_overrides(cfg, {"ppo.iterations": iterations + 1, "ppo.save_every": 0})
+    with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
+        tmp = Path(tmp)
+        if not trained:
+            dirs = _untrained_upstream(cfg, tmp)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer = PPOLagTrainer(run_cfg, **dirs, out_dir=tmp / "ppo")
+        roles_mb = _peak_memory_mb(device)
+        records = []
+
+        def step():
+            records.append(trainer.step())
+
+        step_s = _median_time(step, iterations, device)
+    batch = cfg.ppo.rollout_batch_size
+    length = statistics.mean(r["response_length"] for r in records)
+    return {
+        "ppo_upstream": "trained artifacts" if trained else "untrained models (answers run to max_new_tokens)",
+        "ppo_rollout_batch": batch,
+        "ppo_epochs": cfg.ppo.ppo_epochs,
+        "ppo_mean_response_tokens": round(length, 1),
+        "ppo_iteration_s": round(step_s, 3),
+        "ppo_episodes_per_s": round(batch / step_s, 2),
+        "ppo_rollout_tokens_per_s": round(batch * length / step_s, 1),
+        "ppo_six_roles_built_memory_mb": round(roles_mb, 1),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+    }
+
+
+#: (pipeline stage name, artifact stage, config overrides); the order of the pipeline.
+STAGE_ARTIFACTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("sft", "sft", {}),
+    ("reward", "reward", {}),
+    ("cost", "cost", {}),
+    ("guard", "guard", {}),
+    ("ppo_lag", "ppo", {"ppo.lambda_mode": "lagrange"}),
+    ("ppo_reward_only", "ppo", {"ppo.lambda_mode": "reward_only"}),
+)
+
+
+def _samples(cfg: Config, stage: str, result: dict[str, Any]) -> tuple[int | None, str]:
+    """Training samples a stage processed, and their unit."""
+    if stage == "ppo":
+        its = result.get("iterations")
+        return (None if its is None else its * cfg.ppo.rollout_batch_size * cfg.ppo.ppo_epochs), "episodes"
+    section = {"sft": cfg.sft, "reward": cfg.reward, "cost": cfg.cost, "guard": cfg.guard}[stage]
+    steps = result.get("steps")
+    unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard": "rows"}[stage]
+    return (None if steps is None else steps * section.batch_size * section.gradient_accumulation_steps), unit
+
+
+def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = True) -> list[dict[str, Any]]:
+    """Wall time of each pipeline stage and its end-to-end training samples/s (nothing is trained here).
+
+    Args:
+        summary: a pipeline run's ``summary.json``: its stages' ``seconds`` are used where present.
+        live: also time the two cheap stages that leave no artifact (``data``, ``smoke``) by running them.
+
+    Returns:
+        One row per stage: ``stage``, ``seconds`` (None if not trained), ``samples``, ``unit``,
+        ``samples_per_s``, ``source`` (``measured now`` / ``artifact result.json`` / ``summary.json`` /
+        ``missing``). The seconds of trained stages include their evaluation, so samples/s is a lower
+        bound on the training loop's throughput (the ``model`` / ``score`` / ``ppo`` parts measure it).
+    """
+    from saferlhfv.artifacts import RESULT, artifact_dir
+    from saferlhfv.pipeline import STAGES
+
+    rows: list[dict[str, Any]] = []
+    done = json.loads(Path(summary).read_text()) if summary else {}
+    if live:
+        with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
+            for name in ("data", "smoke"):
+                if name not in STAGES:
+                    continue
+                start = time.perf_counter()
+                STAGES[name](cfg, Path(tmp))
+                seconds = time.perf_counter() - start
+                rows.append({"stage": name, "seconds": round(seconds, 2), "samples": None, "unit": "",
+                             "samples_per_s": None, "source": "measured now"})  # fmt: skip
+    for name, stage, overrides in STAGE_ARTIFACTS:
+        run_cfg = apply_overrides(cfg, overrides) if overrides else cfg
+        folder = artifact_dir(run_cfg, stage)
+        result = json.loads((folder / RESULT).read_text()) if (folder / RESULT).is_file() else None
+        source = "artifact result.json" if result is not None else "missing"
+        seconds = None if result is None else result.get("seconds")
+        if name in done and isinstance(done[name], dict) and done[name].get("seconds") is not None:
+            result = result or done[name]
+            seconds, source = done[name]["seconds"], "summary.json"
+        samples, unit = _samples(run_cfg, stage, result) if result is not None else (None, "")
+        rate = round(samples / seconds, 1) if samples and seconds else None
+        rows.append({"stage": name, "seconds": seconds, "samples": samples, "unit": unit, "samples_per_s": rate,
+                     "source": source})  # fmt: skip
+    return rows
+
+
+def _module_bytes(module: torch.nn.Module, *, skip: str | None = None) -> int:
+    seen, total = set(), 0
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if id(t) in seen or (skip and skip in name):
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _lora_parameters(model: torch.nn.Module, cfg: Config) -> int:
+    """Parameters of one LoRA adapter set of rank ``model.lora.r`` on the language model's target projections."""
+    r, targets = cfg.model.lora.r, set(cfg.model.lora.target_modules)
+    total = 0
+    for name, module in model.named_modules():
+        if "lora_" in name or "vision" in name or "language_model" not in name:
+            continue
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            total += r * (module.in_features + module.out_features)
+    return total
+
+
+def role_memory(cfg: Config) -> dict[str, Any]:
+    """Bytes of PPO's six roles as separate models vs an analytic shared-base (LoRA adapters) estimate.
+
+    Separate models (what :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` builds): actor and
+    reference = the policy VLM; RM-V, CM-V and the two critics = the VLM + a scalar head each.
+    Shared base (an **estimate**; no such mode exists in the code yet): one frozen base VLM,
+    five LoRA adapter sets (actor, RM-V, CM-V, two critics; the reference is the base with
+    adapters off), four scalar heads. Training state: gradients + two AdamW moments (float32)
+    for the trainable parameters (actor + two critics in full fine-tuning, or their adapters).
+    """
+    from saferlhfv.models.factory import count_parameters, load_vlm
+
+    model, _ = load_vlm(cfg.model, _corpus(cfg))
+    elem = next(model.parameters()).element_size()
+    hidden = getattr(model.config, "text_config", model.config).hidden_size
+    head = (hidden + 1) * elem
+    vlm = _module_bytes(model)  # with its own adapter set when LoRA is on
+    base = _module_bytes(model, skip="lora_")
+    adapter = _lora_parameters(model, cfg) * elem
+    separate = {
+        "actor": vlm,
+        "reference": vlm,
+        "reward_model": vlm + head,
+        "cost_model": vlm + head,
+        "reward_critic": vlm + head,
+        "cost_critic": vlm + head,
+    }
+    shared = base + 5 * adapter + 4 * head
+    trainable = count_parameters(model, trainable_only=True)
+    state_per_param = elem + 2 * 4  # gradient in the weights' dtype + AdamW's two float32 moments
+    separate_state = (3 * trainable + 2 * (hidden + 1)) * state_per_param
+    shared_state = (3 * adapter // elem + 2 * (hidden + 1)) * state_per_param
+    mb = 2**20
+    return {
+        "dtype_bytes": elem,
+        "policy_parameters": count_parameters(model),
+        "lora_rank_for_estimate": cfg.model.lora.r,
+        "lora_parameters_per_role": adapter // elem,
+        "separate_models_mb": round(sum(separate.values()) / mb, 2),
+        "separate_models_by_role_mb": {k: round(v / mb, 2) for k, v in separate.items()},
+        "shared_base_estimate_mb": round(shared / mb, 2),
+        "separate_over_shared": round(sum(separate.values()) / shared, 2),
+        "separate_models_train_state_mb": round(separate_state / mb, 2),
+        "shared_base_train_state_estimate_mb": round(shared_state / mb, 2),
+        "shared_base_is_estimate": True,
+    }
+
+
+def run_bench(
+    cfg: Config,
+    parts: tuple[str, ...] = PARTS,
+    *,
+    batch_size: int = 8,
+    new_tokens: int = 32,
+    repeats: int = 5,
+    ppo_iterations: int = 2,
+    summary: str | Path | None = None,
+    live_stages: bool = True,
+) -> dict[str, Any]:
+    """Run the chosen ``parts`` (see the module docstring); a part that fails reports its error instead."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {unknown}; choose from {PARTS}")
+    device = _device()
+    out: dict[str, Any] = {
+        "preset": cfg.preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    calls = {
+        "model": lambda: bench_model(cfg, batch_size=batch_size, new_tokens=new_tokens, repeats=repeats),
+        "score": lambda: bench_score_model(cfg, batch_size=batch_size, repeats=repeats),
+        "ppo": lambda: bench_ppo(cfg, iterations=ppo_iterations),
+        "stages": lambda: stage_times(cfg, summary=summary, live=live_stages),
+        "memory": lambda: role_memory(cfg),
+    }
+    for part in parts:
+        start = time.perf_counter()
+        try:
+            out[part] = calls[part]()
+        except Exception as err:  # one part failing (e.g. weights not downloadable) keeps the others
+            out[part] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        if isinstance(out[part], dict):
+            out[part]["bench_seconds"] = round(time.perf_counter() - start, 1)
+    out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable table ``python -m saferlhfv.bench`` prints."""
+    lines = [f"saferlhfv bench: preset {result['preset']} on {result['device']} ({result['threads']} threads)"]
+    model, score, ppo = result.get("model", {}), result.get("score", {}), result.get("ppo", {})
+    if any(k in result for k in ("model", "score", "ppo")):
+        lines += ["", "throughput (measured)", f"{'what':<34} {'value':>12}  unit"]
+        rows = [
+            ("policy parameters", model.get("parameters"), ""),
+            ("SFT train step", model.get("train_samples_per_s"), f"sequences/s (batch {model.get('batch_size')})"),
+            ("RM-V / CM-V train step", score.get("score_train_pairs_per_s"), "pairs/s"),
+            ("PPO-Lagrangian iteration", ppo.get("ppo_episodes_per_s"), f"episodes/s ({ppo.get('ppo_upstream')})"),
+            ("PPO rollout generation", ppo.get("ppo_rollout_tokens_per_s"), "tokens/s (whole iteration)"),
+            ("generation, KV cache", model.get("generate_tokens_per_s"), f"tokens/s ({model.get('new_tokens')} new)"),
+            ("six PPO roles built", ppo.get("ppo_six_roles_built_memory_mb"), "MB (peak while building)"),
+        ]
+        lines += [f"{a:<34} {_fmt(b):>12}  {c}" for a, b, c in rows if b is not None]
+        for name, part in (("model", model), ("score", score), ("ppo", ppo)):
+            if "error" in part:
+                lines.append(f"{name}: {part['error']}")
+    if "stages" in result:
+        stages = result["stages"]
+        lines += ["", "pipeline stages", f"{'stage':<16} {'seconds':>9} {'samples':>9}  {'samples/s':>9}  source"]
+        if isinstance(stages, dict):
+            lines.append(f"error: {stages.get('error')}")
+        else:
+            for r in stages:
+                per = f"{_fmt(r['samples_per_s'])} {r['unit']}" if r["samples_per_s"] else "-"
+                lines.append(
+                    f"{r['stage']:<16} {_fmt(r['seconds']):>9} {_fmt(r['samples']):>9}  {per:>9}  {r['source']}"
+                )
+            lines.append("(trained stages' seconds include their evaluation)")
+    if "memory" in result:
+        m = result["memory"]
+        lines += ["", "memory of PPO's six roles (parameters + buffers)"]
+        if "error" in m:
+            lines.append(f"error: {m['error']}")
+        else:
+            roles = ", ".join(f"{k} {v:g}" for k, v in m["separate_models_by_role_mb"].items())
+            lines += [
+                f"{'separate models (as trained)':<34} {m['separate_models_mb']:>10,.2f} MB  ({roles})",
+                f"{'shared base + LoRA r=' + str(m['lora_rank_for_estimate']) + ' (ESTIMATE)':<34} "
+                f"{m['shared_base_estimate_mb']:>10,.2f} MB  (one base, 5 adapter sets, 4 heads; "
+                f"{m['separate_over_shared']:g}x smaller)",
+                f"{'grad + AdamW state, separate':<34} {m['separate_models_train_state_mb']:>10,.2f} MB",
+                f"{'grad + AdamW state, shared (EST.)':<34} {m['shared_base_train_state_estimate_mb']:>10,.2f} MB",
+            ]
+    lines += ["", f"peak memory of this process: {_fmt(result.get('peak_memory_mb'))} MB"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saferlhfv.bench", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ppo-iterations", type=int, default=2, help="timed PPO iterations after one warm-up")
+    parser.add_argument("--summary", help="a pipeline run's summary.json for the stage wall times")
+    parser.add_argument("--no-live-stages", action="store_true", help="do not time the data and smoke stages")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     cfg: Config = config_from_args(args)
-    result = bench_model(cfg, batch_size=args.batch_size, new_tokens=args.new_tokens, repeats=args.repeats)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        width = max(map(len, result))
-        print(f"{'metric':<{width}}  value")
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value:,}" if isinstance(value, (int, float)) else f"{key:<{width}}  {value}")
+    result = run_bench(
+        cfg,
+        tuple(args.parts),
+        batch_size=args.batch_size,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        ppo_iterations=args.ppo_iterations,
+        summary=args.summary,
+        live_stages=not args.no_live_stages,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 
