@@ -182,6 +182,11 @@ def _untrained_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
     from saferlhfv.models.score import ScoreModel, save_score_model
 
     model, processor = load_vlm(cfg.model, _corpus(cfg))
+    # an untrained model samples any token, the image placeholder included, which the rollout's forward
+    # pass would then read as a second picture: forbid it (trained policies have learned not to emit it)
+    image_token = getattr(processor, "image_token", None)
+    if image_token is not None:
+        model.generation_config.suppress_tokens = [processor.tokenizer.convert_tokens_to_ids(image_token)]
     save_vlm(model, processor, folder / "sft" / "model")
     for i, kind in enumerate(("reward", "cost")):
         save_score_model(ScoreModel(model, seed=cfg.seed + i), processor, folder / kind / "model")

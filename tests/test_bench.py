@@ -1,0 +1,105 @@
+"""`python -m saferlhfv.bench`: every part on a very small config, stage times from artifacts, role memory."""
+
+import json
+
+import pytest
+import torch
+
+from saferlhfv.bench import (
+    STAGE_ARTIFACTS,
+    format_report,
+    main,
+    role_memory,
+    stage_times,
+)
+from saferlhfv.config import apply_overrides, load_config
+
+SMALL = [
+    "model.tiny_hidden_size=64",
+    "model.tiny_layers=2",
+    "model.tiny_intermediate_size=128",
+    "model.tiny_vocab_size=600",
+    "data.pairs_per_category_train=2",
+    "data.pairs_per_category_eval=1",
+    "data.prompts_per_category_train=2",
+    "data.prompts_per_category_eval=1",
+    "data.sft_per_category=4",
+    "ppo.rollout_batch_size=4",
+    "ppo.batch_size=2",
+    "ppo.max_new_tokens=6",
+]
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFERLHFV_ARTIFACTS", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
+def test_cli_json_has_every_part(capsys, artifacts):
+    args = ["--preset", "tiny", *[f"--set={o}" for o in SMALL], "--batch-size", "4", "--new-tokens", "4",
+            "--repeats", "1", "--ppo-iterations", "1", "--no-live-stages", "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    for part in ("model", "score", "ppo", "stages", "memory"):
+        assert part in out and "error" not in out[part], out.get(part)
+    assert out["model"]["train_samples_per_s"] > 0 and out["model"]["generate_tokens_per_s"] > 0
+    assert out["score"]["score_train_pairs_per_s"] > 0 and out["score"]["score_batch_pairs"] == 4
+    assert out["ppo"]["ppo_episodes_per_s"] > 0 and out["ppo"]["ppo_upstream"].startswith("untrained")
+    assert [r["stage"] for r in out["stages"]] == [s for s, _, _ in STAGE_ARTIFACTS]
+    assert all(r["source"] == "missing" for r in out["stages"])  # nothing trained in this folder
+    assert out["memory"]["shared_base_is_estimate"] is True and out["peak_memory_mb"] > 0
+    text = format_report(out)
+    for needle in ("SFT train step", "RM-V / CM-V", "PPO-Lagrangian iteration", "generation, KV cache",
+                   "pipeline stages", "separate models", "ESTIMATE", "peak memory"):  # fmt: skip
+        assert needle in text
+
+
+def test_stage_times_from_artifacts_and_summary(artifacts, tmp_path):
+    from saferlhfv.artifacts import artifact_dir
+
+    cfg = load_config("tiny", overrides=SMALL)
+    sft = artifact_dir(cfg, "sft")
+    sft.mkdir(parents=True)
+    (sft / "result.json").write_text(json.dumps({"steps": 10, "seconds": 4.0}))
+    ppo = artifact_dir(apply_overrides(cfg, {"ppo.lambda_mode": "reward_only"}), "ppo")
+    ppo.mkdir(parents=True)
+    (ppo / "result.json").write_text(json.dumps({"iterations": 5, "seconds": 10.0}))
+    rows = {r["stage"]: r for r in stage_times(cfg, live=False)}
+    assert rows["sft"]["samples"] == 10 * cfg.sft.batch_size and rows["sft"]["unit"] == "sequences"
+    assert rows["sft"]["samples_per_s"] == pytest.approx(10 * cfg.sft.batch_size / 4.0, rel=1e-3)
+    assert rows["ppo_reward_only"]["samples"] == 5 * 4 and rows["ppo_reward_only"]["unit"] == "episodes"
+    assert rows["ppo_lag"]["source"] == "missing" and rows["ppo_lag"]["seconds"] is None
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"stages": ["sft"], "sft": {"seconds": 8.0, "steps": 10}}))
+    rows = {r["stage"]: r for r in stage_times(cfg, summary=summary, live=False)}
+    assert rows["sft"]["seconds"] == 8.0 and rows["sft"]["source"] == "summary.json"
+
+
+def test_role_memory_counts_six_models_and_matches_peft_adapter_size():
+    from saferlhfv.data.world import text_corpus
+    from saferlhfv.models.factory import apply_lora, load_vlm
+
+    cfg = load_config("tiny", overrides=SMALL)
+    m = role_memory(cfg)
+    model, _ = load_vlm(cfg.model, text_corpus(cfg.data))
+    vlm = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+    head = (cfg.model.tiny_hidden_size + 1) * 4
+    assert m["separate_models_mb"] == pytest.approx((6 * vlm + 4 * head) / 2**20, abs=0.01)
+    # the analytic adapter size is what peft actually adds on the same target modules
+    lora_cfg = apply_overrides(cfg, {"model.lora.r": m["lora_rank_for_estimate"]}).model.lora
+    peft_model = apply_lora(model, lora_cfg)
+    added = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert m["lora_parameters_per_role"] == added
+    assert m["shared_base_estimate_mb"] == pytest.approx((vlm + 5 * added * 4 + 4 * head) / 2**20, abs=0.01)
+    assert m["shared_base_estimate_mb"] < m["separate_models_mb"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ppo_bench_on_gpu(artifacts):
+    from saferlhfv.bench import bench_ppo
+
+    out = bench_ppo(load_config("tiny", overrides=SMALL), iterations=1)
+    assert out["ppo_episodes_per_s"] > 0 and out["ppo_six_roles_built_memory_mb"] > 0
