@@ -760,11 +760,13 @@ class DualDynamicsExplorer(_Explorer):
 
     Args:
         table: the rollout table (:func:`ensure_rollout_table`).
-        settings: initial slider values (e.g. ``DualSettings.from_ppo(cfg.ppo)``).
-        compare: an optional fixed result drawn in grey for reference (e.g. the preset's defaults).
+        settings: initial slider values (e.g. ``DualSettings.from_ppo(cfg.ppo)``); ``batch_size``,
+            ``seed`` and ``sampled`` have no slider and keep these values.
 
     ``explorer.controls[name].value = x`` (or ``explorer.set(name=x)``) recomputes ``explorer.result``
-    and redraws ``explorer.fig`` (``fig.axes[0].lines[0]`` is lambda, ``[1]`` E[C], ``[2]`` E[R]).
+    (:func:`simulate_dual`'s arrays), ``explorer.summary`` (:func:`dynamics_summary`) and
+    ``explorer.lambda_star`` (:func:`equilibrium`), and redraws ``explorer.fig``: ``fig.axes[0]`` lambda,
+    ``[1]`` E[C] (``lines[1]`` the budget), ``[2]`` E[R], ``[3]`` oracle safety on harmful prompts.
     """
 
     def __init__(self, table: RolloutTable, settings: DualSettings | None = None) -> None:
