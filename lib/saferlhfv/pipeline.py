@@ -15,6 +15,8 @@ Stages so far:
 
 * ``sft``: the precursor policy (:mod:`saferlhfv.train.sft`) and its oracle evaluation.
 * ``reward`` / ``cost``: RM-V and CM-V (:mod:`saferlhfv.train.preference`).
+* ``guard``: Beaver-Guard-V (:mod:`saferlhfv.train.guard`): moderation quality, the rounds of
+  filter-and-regenerate on the precursor, adversarial probes.
 * ``ppo_lag`` / ``ppo_reward_only``: Safe RLHF-V's PPO-Lagrangian and the reward-only
   baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle.
 
@@ -99,6 +101,13 @@ def _stage_preference(kind: str):
     return stage
 
 
+def stage_guard(cfg: Config, out: Path) -> dict[str, Any]:
+    """Beaver-Guard-V: moderation metrics, the 5-round filter-and-regenerate curve, probes (cached)."""
+    from saferlhfv.train.guard import ensure_guard
+
+    return dict(ensure_guard(cfg)[1])
+
+
 def _stage_ppo(lambda_mode: str):
     def stage(cfg: Config, out: Path) -> dict[str, Any]:
         from saferlhfv.config import apply_overrides
@@ -118,6 +127,7 @@ STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "sft": stage_sft,
     "reward": _stage_preference("reward"),
     "cost": _stage_preference("cost"),
+    "guard": stage_guard,
     "ppo_lag": _stage_ppo("lagrange"),
     "ppo_reward_only": _stage_ppo("reward_only"),
 }
@@ -169,6 +179,11 @@ def _print_table(summary: dict[str, Any]) -> None:
             note = f"eval accuracy {m['eval_accuracy']:.3f}, blank-image accuracy {m['image_ablation_accuracy']:.3f}"
             if name == "cost":
                 note += f", sign accuracy {m['eval_sign_accuracy']:.3f}"
+        elif name == "guard":
+            rounds = m.get("rounds") or []
+            note = f"output unsafe F1 {m.get('output_unsafe_f1', float('nan')):.2f}"
+            if rounds:
+                note += f", safety over rounds {rounds[0]:.2f} -> {rounds[-1]:.2f}"
         elif name.startswith("ppo"):
             note = (
                 f"safety {m['safety_rate']:.2f} (precursor {m['precursor']['safety_rate']:.2f}), "
