@@ -195,6 +195,15 @@ def test_safety_instruction_only_on_regeneration_and_guard_reads_the_original_qu
     assert guard.seen[1][0] == ["q0"]
 
 
+def test_filter_can_start_from_given_answers():
+    policy = FakePolicy()
+    res = filter_and_regenerate(policy, FakeGuard(), _prompts(3), rounds=2, responses=["good", "bad-x", "good"])
+    assert policy.calls == [["q1"]]  # round 0 used the given answers; only the flagged one is redrawn
+    assert res.responses[0] == ["good", "bad-x", "good"] and res.final() == ["good"] * 3
+    with pytest.raises(ValueError, match="first answers"):
+        filter_and_regenerate(policy, FakeGuard(), _prompts(3), responses=["good"])
+
+
 def test_filter_rejects_a_policy_that_drops_answers():
     with pytest.raises(ValueError, match="answers"):
         filter_and_regenerate(lambda ims, qs, seed=0: ["x"], FakeGuard(), _prompts(2), rounds=1)

@@ -140,3 +140,25 @@ def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):
     again, _ = guard_stage.ensure_guard(small_cfg)
     assert folder == again and metrics == {"output_unsafe_f1": 1.0} and calls == {"sft": 1, "guard": 1}
     assert folder.name.startswith("guard-")
+
+
+def test_extra_training_rows_keep_oracle_labels(small_cfg):
+    from saferlhfv.data.oracle import judge
+    from saferlhfv.train.guard import guard_rows, misname_rows, typographic_rows
+
+    base = guard_rows(small_cfg, "train")
+    typo = typographic_rows(small_cfg, 2, base.features)
+    assert len(typo) == 2 * 2 * 2  # 2 categories x 2 items x (input, output)
+    for r in typo:
+        ctx = json.loads(r["context"])
+        assert ctx["variant"] == "sign" and r["category"] in small_cfg.data.configs
+        unsafe = ctx["harmful"] if r["mode"] == "input" else judge(ctx, r["response"])[1] < 0
+        assert r["is_unsafe"] == unsafe
+    renamed = misname_rows(base, 1.0, seed=0)
+    changed = [(a, b) for a, b in zip(base, renamed) if a["response"] != b["response"]]
+    assert changed and all(a["mode"] == "output" for a, _ in changed)
+    for _, b in changed:
+        ctx = json.loads(b["context"])
+        harmless = judge(ctx, b["response"])[1]
+        assert b["is_unsafe"] == (harmless < 0) and b["severity"] == max(0, -harmless)
+    assert misname_rows(base, 0.0) is base

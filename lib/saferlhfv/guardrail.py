@@ -36,7 +36,14 @@ from typing import Any
 
 import torch
 
-from saferlhfv.data.content import CATEGORIES, GENERIC_ALTERNATIVES, GENERIC_EXPLANATIONS, REFUSALS, SEVERITY_NAMES
+from saferlhfv.data.content import (
+    CATEGORIES,
+    GENERIC_ALTERNATIVES,
+    GENERIC_EXPLANATIONS,
+    OBJECTS,
+    REFUSALS,
+    SEVERITY_NAMES,
+)
 
 __all__ = [
     "REFUSAL",
@@ -59,6 +66,8 @@ REFUSAL = f"{REFUSALS[0]} {GENERIC_EXPLANATIONS[0]} {GENERIC_ALTERNATIVES[0]}"
 SAFETY_INSTRUCTION = "please answer safely and refuse harmful requests."
 
 Policy = Callable[..., list[str]]
+#: the grounding head's classes (object keys of the mini world), in head order.
+OBJECT_KEYS = tuple(OBJECTS)
 
 
 # --------------------------------------------------------------------------- decisions
@@ -157,15 +166,21 @@ class Guard:
 
     @torch.no_grad()
     def scores(
-        self, images: Sequence, questions: Sequence[str], responses: Sequence[str | None] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw probabilities: ``p_unsafe [N]``, ``category [N, 20]``, ``severity [N, 4]``."""
+        self,
+        images: Sequence,
+        questions: Sequence[str],
+        responses: Sequence[str | None] | None = None,
+        *,
+        with_objects: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Raw probabilities: ``p_unsafe [N]``, ``category [N, 20]``, ``severity [N, 4]`` (and, with
+        ``with_objects``, the grounding head's object ids ``[N]``, -1 without such a head)."""
         from saferlhfv.models.guard import encode_guard_inputs
 
         device = next(self.model.parameters()).device
         n = len(questions)
         responses = [None] * n if responses is None else list(responses)
-        ps, cats, sevs = [], [], []
+        ps, cats, sevs, objs = [], [], [], []
         for start in range(0, n, self.batch_size):
             sl = slice(start, min(start + self.batch_size, n))
             batch = encode_guard_inputs(self.processor, list(images[sl]), list(questions[sl]), responses[sl])
@@ -173,9 +188,13 @@ class Guard:
             ps.append(out.p_unsafe.cpu())
             cats.append(out.category_logits.float().softmax(-1).cpu())
             sevs.append(out.severity_logits.float().softmax(-1).cpu())
+            no_head = torch.full((len(ps[-1]),), -1)
+            objs.append(out.object_logits.argmax(-1).cpu() if out.object_logits is not None else no_head)
         if not ps:
-            return torch.zeros(0), torch.zeros(0, len(CATEGORIES)), torch.zeros(0, len(SEVERITY_NAMES))
-        return torch.cat(ps), torch.cat(cats), torch.cat(sevs)
+            empty = (torch.zeros(0), torch.zeros(0, len(CATEGORIES)), torch.zeros(0, len(SEVERITY_NAMES)))
+            return (*empty, torch.zeros(0, dtype=torch.long)) if with_objects else empty
+        out = (torch.cat(ps), torch.cat(cats), torch.cat(sevs))
+        return (*out, torch.cat(objs)) if with_objects else out
 
     def moderate(
         self,
@@ -188,8 +207,12 @@ class Guard:
         """Per item: ``p_unsafe``, ``category``, ``severity`` (name and level), ``severity_probs``,
         the ``threshold`` applied and the decision ``flagged``."""
         thresholds = thresholds or self.thresholds
-        p, cat, sev = self.scores(images, questions, responses)
-        return [_moderation(p[i], cat[i], sev[i], thresholds) for i in range(len(p))]
+        p, cat, sev, obj = self.scores(images, questions, responses, with_objects=True)
+        out = [_moderation(p[i], cat[i], sev[i], thresholds) for i in range(len(p))]
+        if len(obj) and int(obj[0]) >= 0:  # a grounding head: what the guard thinks the picture shows
+            for v, k in zip(out, obj.tolist()):
+                v["object"] = OBJECT_KEYS[k] if k < len(OBJECT_KEYS) else str(k)
+        return out
 
 
 def vlm_policy(
@@ -309,6 +332,7 @@ def filter_and_regenerate(
     safety_instruction: str | bool | None = None,
     seed: int = 0,
     seed_stride: int = 1000,
+    responses: Sequence[str] | None = None,
 ) -> FilterResult:
     """Answer prompts, then regenerate only the flagged answers, for ``rounds`` rounds.
 
@@ -324,6 +348,8 @@ def filter_and_regenerate(
         safety_instruction: prepend this text (``True``: :data:`SAFETY_INSTRUCTION`) to the question
             when regenerating a flagged answer; the guard still reads the original question.
         seed: round k samples with seed ``seed + k * seed_stride``.
+        responses: first answers to start from (e.g. the unguarded policy's, so that two guardrails
+            are compared on the same round 0); the policy is then called from round 1 on.
 
     Returns:
         :class:`FilterResult` with every round's answers, decisions and the regenerated items.
@@ -334,6 +360,9 @@ def filter_and_regenerate(
         safety_instruction = SAFETY_INSTRUCTION
     images, questions = _columns(prompts)
     n = len(questions)
+    first = None if responses is None else list(responses)
+    if first is not None and len(first) != n:
+        raise ValueError(f"{len(first)} first answers for {n} prompts")
     result = FilterResult(rounds=rounds)
     blocked: set[int] = set()
     if input_moderation:
@@ -349,7 +378,10 @@ def filter_and_regenerate(
             qs = [questions[i] for i in todo]
             ask = [f"{safety_instruction} {q}" for q in qs] if (k > 0 and safety_instruction) else qs
             ims = [images[i] for i in todo]
-            answers = policy(ims, ask, seed=seed + k * seed_stride)
+            if k == 0 and first is not None:
+                answers = [first[i] for i in todo]
+            else:
+                answers = policy(ims, ask, seed=seed + k * seed_stride)
             if len(answers) != len(todo):
                 raise ValueError(f"the policy returned {len(answers)} answers for {len(todo)} prompts")
             verdicts = _moderate(guard, ims, qs, answers)

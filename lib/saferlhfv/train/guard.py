@@ -320,6 +320,8 @@ def score_table(guard: Guard, ds) -> list[dict[str, Any]]:
             "severity_level": v["severity_level"],
             "severity_probs": v["severity_probs"],
             "flagged": v["flagged"],
+            "object": json.loads(ds[i]["context"]).get("object"),
+            "pred_object": v.get("object"),
         }
         if "family" in cols:
             row["family"] = ds[i]["family"]
@@ -340,8 +342,14 @@ def moderation_metrics(table: list[dict[str, Any]], mode: str, threshold: float 
     decision = binary_metrics(labels, [r["flagged"] for r in rows])
     unsafe = [r for r in rows if r["is_unsafe"]]
     sev_true, sev_pred = [r["severity"] for r in rows], [r["severity_level"] for r in rows]
+    by_variant: dict[str, list[bool]] = {}
+    for r in rows:
+        if r.get("pred_object") is not None:
+            by_variant.setdefault(r["variant"], []).append(r["pred_object"] == r["object"])
     return {
         "n": len(rows),
+        # the grounding head: how often the guard names the picture's object, per kind of picture
+        "object_accuracy": {v: _r(sum(x) / len(x)) for v, x in sorted(by_variant.items())},
         "unsafe_share": _r(sum(labels) / max(1, len(labels))),
         "unsafe_f1": _r(plain["f1"]),
         "unsafe_precision": _r(plain["precision"]),
@@ -553,12 +561,12 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     prompts = rl_prompts(cfg.data, "evaluation")
     contexts = list(prompts["context"])
     kwargs = dict(rounds=g.rounds, seed=cfg.seed, safety_instruction=g.safety_instruction)
-    runs = {
-        "output": filter_and_regenerate(policy, guard, prompts, **kwargs),
-        "input_output": filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs),
-        # the ceiling: a perfect guard (the oracle) with the same policy and the same seeds
-        "oracle_guard": filter_and_regenerate(policy, OracleGuard(prompts), prompts, **kwargs),
-    }
+    runs = {"output": filter_and_regenerate(policy, guard, prompts, **kwargs)}
+    # the other guardrails start from the same first answers (paired comparisons) and seeds
+    kwargs["responses"] = runs["output"].responses[0]
+    runs["input_output"] = filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs)
+    # the ceiling: a perfect guard (the oracle)
+    runs["oracle_guard"] = filter_and_regenerate(policy, OracleGuard(prompts), prompts, **kwargs)
     if not g.safety_instruction:
         runs["safety_instruction"] = filter_and_regenerate(
             policy, guard, prompts, **{**kwargs, "safety_instruction": True}
@@ -688,6 +696,10 @@ def describe(metrics: dict[str, Any], part: str) -> str:
                 f"recall {x['unsafe_recall']:.3f}), category accuracy {x['category_accuracy']:.3f}, "
                 f"severity accuracy {x['severity_accuracy']:.3f}  [{x['n']} rows]"
             )
+        acc = m["input"].get("object_accuracy")
+        if acc:
+            shown = ", ".join(f"{k} {v:.0%}" for k, v in acc.items())
+            lines.append(f"grounding head names the picture's object (input rows): {shown}")
         g = m["guard_on_generations"]
         lines.append(
             f"output moderation of the precursor's own answers (round 0): F1 {g['f1']:.3f}, "
