@@ -22,6 +22,7 @@ from saferlhfv.widgets import (
     equilibrium,
     frontier_from_runs,
     live_sample,
+    plot_dual,
     policy_expectations,
     question_choices,
     response_curve,
@@ -298,3 +299,15 @@ def test_live_explorer_controls_recompute(live_models):
     calls = ex.calls
     ex.controls["seed"].value = 7
     assert ex.calls == calls + 1
+
+
+def test_without_a_cap_a_large_start_overflows_then_collapses_to_zero(table):
+    """The multiplicative rule's failure that lambda_max prevents: overshoot, then lambda == 0 for good."""
+    d = stationary_response(table, 1.0)["cost"]
+    base = DualSettings(threshold=d, lambda_init=10.0, iterations=200)
+    free, capped = simulate_dual(table, base.replace(lambda_max=None)), simulate_dual(table, base)
+    assert free["lambda"].max() > 1e100 and free["lambda"][-1] == 0.0 and (free["lambda"][-20:] == 0).all()
+    assert capped["lambda"].max() <= 20.0 + 1e-9 and 0.1 < capped["lambda"][-1] < 20.0
+    fig = plot_dual({"free": free})  # drawable despite 1e304 and 0
+    assert np.isfinite(fig.axes[0].get_ylim()).all()
+    assert math.isfinite(dynamics_summary(free)["lambda_log_range"])

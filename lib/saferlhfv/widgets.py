@@ -554,7 +554,7 @@ def dynamics_summary(result: Mapping[str, np.ndarray], *, tail: float = 0.5) -> 
     return {
         "final_lambda": float(lam[-1]),
         "lambda_range": float(tl.max() - tl.min()),
-        "lambda_log_range": float(np.log10(tl.max()) - np.log10(tl.min())),
+        "lambda_log_range": float(np.log10(max(tl.max(), 1e-300)) - np.log10(max(tl.min(), 1e-300))),
         "cost_crossings": int((np.diff(side) != 0).sum()) if side.size > 1 else 0,
         "mean_gap": float((tc - td).mean()),
         "mean_reward": float(result["reward"][start:].mean()),
@@ -591,6 +591,9 @@ def training_trajectory(records: Sequence[Mapping[str, Any]] | str | Path) -> di
     }
 
 
+#: lambda is drawn clipped to this range (without a cap it can overflow to e^700, or underflow to exactly 0).
+_LAMBDA_SHOWN = (1e-4, 1e4)
+
 _DUAL_PANELS = (
     ("lambda", "multiplier $\\lambda$"),
     ("cost", "expected cost $E[C]$ vs budget $d$"),
@@ -614,7 +617,8 @@ def plot_dual(
         equilibria: ``{label: lambda*}`` drawn as dotted lines on the lambda panel.
 
     Returns:
-        The figure; ``fig.axes[i].lines`` hold the plotted data in ``results`` order.
+        The figure; ``fig.axes[i].lines`` hold the plotted data in ``results`` order (lambda clipped
+        to 1e-4..1e4 for display).
     """
     from matplotlib.figure import Figure
 
@@ -627,7 +631,8 @@ def plot_dual(
         c = colors[i % 10]
         for ax, (key, _) in zip(axes, _DUAL_PANELS):
             if key in res:
-                ax.plot(res["iteration"], res[key], color=c, lw=1.4, label=label)
+                y = np.clip(res[key], *_LAMBDA_SHOWN) if key == "lambda" else res[key]
+                ax.plot(res["iteration"], y, color=c, lw=1.4, label=label)
         axes[1].plot(res["iteration"], res["threshold"], color=c, ls="--", lw=1)
         if equilibria and label in equilibria and math.isfinite(equilibria[label]):
             axes[0].axhline(equilibria[label], color=c, ls=":", lw=1)
@@ -636,6 +641,10 @@ def plot_dual(
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    shown = [np.clip(r["lambda"], *_LAMBDA_SHOWN) for r in results.values() if "lambda" in r]
+    if shown:
+        lo, hi = min(float(x.min()) for x in shown), max(float(x.max()) for x in shown)
+        axes[0].set_ylim(lo / 1.5, hi * 1.5)
     axes[-1].set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=7)
     if title:
