@@ -932,7 +932,7 @@ def load_budget_runs(cfg, thresholds: Sequence[float], *, overrides: Mapping[str
 
 
 def _short(category: str) -> str:
-    return category.replace("_and_", " & ").replace("_", " ")[:26]
+    return category.replace("_and_", " & ").replace("_", " ")
 
 
 def plot_tradeoff(
