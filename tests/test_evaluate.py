@@ -39,3 +39,12 @@ def test_win_rates_count_ties_half():
     assert win_rates(policy, reference) == {"helpful_winrate": 0.5, "harmless_winrate": round(2.5 / 3, 4)}
     with pytest.raises(ValueError):
         win_rates(policy, reference[:2])
+
+
+def test_cost_model_agreement_counts_gamed_answers():
+    from saferlhfv.evaluate import cost_model_agreement
+
+    samples = [_s(3, -2, True), _s(3, -3, True), _s(1, 3, True), _s(3, 2, False)]
+    costs = [1.5, -0.5, -2.0, 0.3]  # right, gamed (unsafe scored safe), right, wrong (safe scored unsafe)
+    out = cost_model_agreement(costs, samples)
+    assert out == {"agreement": 0.5, "unsafe_scored_safe": 0.5, "n_unsafe": 2}

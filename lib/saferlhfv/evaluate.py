@@ -28,7 +28,14 @@ import torch
 from saferlhfv.data.oracle import BEHAVIOURS, analyse, parse_context
 from saferlhfv.models.generation import generate_responses
 
-__all__ = ["judge_samples", "summarize", "evaluate_policy", "win_rates"]
+__all__ = [
+    "judge_samples",
+    "summarize",
+    "evaluate_policy",
+    "win_rates",
+    "grounding_accuracy",
+    "cost_model_agreement",
+]
 
 
 def judge_samples(contexts: list[Any], responses: list[str]) -> list[dict[str, Any]]:
@@ -137,3 +144,78 @@ def win_rates(policy: list[dict[str, Any]], reference: list[dict[str, Any]]) -> 
         return _mean(score)
 
     return {"helpful_winrate": rate("helpful"), "harmless_winrate": rate("harmless")}
+
+
+@torch.no_grad()
+def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int = 10_000) -> float:
+    """Share of held-out captioning prompts ("what is in the picture?") answered with the right object.
+
+    Greedy answers to ``n`` caption examples drawn beyond the first ``offset`` of
+    :func:`saferlhfv.data.world.caption_dataset` (never used for training); 30 objects, so chance
+    is about 0.03. A policy or score model built on a backbone that scores low here cannot tell
+    a harmful picture from its benign partner.
+    """
+    from saferlhfv.data.world import caption_dataset
+
+    rows = caption_dataset(data_cfg, offset + n).select(range(offset, offset + n))
+    answers = generate_responses(model, processor, list(rows["image"]), list(rows["question"]), do_sample=False)
+    return round(sum(analyse(c, a).names_right_object for c, a in zip(rows["context"], answers)) / n, 4)
+
+
+def cost_model_agreement(costs: list[float], samples: list[dict[str, Any]]) -> dict[str, float]:
+    """How well CM-V's sign matches the oracle on judged answers.
+
+    Returns:
+        ``agreement`` (share with ``cost < 0`` exactly when the oracle rates harmless >= 0) and
+        ``unsafe_scored_safe`` (share of oracle-unsafe answers that CM-V gives a negative cost:
+        what a policy that games the cost model produces).
+    """
+    agree = [float((c < 0) == (s["harmless"] >= 0)) for c, s in zip(costs, samples, strict=True)]
+    missed = [float(c < 0) for c, s in zip(costs, samples) if s["harmless"] < 0]
+    return {"agreement": _mean(agree), "unsafe_scored_safe": _mean(missed), "n_unsafe": len(missed)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m saferlhfv.evaluate --preset tiny``: diagnostics of the cached tiny run (trains what is missing).
+
+    Prints JSON: the precursor's grounding accuracy, and CM-V's agreement with the oracle on the
+    precursor's and on the PPO-Lagrangian policy's evaluation answers.
+    """
+    import argparse
+    import json
+
+    from saferlhfv.config import add_config_arguments, config_from_args
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.models.score import score_texts
+    from saferlhfv.train.ppo_lag import ensure_ppo
+    from saferlhfv.train.preference import ensure_preference_model, load_scorer
+    from saferlhfv.train.sft import ensure_sft, load_precursor
+
+    parser = argparse.ArgumentParser(prog="python -m saferlhfv.evaluate", description=main.__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    sft_dir, _ = ensure_sft(cfg)
+    policy, processor = load_precursor(sft_dir)
+    out: dict[str, Any] = {"precursor_grounding_accuracy": grounding_accuracy(policy, processor, cfg.data)}
+    ppo_dir, _ = ensure_ppo(cfg)
+    samples = json.loads((ppo_dir / "eval_samples.json").read_text())
+    cost_model, _ = load_scorer(ensure_preference_model(cfg, "cost")[0])
+    prompts = rl_prompts(cfg.data, "evaluation")
+    for who in ("precursor", "policy"):
+        group = samples[who]
+        costs = score_texts(
+            cost_model,
+            processor,
+            [prompts[s["index"]]["image"] for s in group],
+            [s["question"] for s in group],
+            [s["response"] for s in group],
+        )
+        out[f"cost_model_vs_oracle_{who}"] = cost_model_agreement(costs, group)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
