@@ -77,6 +77,17 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _rss_mb() -> float:
+    """Current resident memory of this process (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _median_time(fn, repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
@@ -212,8 +223,10 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
             dirs = _untrained_upstream(cfg, tmp)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        rss_before = _rss_mb()
         trainer = PPOLagTrainer(run_cfg, **dirs, out_dir=tmp / "ppo")
-        roles_mb = _peak_memory_mb(device)
+        # GPU: tensor memory allocated for the six roles; CPU: the growth of the process's resident memory
+        roles_mb = _peak_memory_mb(device) if device.type == "cuda" else _rss_mb() - rss_before
         records = []
 
         def step():
@@ -231,6 +244,7 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
         "ppo_episodes_per_s": round(batch / step_s, 2),
         "ppo_rollout_tokens_per_s": round(batch * length / step_s, 1),
         "ppo_six_roles_built_memory_mb": round(roles_mb, 1),
+        "ppo_six_roles_memory_kind": "CUDA allocated" if device.type == "cuda" else "resident memory growth (CPU)",
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
     }
 
@@ -246,13 +260,25 @@ STAGE_ARTIFACTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def _samples(cfg: Config, stage: str, result: dict[str, Any]) -> tuple[int | None, str]:
+def _last_step(folder: Path) -> int | None:
+    """The last optimiser step a trainer logged in ``folder/metrics.jsonl`` (for results without ``steps``)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    steps = [json.loads(line).get("step") for line in path.read_text().splitlines() if line.strip()]
+    steps = [s for s in steps if isinstance(s, int)]
+    return max(steps) if steps else None
+
+
+def _samples(cfg: Config, stage: str, result: dict[str, Any], folder: Path | None = None) -> tuple[int | None, str]:
     """Training samples a stage processed, and their unit."""
     if stage == "ppo":
         its = result.get("iterations")
         return (None if its is None else its * cfg.ppo.rollout_batch_size * cfg.ppo.ppo_epochs), "episodes"
     section = {"sft": cfg.sft, "reward": cfg.reward, "cost": cfg.cost, "guard": cfg.guard}[stage]
     steps = result.get("steps")
+    if steps is None and folder is not None:
+        steps = _last_step(folder)
     unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard": "rows"}[stage]
     return (None if steps is None else steps * section.batch_size * section.gradient_accumulation_steps), unit
 
@@ -294,7 +320,7 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
         if name in done and isinstance(done[name], dict) and done[name].get("seconds") is not None:
             result = result or done[name]
             seconds, source = done[name]["seconds"], "summary.json"
-        samples, unit = _samples(run_cfg, stage, result) if result is not None else (None, "")
+        samples, unit = _samples(run_cfg, stage, result, folder) if result is not None else (None, "")
         rate = round(samples / seconds, 1) if samples and seconds else None
         rows.append({"stage": name, "seconds": seconds, "samples": samples, "unit": unit, "samples_per_s": rate,
                      "source": source})  # fmt: skip
@@ -434,7 +460,11 @@ def format_report(result: dict[str, Any]) -> str:
             ("PPO-Lagrangian iteration", ppo.get("ppo_episodes_per_s"), f"episodes/s ({ppo.get('ppo_upstream')})"),
             ("PPO rollout generation", ppo.get("ppo_rollout_tokens_per_s"), "tokens/s (whole iteration)"),
             ("generation, KV cache", model.get("generate_tokens_per_s"), f"tokens/s ({model.get('new_tokens')} new)"),
-            ("six PPO roles built", ppo.get("ppo_six_roles_built_memory_mb"), "MB (peak while building)"),
+            (
+                "six PPO roles built",
+                ppo.get("ppo_six_roles_built_memory_mb"),
+                f"MB ({ppo.get('ppo_six_roles_memory_kind')})",
+            ),
         ]
         lines += [f"{a:<34} {_fmt(b):>12}  {c}" for a, b, c in rows if b is not None]
         for name, part in (("model", model), ("score", score), ("ppo", ppo)):
