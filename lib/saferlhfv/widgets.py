@@ -45,6 +45,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,9 +335,10 @@ def ensure_rollout_table(
             sft_dir, _ = ensure_sft(cfg)
             reward_dir, _ = ensure_preference_model(cfg, "reward")
             cost_dir, _ = ensure_preference_model(cfg, "cost")
-            policy, processor = load_precursor(sft_dir)
-            reward_model, _ = load_scorer(reward_dir)
-            cost_model, _ = load_scorer(cost_dir)
+            with _quiet_loading():
+                policy, processor = load_precursor(sft_dir)
+                reward_model, _ = load_scorer(reward_dir)
+                cost_model, _ = load_scorer(cost_dir)
             table = build_rollout_table(
                 policy,
                 processor,
@@ -1073,6 +1075,20 @@ class LiveModels:
     policy_name: str = "aligned (PPO-Lagrangian)"
 
 
+@contextmanager
+def _quiet_loading():
+    """No "Loading weights" progress bars from transformers while several models load (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_live_models(cfg, *, use_guard: bool = True) -> LiveModels:
     """Load (training if missing) the precursor, the PPO-Lagrangian policy of ``cfg``, RM-V, CM-V and the guard.
 
@@ -1085,12 +1101,10 @@ def load_live_models(cfg, *, use_guard: bool = True) -> LiveModels:
     from saferlhfv.train.sft import ensure_sft, load_precursor
 
     sft_dir, _ = ensure_sft(cfg)
-    precursor, processor = load_precursor(sft_dir)
-    reward_model, _ = load_scorer(ensure_preference_model(cfg, "reward")[0])
-    cost_model, _ = load_scorer(ensure_preference_model(cfg, "cost")[0])
+    reward_dir, _ = ensure_preference_model(cfg, "reward")
+    cost_dir, _ = ensure_preference_model(cfg, "cost")
     ppo_dir, _ = ensure_ppo(cfg)
-    policy, _ = load_saved_vlm(ppo_dir / "model")
-    guard, note = None, ""
+    guard_dir, note = None, ""
     if use_guard:
         try:
             from saferlhfv.train.guard import ensure_guard, load_guard
@@ -1098,9 +1112,14 @@ def load_live_models(cfg, *, use_guard: bool = True) -> LiveModels:
             note = f"no guard stage in this version ({err})"
         else:
             guard_dir, _ = ensure_guard(cfg)
-            guard = load_guard(guard_dir, cfg)
     else:
         note = "guard switched off (use_guard=False)"
+    with _quiet_loading():
+        precursor, processor = load_precursor(sft_dir)
+        reward_model, _ = load_scorer(reward_dir)
+        cost_model, _ = load_scorer(cost_dir)
+        policy, _ = load_saved_vlm(ppo_dir / "model")
+        guard = load_guard(guard_dir, cfg) if guard_dir is not None else None
     return LiveModels(precursor.eval(), policy.eval(), processor, reward_model.eval(), cost_model.eval(), guard, note)
 
 
