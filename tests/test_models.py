@@ -113,3 +113,16 @@ def test_generate_responses_seeded_and_leaves_caller_rng_alone():
     c = generate_responses(model, processor, images, questions, max_new_tokens=8, seed=8)
     assert a == b and a != c and len(a) == 2 and all(isinstance(t, str) for t in a)
     assert model.training  # generation restores the train / eval mode it found
+
+
+def test_generation_never_samples_the_image_placeholder():
+    from saferlhfv.models.generation import generate_responses, media_token_ids
+
+    model, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert media_token_ids(processor) == [image_id]
+    with torch.no_grad():  # make the placeholder the most likely next token everywhere
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
+        model.lm_head.bias[image_id] = 100.0
+    out = generate_responses(model, processor, [picture()] * 4, ["what is this?"] * 4, max_new_tokens=6, seed=0)
+    assert all(t for t in out)  # without suppression every token would be <image>, decoded to ""

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-__all__ = ["render_prompts", "encode_prompts", "generate_responses"]
+__all__ = ["render_prompts", "encode_prompts", "media_token_ids", "generate_responses"]
 
 
 def render_prompts(
@@ -69,6 +69,17 @@ def encode_prompts(
         tokenizer.padding_side = previous
 
 
+def media_token_ids(processor: ProcessorMixin) -> list[int]:
+    """Ids of the image / video placeholder tokens, which a policy must never generate.
+
+    A sampled ``<image>`` token would ask the model for image features it does not have (the next
+    forward pass fails with "image features and image tokens do not match"); under-trained policies
+    do sample it, so generation suppresses these ids.
+    """
+    ids = {getattr(processor, name, None) for name in ("image_token_id", "video_token_id")}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
 @torch.no_grad()
 def generate_responses(
     model: PreTrainedModel,
@@ -94,7 +105,9 @@ def generate_responses(
     """
     batch = encode_prompts(processor, images, questions).to(model.device)
     n_prompt = batch["input_ids"].shape[1]
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True, suppress_tokens=media_token_ids(processor)
+    )
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     was_training = model.training

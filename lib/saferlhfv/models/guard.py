@@ -44,9 +44,9 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.data.content import CATEGORIES, SEVERITY_NAMES
 from saferlhfv.io import atomic_directory
-from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
+from saferlhfv.models.factory import load_saved_vlm, save_vlm
 from saferlhfv.models.generation import render_prompts
-from saferlhfv.models.score import last_token_index, position_ids_from_mask
+from saferlhfv.models.score import VLMWithHeads, last_token_index
 
 __all__ = [
     "GuardOutput",
@@ -84,7 +84,7 @@ class GuardOutput:
         return torch.sigmoid(self.unsafe_logit.float())
 
 
-class GuardModel(nn.Module):
+class GuardModel(VLMWithHeads):
     """A VLM (LLaVA or Qwen2-VL, optionally peft-wrapped) plus unsafe / category / severity heads.
 
     Args:
@@ -104,20 +104,10 @@ class GuardModel(nn.Module):
         n_objects: int = 0,
         seed: int = 0,
     ):
-        super().__init__()
-        self.backbone = backbone
-        hidden = self._text_config().hidden_size
-        with _seeded(seed):
-            self.unsafe_head = nn.Linear(hidden, 1)
-            self.category_head = nn.Linear(hidden, n_categories)
-            self.severity_head = nn.Linear(hidden, n_severity)
-            self.object_head = nn.Linear(hidden, n_objects) if n_objects else None
-            for head in self.all_heads():
-                nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
-                nn.init.zeros_(head.bias)
-        dtype = next(backbone.parameters()).dtype
-        for head in self.all_heads():
-            head.to(dtype)
+        super().__init__(backbone)
+        heads = self.new_heads([1, n_categories, n_severity] + ([n_objects] if n_objects else []), seed=seed)
+        self.unsafe_head, self.category_head, self.severity_head = heads[:3]
+        self.object_head = heads[3] if n_objects else None
 
     def heads(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
         """The three moderation heads: unsafe, category, severity."""
@@ -127,26 +117,9 @@ class GuardModel(nn.Module):
         """The moderation heads plus the object head, if any."""
         return [*self.heads(), *([self.object_head] if self.object_head is not None else [])]
 
-    def _base(self) -> PreTrainedModel:
-        b = self.backbone
-        return b.get_base_model() if hasattr(b, "get_base_model") else b
-
-    def _text_config(self):
-        cfg = self._base().config
-        return getattr(cfg, "text_config", cfg)
-
-    @property
-    def config(self):
-        """The backbone's config."""
-        return self._base().config
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> GuardOutput:
         """Moderate a batch (any padding side; inputs from :func:`encode_guard_inputs`)."""
-        core = self._base().model  # decoder hidden states, no LM head
-        kwargs = dict(vision_inputs)
-        if "image_grid_thw" not in kwargs:  # Qwen2-VL derives its 3-D rope positions itself
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-        hidden = core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
+        hidden = self.hidden_states(input_ids, attention_mask, **vision_inputs)
         end_index = last_token_index(attention_mask)
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), end_index]  # [B, H]
         return GuardOutput(

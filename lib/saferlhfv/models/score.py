@@ -26,6 +26,7 @@ from saferlhfv.io import atomic_directory
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
 
 __all__ = [
+    "VLMWithHeads",
     "score_texts",
     "ScoreOutput",
     "ScoreModel",
@@ -80,24 +81,17 @@ class ScoreOutput:
     end_index: torch.Tensor
 
 
-class ScoreModel(nn.Module):
-    """A VLM (LLaVA or Qwen2-VL, optionally peft-wrapped) plus a linear head to one scalar.
+class VLMWithHeads(nn.Module):
+    """A VLM backbone (LLaVA or Qwen2-VL, optionally peft-wrapped) whose decoder feeds linear heads.
 
-    The language-model head of the VLM is not used (its decoder's last hidden state
-    feeds the score head), so a score model costs one forward of the backbone.
+    The base of :class:`ScoreModel` and :class:`~saferlhfv.models.guard.GuardModel`: the language-
+    model head is never used (and is frozen unless it shares the input embeddings), so a forward
+    costs one pass of the backbone without the vocabulary projection.
     """
 
-    def __init__(self, backbone: PreTrainedModel, *, seed: int = 0):
+    def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
-        hidden = self._text_config().hidden_size
-        with _seeded(seed):
-            self.score_head = nn.Linear(hidden, 1)
-            nn.init.normal_(self.score_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-            nn.init.zeros_(self.score_head.bias)
-        dtype = next(backbone.parameters()).dtype
-        self.score_head.to(dtype)
-        # the language-model head is never used here: freeze it (unless it shares the input embeddings)
         lm_head = self._base().get_output_embeddings()
         if lm_head is not None and not getattr(self._text_config(), "tie_word_embeddings", False):
             lm_head.requires_grad_(False)
@@ -115,6 +109,35 @@ class ScoreModel(nn.Module):
         """The backbone's config."""
         return self._base().config
 
+    def new_heads(self, sizes: list[int], *, seed: int) -> list[nn.Linear]:
+        """Linear heads ``hidden -> size`` for each size, seeded, small normal init, the backbone's dtype."""
+        hidden = self._text_config().hidden_size
+        dtype = next(self.backbone.parameters()).dtype
+        heads = []
+        with _seeded(seed):
+            for size in sizes:
+                head = nn.Linear(hidden, size)
+                nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
+                nn.init.zeros_(head.bias)
+                heads.append(head.to(dtype))
+        return heads
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> torch.Tensor:
+        """Decoder hidden states ``[B, T, H]``; positions count real tokens only (any padding side)."""
+        core = self._base().model  # LlavaModel / Qwen2VLModel: decoder hidden states, no LM head
+        kwargs = dict(vision_inputs)
+        if "image_grid_thw" not in kwargs:  # Qwen2-VL derives its 3-D rope positions from the mask itself
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        return core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
+
+
+class ScoreModel(VLMWithHeads):
+    """A VLM plus a linear head to one scalar: per-token scores and the end score."""
+
+    def __init__(self, backbone: PreTrainedModel, *, seed: int = 0):
+        super().__init__(backbone)
+        (self.score_head,) = self.new_heads([1], seed=seed)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> ScoreOutput:
         """Score sequences.
 
@@ -127,12 +150,7 @@ class ScoreModel(nn.Module):
         Returns:
             :class:`ScoreOutput` with ``scores [B, T]`` and ``end_scores [B]``.
         """
-        core = self._base().model  # LlavaModel / Qwen2VLModel: decoder hidden states, no LM head
-        kwargs = dict(vision_inputs)
-        if "image_grid_thw" not in kwargs:  # Qwen2-VL derives its 3-D rope positions from the mask itself
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-        out = core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        hidden = out.last_hidden_state  # [B, T, H]
+        hidden = self.hidden_states(input_ids, attention_mask, **vision_inputs)  # [B, T, H]
         scores = self.score_head(hidden).squeeze(-1)  # [B, T]
         end_index = last_token_index(attention_mask)
         end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)

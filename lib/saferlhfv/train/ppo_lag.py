@@ -51,7 +51,7 @@ from saferlhfv.algorithms.losses import actor_loss, critic_loss, kl_shaped_costs
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.factory import load_saved_vlm, save_vlm
-from saferlhfv.models.generation import encode_prompts
+from saferlhfv.models.generation import encode_prompts, media_token_ids
 from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask, score_texts
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 
@@ -207,6 +207,7 @@ def make_rollout(
             temperature=ppo.temperature,
             top_p=ppo.top_p,
             use_cache=True,
+            suppress_tokens=media_token_ids(processor),
             synced_gpus=synced_gpus,
         )
     actor.train(was_training)
