@@ -64,6 +64,8 @@ __all__ = [
     "train_ppo_lag",
     "ensure_ppo",
     "budget_sweep",
+    "SWEEP_THRESHOLDS",
+    "SWEEP_ITERATIONS",
     "main",
 ]
 
@@ -549,11 +551,24 @@ def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
     )
 
 
-def budget_sweep(cfg: Config, thresholds, *, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+#: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs).
+SWEEP_THRESHOLDS = (-2.0, -1.0, 0.0)
+#: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).
+SWEEP_ITERATIONS = 25
+
+
+def budget_sweep(
+    cfg: Config,
+    thresholds=SWEEP_THRESHOLDS,
+    *,
+    iterations: int | None = SWEEP_ITERATIONS,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """PPO-Lagrangian once per budget ``d`` in ``thresholds`` (each a cached artifact).
 
     Args:
-        overrides: extra config fields for every run (e.g. fewer iterations for a quick sweep).
+        iterations: PPO iterations per run (None keeps ``cfg.ppo.iterations``).
+        overrides: extra config fields for every run.
 
     Returns:
         One metrics dict (as :func:`train_ppo_lag` returns) per threshold, with ``folder`` added.
@@ -562,7 +577,10 @@ def budget_sweep(cfg: Config, thresholds, *, overrides: dict[str, Any] | None = 
 
     results = []
     for d in thresholds:
-        run_cfg = apply_overrides(cfg, {**(overrides or {}), "ppo.threshold": float(d), "ppo.lambda_mode": "lagrange"})
+        fields = {**(overrides or {}), "ppo.threshold": float(d), "ppo.lambda_mode": "lagrange"}
+        if iterations is not None:
+            fields["ppo.iterations"] = iterations
+        run_cfg = apply_overrides(cfg, fields)
         folder, metrics = ensure_ppo(run_cfg)
         results.append({**metrics, "folder": str(folder)})
     return results
