@@ -29,3 +29,20 @@ def picture(color=(200, 30, 30), size: int = 64) -> Image.Image:
     img = Image.new("RGB", (size, size), (240, 240, 240))
     ImageDraw.Draw(img).ellipse((12, 12, size - 12, size - 12), fill=color)
     return img
+
+
+#: a tiny model and world small enough that SFT, RM-V, CM-V and a few PPO iterations train in seconds.
+SMALL_MODEL_AND_WORLD = [
+    "model.tiny_hidden_size=64",
+    "model.tiny_layers=2",
+    "model.tiny_intermediate_size=128",
+    "model.tiny_vocab_size=600",
+    "data.pairs_per_category_train=2",
+    "data.pairs_per_category_eval=1",
+    "data.prompts_per_category_train=2",
+    "data.prompts_per_category_eval=1",
+    "data.sft_per_category=4",
+    "ppo.rollout_batch_size=4",
+    "ppo.batch_size=2",
+    "ppo.max_new_tokens=6",
+]

@@ -13,21 +13,9 @@ from saferlhfv.bench import (
     stage_times,
 )
 from saferlhfv.config import apply_overrides, load_config
+from tests.helpers import SMALL_MODEL_AND_WORLD
 
-SMALL = [
-    "model.tiny_hidden_size=64",
-    "model.tiny_layers=2",
-    "model.tiny_intermediate_size=128",
-    "model.tiny_vocab_size=600",
-    "data.pairs_per_category_train=2",
-    "data.pairs_per_category_eval=1",
-    "data.prompts_per_category_train=2",
-    "data.prompts_per_category_eval=1",
-    "data.sft_per_category=4",
-    "ppo.rollout_batch_size=4",
-    "ppo.batch_size=2",
-    "ppo.max_new_tokens=6",
-]
+SMALL = SMALL_MODEL_AND_WORLD
 
 
 @pytest.fixture

@@ -14,24 +14,13 @@ from saferlhfv.plotting import read_metrics
 from saferlhfv.train.ppo_lag import PPOLagTrainer
 from saferlhfv.train.preference import ensure_preference_model
 from saferlhfv.train.sft import ensure_sft
+from tests.helpers import SMALL_MODEL_AND_WORLD
 
-SMALL = [
-    "model.tiny_hidden_size=64",
-    "model.tiny_layers=2",
-    "model.tiny_intermediate_size=128",
-    "model.tiny_vocab_size=600",
-    "data.pairs_per_category_train=2",
-    "data.pairs_per_category_eval=1",
-    "data.prompts_per_category_train=2",
-    "data.prompts_per_category_eval=1",
-    "data.sft_per_category=4",
+SMALL = SMALL_MODEL_AND_WORLD + [
     "sft.max_steps=6",
     "reward.max_steps=3",
     "cost.max_steps=3",
     "ppo.iterations=3",
-    "ppo.rollout_batch_size=4",
-    "ppo.batch_size=2",
-    "ppo.max_new_tokens=6",
     "ppo.save_every=1",
 ]
 
