@@ -1,5 +1,7 @@
 """Test-wide settings: figures and artifacts go to a temporary folder, never the repo.
 
+At the repository root so that it also applies when only notebooks are collected.
+
 Set at import so notebook kernels started by nbmake inherit them too.
 """
 
