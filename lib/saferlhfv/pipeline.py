@@ -4,7 +4,7 @@ Stages run in order and each adds its metrics (and its wall time in
 ``seconds``) under its own key of ``DIR/summary.json``, which is rewritten
 atomically after every stage so an interrupted run keeps what it finished.
 
-Stages so far:
+Stages, in order:
 
 * ``data``: the BeaverTails-V-mini world: sizes per split, per-category counts,
   how often the more helpful response is not the safer one, image-text coupling.
@@ -12,7 +12,6 @@ Stages so far:
   evaluation prompts (image + question) and scores the answers at their last
   real token: proof that the model, processor, generation and score paths work
   end to end before anything is trained.
-
 * ``sft``: the precursor policy (:mod:`saferlhfv.train.sft`) and its oracle evaluation.
 * ``reward`` / ``cost``: RM-V and CM-V (:mod:`saferlhfv.train.preference`).
 * ``guard``: Beaver-Guard-V (:mod:`saferlhfv.train.guard`): moderation quality, the rounds of
@@ -21,8 +20,7 @@ Stages so far:
   baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
-run, or a notebook, reuses them unless their config changed. Later stages (guard,
-PPO-Lagrangian, evaluation) join the same ``STAGES`` table.
+run, or a notebook, reuses them unless their config changed.
 """
 
 from __future__ import annotations
@@ -161,7 +159,7 @@ def run_pipeline(cfg: Config, out: str | Path, stages: list[str] | None = None) 
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    print("\nstage     seconds  highlights")
+    print(f"\n{'stage':<16} {'seconds':>7}  highlights")
     for name in summary["stages"]:
         m = summary[name]
         if name == "data":
@@ -192,7 +190,7 @@ def _print_table(summary: dict[str, Any]) -> None:
             )
         else:
             note = ""
-        print(f"{name:<9} {m['seconds']:>7.1f}  {note}")
+        print(f"{name:<16} {m['seconds']:>7.1f}  {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
