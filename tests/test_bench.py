@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saferlhfv.bench import (
+    MEMORY_LAYOUTS,
     STAGE_ARTIFACTS,
     format_report,
     main,
@@ -36,10 +37,10 @@ def test_cli_json_has_every_part(capsys, artifacts):
     assert out["ppo"]["ppo_episodes_per_s"] > 0 and out["ppo"]["ppo_upstream"].startswith("untrained")
     assert [r["stage"] for r in out["stages"]] == [s for s, _, _ in STAGE_ARTIFACTS]
     assert all(r["source"] == "missing" for r in out["stages"])  # nothing trained in this folder
-    assert out["memory"]["shared_base_is_estimate"] is True and out["peak_memory_mb"] > 0
+    assert len(out["memory"]["layouts"]) == 3 and out["peak_memory_mb"] > 0
     text = format_report(out)
     for needle in ("SFT train step", "RM-V / CM-V", "PPO-Lagrangian iteration", "generation, KV cache",
-                   "pipeline stages", "separate models", "ESTIMATE", "peak memory"):  # fmt: skip
+                   "pipeline stages", "six separate models", "shared base", "peak memory"):  # fmt: skip
         assert needle in text
 
 
@@ -64,25 +65,32 @@ def test_stage_times_from_artifacts_and_summary(artifacts, tmp_path):
     assert rows["sft"]["seconds"] == 8.0 and rows["sft"]["source"] == "summary.json"
 
 
-def test_role_memory_counts_six_models_and_matches_peft_adapter_size():
+def test_role_memory_measures_the_three_layouts(artifacts):
     from saferlhfv.data.world import text_corpus
     from saferlhfv.models.factory import apply_lora, load_vlm
 
-    cfg = load_config("tiny", overrides=SMALL)
+    cfg = load_config("tiny", overrides=SMALL + ["model.lora.r=4"])
     m = role_memory(cfg)
+    rows = {r["layout"]: r for r in m["layouts"]}
+    assert list(rows) == [name for name, _ in MEMORY_LAYOUTS]
+    separate, lora, shared = rows.values()
     model, _ = load_vlm(cfg.model, text_corpus(cfg.data))
-    vlm = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-        b.numel() * b.element_size() for b in model.buffers()
-    )
+    params = sum(p.numel() for p in model.parameters())
+    vlm = params * 4 + sum(b.numel() * b.element_size() for b in model.buffers())
     head = (cfg.model.tiny_hidden_size + 1) * 4
-    assert m["separate_models_mb"] == pytest.approx((6 * vlm + 4 * head) / 2**20, abs=0.01)
-    # the analytic adapter size is what peft actually adds on the same target modules
-    lora_cfg = apply_overrides(cfg, {"model.lora.r": m["lora_rank_for_estimate"]}).model.lora
-    peft_model = apply_lora(model, lora_cfg)
-    added = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    assert m["lora_parameters_per_role"] == added
-    assert m["shared_base_estimate_mb"] == pytest.approx((vlm + 5 * added * 4 + 4 * head) / 2**20, abs=0.01)
-    assert m["shared_base_estimate_mb"] < m["separate_models_mb"]
+    # six whole models + four heads, against one base + five peft adapters + four heads
+    assert separate["weights_mb"] == pytest.approx((6 * vlm + 4 * head) / 2**20, abs=0.01)
+    adapter = sum(p.numel() for n, p in apply_lora(model, cfg.model.lora).named_parameters() if "lora_" in n)
+    assert shared["weights_mb"] == pytest.approx((vlm + 5 * adapter * 4 + 4 * head) / 2**20, abs=0.01)
+    assert lora["weights_mb"] == pytest.approx((6 * vlm + 3 * adapter * 4 + 4 * head) / 2**20, abs=0.01)
+    # the same adapters train in both LoRA layouts; full fine-tuning trains every weight of three models
+    assert shared["trainable_parameters"] == lora["trainable_parameters"] == 3 * adapter + 2 * (head // 4)
+    assert separate["trainable_parameters"] > 2 * params
+    # gradients + two AdamW moments per trainable weight
+    assert shared["train_state_mb"] == pytest.approx(3 * shared["trainable_parameters"] * 4 / 2**20, abs=0.01)
+    assert all(r["peak_mb"] > 0 for r in m["layouts"])
+    assert "shared base + 5 LoRA adapters" in format_report({"preset": "tiny", "device": "cpu", "threads": 1,
+                                                               "memory": m})  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -1,6 +1,6 @@
 """Speed and memory of a preset: ``python -m saferlhfv.bench --preset tiny [--json]``.
 
-Four parts (``--parts``; all by default), each a function returning a dict:
+Five parts (``--parts``; all by default), each a function returning a dict:
 
 * ``model`` (:func:`bench_model`): the policy VLM's parameter count; one SFT optimiser step
   (forward + backward + AdamW) on ``--batch-size`` image + question + response sequences ->
@@ -18,12 +18,12 @@ Four parts (``--parts``; all by default), each a function returning a dict:
   training samples/s (steps x batch / seconds, evaluation included), read from the cached
   artifacts' ``result.json`` (``seconds``) or from a pipeline run's ``summary.json``; a stage
   not trained yet is listed as missing (nothing is trained here).
-* ``memory`` (:func:`role_memory`): parameter + buffer bytes of PPO's six roles held as
-  separate models (actor, reference, RM-V, CM-V, reward critic, cost critic: what the trainer
-  builds), against an **analytic estimate** of a shared-base layout (one frozen base, five LoRA
-  adapter sets of rank ``model.lora.r``, the reference = adapters off, four scalar heads). The
-  code has no shared-base mode yet: that number is an estimate, labelled so. Gradient and AdamW
-  state bytes of the trainable parameters are estimated the same way.
+* ``memory`` (:func:`role_memory`): the memory of PPO's six roles (actor, reference, RM-V, CM-V,
+  reward critic, cost critic) in the trainer's three layouts (:data:`MEMORY_LAYOUTS`): six
+  separate fully trained models; six models whose actor and critics train LoRA adapters; the
+  shared base (one frozen model, five adapters of rank ``model.lora.r``, four heads; the
+  reference = adapters off). Each layout builds the real trainer and runs one iteration in its
+  own process: distinct weight storage, gradient + AdamW bytes, and peak memory are measured.
 
 Peak memory is the process's peak resident memory (CPU) or peak allocated CUDA memory (GPU).
 Timings are wall-clock on a possibly shared machine: compare medians, not single runs. The same
@@ -327,73 +327,122 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
     return rows
 
 
-def _module_bytes(module: torch.nn.Module, *, skip: str | None = None) -> int:
+#: the three ways PPOLagTrainer can hold its six roles, as (name, config overrides).
+MEMORY_LAYOUTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("six separate models", {"model.lora.enabled": False, "ppo.shared_base": False}),
+    ("six models, LoRA actor + critics", {"model.lora.enabled": True, "ppo.shared_base": False}),
+    ("shared base + 5 LoRA adapters", {"model.lora.enabled": True, "ppo.shared_base": True}),
+)
+
+
+def _untrained_lora_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
+    """Like :func:`_untrained_upstream`, with RM-V / CM-V saved as LoRA adapters on the policy (+ merged)."""
+    import copy
+
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm
+    from saferlhfv.models.score import ScoreModel, save_score_model
+
+    dirs = _untrained_upstream(cfg, folder)
+    model, processor = load_saved_vlm(dirs["sft_dir"] / "model", dtype=cfg.model.dtype)
+    for i, kind in enumerate(("reward", "cost")):
+        backbone = apply_lora(copy.deepcopy(model), cfg.model.lora)
+        save_score_model(ScoreModel(backbone, seed=cfg.seed + i), processor, folder / kind / "model")
+    return dirs
+
+
+def _tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages among ``tensors`` (a weight shared by several roles counts once)."""
     seen, total = set(), 0
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if id(t) in seen or (skip and skip in name):
+    for t in tensors:
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key in seen:
             continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
+        seen.add(key)
+        total += t.untyped_storage().nbytes()
     return total
 
 
-def _lora_parameters(model: torch.nn.Module, cfg: Config) -> int:
-    """Parameters of one LoRA adapter set of rank ``model.lora.r`` on the language model's target projections."""
-    r, targets = cfg.model.lora.r, set(cfg.model.lora.target_modules)
-    total = 0
-    for name, module in model.named_modules():
-        if "lora_" in name or "vision" in name or "language_model" not in name:
-            continue
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += r * (module.in_features + module.out_features)
-    return total
+def measure_layout(cfg: Config, upstream: dict[str, Path], *, iterations: int = 1) -> dict[str, Any]:
+    """Build :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` as ``cfg`` says, run ``iterations``, measure memory.
 
+    Run it in a fresh process (as :func:`role_memory` does) for a clean peak.
 
-def role_memory(cfg: Config) -> dict[str, Any]:
-    """Bytes of PPO's six roles as separate models vs an analytic shared-base (LoRA adapters) estimate.
-
-    Separate models (what :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` builds): actor and
-    reference = the policy VLM; RM-V, CM-V and the two critics = the VLM + a scalar head each.
-    Shared base (an **estimate**; no such mode exists in the code yet): one frozen base VLM,
-    five LoRA adapter sets (actor, RM-V, CM-V, two critics; the reference is the base with
-    adapters off), four scalar heads. Training state: gradients + two AdamW moments (float32)
-    for the trainable parameters (actor + two critics in full fine-tuning, or their adapters).
+    Returns:
+        ``weights_mb``: distinct parameter + buffer storage of the six roles; ``train_state_mb``:
+        the gradients (one per trainable weight, held during each update) plus the AdamW moments
+        found in the optimisers after the iterations; ``trainable_parameters``; ``peak_mb``: the
+        peak CUDA memory allocated (GPU) or the growth of the process's peak resident memory over
+        its resident memory before building (CPU), through building and the iterations.
     """
-    from saferlhfv.models.factory import count_parameters, load_vlm
+    from saferlhfv.train.ppo_lag import PPOLagTrainer
 
-    model, _ = load_vlm(cfg.model, _corpus(cfg))
-    elem = next(model.parameters()).element_size()
-    hidden = getattr(model.config, "text_config", model.config).hidden_size
-    head = (hidden + 1) * elem
-    vlm = _module_bytes(model)  # with its own adapter set when LoRA is on
-    base = _module_bytes(model, skip="lora_")
-    adapter = _lora_parameters(model, cfg) * elem
-    separate = {
-        "actor": vlm,
-        "reference": vlm,
-        "reward_model": vlm + head,
-        "cost_model": vlm + head,
-        "reward_critic": vlm + head,
-        "cost_critic": vlm + head,
-    }
-    shared = base + 5 * adapter + 4 * head
-    trainable = count_parameters(model, trainable_only=True)
-    state_per_param = elem + 2 * 4  # gradient in the weights' dtype + AdamW's two float32 moments
-    separate_state = (3 * trainable + 2 * (hidden + 1)) * state_per_param
-    shared_state = (3 * adapter // elem + 2 * (hidden + 1)) * state_per_param
+    device = _device()
+    run_cfg = apply_overrides(cfg, {"ppo.iterations": iterations, "ppo.save_every": 0})
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+    with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
+        trainer = PPOLagTrainer(run_cfg, **upstream, out_dir=tmp)
+        for _ in range(iterations):
+            trainer.step()
+        peak = _peak_memory_mb(device) - before
+    roles = [trainer._unwrap(m) for m in (trainer.actor, trainer.reference, trainer.reward_model,
+                                          trainer.cost_model, trainer.reward_critic, trainer.cost_critic)]  # fmt: skip
+    weights = _tensor_bytes(t for m in roles for t in list(m.parameters()) + list(m.buffers()))
+    trainable = [p for params in trainer.params.values() for p in params]
+    moments = [v for opt in (trainer.opt_actor, trainer.opt_rc, trainer.opt_cc) for st in opt.state.values()
+               for v in st.values() if torch.is_tensor(v) and v.dim() > 0]  # fmt: skip
     mb = 2**20
     return {
-        "dtype_bytes": elem,
-        "policy_parameters": count_parameters(model),
-        "lora_rank_for_estimate": cfg.model.lora.r,
-        "lora_parameters_per_role": adapter // elem,
-        "separate_models_mb": round(sum(separate.values()) / mb, 2),
-        "separate_models_by_role_mb": {k: round(v / mb, 2) for k, v in separate.items()},
-        "shared_base_estimate_mb": round(shared / mb, 2),
-        "separate_over_shared": round(sum(separate.values()) / shared, 2),
-        "separate_models_train_state_mb": round(separate_state / mb, 2),
-        "shared_base_train_state_estimate_mb": round(shared_state / mb, 2),
-        "shared_base_is_estimate": True,
+        "weights_mb": round(weights / mb, 2),
+        "train_state_mb": round((_tensor_bytes(trainable) + _tensor_bytes(moments)) / mb, 2),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "peak_mb": round(peak, 1),
+    }
+
+
+def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
+    """Memory of PPO's six roles in each of :data:`MEMORY_LAYOUTS`, measured on the real trainer.
+
+    The upstream models are untrained copies of the preset's policy, with RM-V / CM-V saved as LoRA
+    adapters of rank ``model.lora.r`` (and merged, for the layouts that load whole models). Each
+    layout runs :func:`measure_layout` in a fresh Python process, so one layout's peak does not hide
+    another's.
+
+    Returns:
+        ``layouts``: one row per layout (``layout`` + the fields of :func:`measure_layout`);
+        ``lora_rank``; ``separate_over_shared``: weights of six separate models / shared base.
+    """
+    import os
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
+        tmp = Path(tmp)
+        upstream = _untrained_lora_upstream(cfg, tmp / "upstream")
+        rows = []
+        for name, overrides in MEMORY_LAYOUTS:
+            cfg_file = tmp / "config.yaml"
+            apply_overrides(cfg, overrides).save(cfg_file)
+            code = (
+                "import json, sys; from pathlib import Path; from saferlhfv.config import load_config; "
+                "from saferlhfv.bench import measure_layout; "
+                f"up = {{k: Path(v) for k, v in {json.dumps({k: str(v) for k, v in upstream.items()})}.items()}}; "
+                f"print('MEASURED ' + json.dumps(measure_layout(load_config({str(cfg_file)!r}), up, "
+                f"iterations={iterations})))"
+            )
+            proc = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=False
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEASURED ")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"measuring '{name}' failed: {proc.stderr.strip().splitlines()[-1:]}")
+            rows.append({"layout": name, **json.loads(lines[-1][len("MEASURED ") :])})
+    return {
+        "layouts": rows,
+        "lora_rank": cfg.model.lora.r,
+        "iterations": iterations,
+        "peak_kind": "CUDA allocated" if _device().type == "cuda" else "peak resident memory growth (CPU)",
+        "separate_over_shared": round(rows[0]["weights_mb"] / rows[-1]["weights_mb"], 2),
     }
 
 
@@ -484,19 +533,20 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append("(trained stages' seconds include their evaluation)")
     if "memory" in result:
         m = result["memory"]
-        lines += ["", "memory of PPO's six roles (parameters + buffers)"]
+        lines += ["", "memory of PPO's six roles (measured: build + one iteration, each layout in its own process)"]
         if "error" in m:
             lines.append(f"error: {m['error']}")
         else:
-            roles = ", ".join(f"{k} {v:g}" for k, v in m["separate_models_by_role_mb"].items())
-            lines += [
-                f"{'separate models (as trained)':<34} {m['separate_models_mb']:>10,.2f} MB  ({roles})",
-                f"{'shared base + LoRA r=' + str(m['lora_rank_for_estimate']) + ' (ESTIMATE)':<34} "
-                f"{m['shared_base_estimate_mb']:>10,.2f} MB  (one base, 5 adapter sets, 4 heads; "
-                f"{m['separate_over_shared']:g}x smaller)",
-                f"{'grad + AdamW state, separate':<34} {m['separate_models_train_state_mb']:>10,.2f} MB",
-                f"{'grad + AdamW state, shared (EST.)':<34} {m['shared_base_train_state_estimate_mb']:>10,.2f} MB",
-            ]
+            lines.append(f"{'layout':<34} {'weights MB':>11} {'grad+AdamW MB':>14} {'peak MB':>9} {'trainable':>11}")
+            for r in m["layouts"]:
+                lines.append(
+                    f"{r['layout']:<34} {r['weights_mb']:>11,.2f} {r['train_state_mb']:>14,.2f} "
+                    f"{r['peak_mb']:>9,.1f} {_fmt(r['trainable_parameters']):>11}"
+                )
+            lines.append(
+                f"(LoRA rank {m['lora_rank']}; peak = {m['peak_kind']}; six separate models hold "
+                f"{m['separate_over_shared']:g}x the shared base's weights)"
+            )
     lines += ["", f"peak memory of this process: {_fmt(result.get('peak_memory_mb'))} MB"]
     return "\n".join(lines)
 

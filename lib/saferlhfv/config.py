@@ -279,6 +279,9 @@ class PPOConfig(TrainConfig):
     cost_window: int = 128
     #: the budget d on the expected episode cost.
     threshold: float = -0.5
+    #: one frozen SFT model carrying LoRA adapters for actor, critics, RM-V and CM-V (the reference =
+    #: adapters off) instead of six models; needs model.lora.enabled (RM-V / CM-V trained as adapters).
+    shared_base: bool = False
 
 
 @dataclass

@@ -18,6 +18,7 @@ that is renamed into place, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ __all__ = [
     "load_pretrained_vlm",
     "load_vlm",
     "save_vlm",
+    "merged_copy",
     "load_saved_vlm",
     "apply_lora",
     "vision_tower",
@@ -320,11 +322,12 @@ def language_model(model: torch.nn.Module) -> torch.nn.Module:
     return core.language_model
 
 
-def apply_lora(model: PreTrainedModel, lora: LoraConfig):
+def apply_lora(model: PreTrainedModel, lora: LoraConfig, *, adapter_name: str = "default"):
     """Wrap ``model`` with peft LoRA adapters on the *language model*'s projections only.
 
     The vision tower's modules share names like ``q_proj`` with the decoder's; a regex
     keeps the adapters in the decoder, as LLaVA and Qwen2-VL fine-tuning usually does.
+    Every weight of ``model`` is frozen; only the adapter ``adapter_name`` trains.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -337,7 +340,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig):
         target_modules=rf".*language_model.*\.({names})",
         bias="none",
     )
-    return get_peft_model(model, peft_cfg)
+    return get_peft_model(model, peft_cfg, adapter_name=adapter_name)
 
 
 def _finish(model: PreTrainedModel, cfg: ModelConfig):
@@ -389,10 +392,24 @@ def load_vlm(cfg: ModelConfig, corpus: Iterable[str] | None = None) -> tuple[Pre
 # --------------------------------------------------------------------------- save / load
 
 
+def merged_copy(model: torch.nn.Module) -> PreTrainedModel:
+    """A plain model: ``model`` itself, or for a peft-wrapped one a copy with its active adapter merged in.
+
+    The copy holds a second set of weights while it lives; the wrapped model is left untouched.
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
 def save_vlm(model: PreTrainedModel, processor: ProcessorMixin, path: str | Path) -> Path:
-    """Save model (safetensors) and processor into ``path`` atomically."""
+    """Save model (safetensors) and processor into ``path`` atomically.
+
+    A peft-wrapped model is saved with its LoRA adapter merged (:func:`merged_copy`), so the folder
+    always loads with :func:`load_saved_vlm` as a plain model.
+    """
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        merged_copy(model).save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
     return Path(path)
 

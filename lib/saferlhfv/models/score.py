@@ -38,6 +38,8 @@ __all__ = [
 
 HEAD_FILE = "score_head.safetensors"
 SCORE_CONFIG = "score_config.json"
+#: the LoRA adapter of a score model trained with ``model.lora.enabled`` (inside its saved folder).
+ADAPTER_DIR = "adapter"
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -134,9 +136,9 @@ class VLMWithHeads(nn.Module):
 class ScoreModel(VLMWithHeads):
     """A VLM plus a linear head to one scalar: per-token scores and the end score."""
 
-    def __init__(self, backbone: PreTrainedModel, *, seed: int = 0):
+    def __init__(self, backbone: PreTrainedModel, *, seed: int = 0, head: nn.Linear | None = None):
         super().__init__(backbone)
-        (self.score_head,) = self.new_heads([1], seed=seed)
+        (self.score_head,) = [head] if head is not None else self.new_heads([1], seed=seed)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> ScoreOutput:
         """Score sequences.
@@ -189,10 +191,17 @@ def score_texts(
 
 
 def save_score_model(model: ScoreModel, processor: ProcessorMixin, path: str | Path) -> Path:
-    """Save backbone + processor + head into ``path`` atomically (safetensors)."""
+    """Save backbone + processor + head into ``path`` atomically (safetensors).
+
+    A LoRA (peft) backbone is saved twice: merged into ``backbone/`` (what :func:`load_score_model`
+    reads) and as the bare adapter in ``adapter/`` (what the shared-base PPO mode loads onto the
+    SFT model it was trained on).
+    """
     path = Path(path)
     with atomic_directory(path) as tmp:
         save_vlm(model.backbone, processor, tmp / "backbone")
+        if hasattr(model.backbone, "peft_config"):
+            model.backbone.save_pretrained(tmp / ADAPTER_DIR)
         save_file({k: v.detach().contiguous() for k, v in model.score_head.state_dict().items()}, tmp / HEAD_FILE)
         (tmp / SCORE_CONFIG).write_text(
             json.dumps({"kind": "score_model", "hidden_size": model.score_head.in_features})

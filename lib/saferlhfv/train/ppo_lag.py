@@ -25,6 +25,12 @@ reward critic (from RM-V) and cost critic (from CM-V). ``ppo.lambda_mode``
 selects the baselines with the same code: ``reward_only`` (lambda = 0) and
 ``fixed`` (lambda = lambda_init, reward shaping).
 
+Three ways to hold the roles: six fully trained models (the default); six models whose
+actor and critics train LoRA adapters (``model.lora.enabled``); or, with ``ppo.shared_base``,
+one frozen SFT model carrying five adapters and four heads, the reference being the
+model with adapters off (:mod:`saferlhfv.models.shared`; ``python -m saferlhfv.bench
+--parts memory`` measures what it saves).
+
 ``python -m saferlhfv.train.ppo_lag --preset tiny``; many GPUs::
 
     accelerate launch --config_file lib/saferlhfv/presets/accelerate/zero2.yaml \
@@ -48,9 +54,9 @@ from tqdm.auto import tqdm
 from saferlhfv.algorithms.gae import masked_gae
 from saferlhfv.algorithms.lagrange import Lagrange
 from saferlhfv.algorithms.losses import actor_loss, critic_loss, kl_shaped_costs, kl_shaped_rewards, masked_mean
-from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.config import Config, ConfigError, add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
-from saferlhfv.models.factory import load_saved_vlm, save_vlm
+from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, save_vlm
 from saferlhfv.models.generation import encode_prompts, media_token_ids
 from saferlhfv.models.score import ScoreModel, load_score_model, position_ids_from_mask, score_texts
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
@@ -271,28 +277,88 @@ class PPOLagTrainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.accelerator = make_accelerator()
-        dtype = cfg.model.dtype
-        actor, self.processor = load_saved_vlm(Path(sft_dir) / "model", dtype=dtype)
-        reference = copy.deepcopy(actor)
-        reward_model, _ = load_score_model(Path(reward_dir) / "model", dtype=dtype)
-        cost_model, _ = load_score_model(Path(cost_dir) / "model", dtype=dtype)
-        reward_critic, cost_critic = copy.deepcopy(reward_model), copy.deepcopy(cost_model)
-        device = self.accelerator.device
-        self.reference = _frozen(reference).to(device)
-        self.reward_model = _frozen(reward_model).to(device)
-        self.cost_model = _frozen(cost_model).to(device)
+        ds = self.accelerator.state.deepspeed_plugin
+        self.synced_gpus = ds is not None and ds.zero_stage == 3
         ppo = cfg.ppo
-        opt_actor = torch.optim.AdamW(actor.parameters(), lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
-        opt_rc = torch.optim.AdamW(reward_critic.parameters(), lr=ppo.critic_learning_rate)
-        opt_cc = torch.optim.AdamW(cost_critic.parameters(), lr=ppo.critic_learning_rate)
-        (self.actor, self.reward_critic, self.cost_critic, self.opt_actor, self.opt_rc, self.opt_cc) = (
-            self.accelerator.prepare(actor, reward_critic, cost_critic, opt_actor, opt_rc, opt_cc)
-        )
+        if ppo.shared_base:
+            self._build_shared(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
+        else:
+            self._build_separate(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
         self.lagrange = Lagrange.from_config(ppo)
         self.prompts = rl_prompts(cfg.data, "train")
         self.iteration = 0
-        ds = self.accelerator.state.deepspeed_plugin
-        self.synced_gpus = ds is not None and ds.zero_stage == 3
+
+    def _optimizers(self, params: dict[str, list[torch.nn.Parameter]]) -> list[torch.optim.Optimizer]:
+        ppo = self.cfg.ppo
+        return [
+            torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay),
+            torch.optim.AdamW(params["reward_critic"], lr=ppo.critic_learning_rate),
+            torch.optim.AdamW(params["cost_critic"], lr=ppo.critic_learning_rate),
+        ]
+
+    def _build_separate(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+        """Six models; with ``model.lora.enabled`` the actor and critics train LoRA adapters."""
+        cfg, acc = self.cfg, self.accelerator
+        dtype, lora = cfg.model.dtype, cfg.model.lora
+        actor, self.processor = load_saved_vlm(sft_dir / "model", dtype=dtype)
+        reference = copy.deepcopy(actor)
+        reward_model, _ = load_score_model(reward_dir / "model", dtype=dtype)
+        cost_model, _ = load_score_model(cost_dir / "model", dtype=dtype)
+        reward_critic, cost_critic = copy.deepcopy(reward_model), copy.deepcopy(cost_model)
+        if lora.enabled:
+            with _seeded(cfg.seed):  # the adapters' random A matrices
+                actor = apply_lora(actor, lora)
+                for critic in (reward_critic, cost_critic):
+                    critic.backbone = apply_lora(critic.backbone, lora)
+        self.shared = None
+        self.reference = _frozen(reference).to(acc.device)
+        self.reward_model = _frozen(reward_model).to(acc.device)
+        self.cost_model = _frozen(cost_model).to(acc.device)
+        params = {
+            name: [p for p in model.parameters() if p.requires_grad]
+            for name, model in (("actor", actor), ("reward_critic", reward_critic), ("cost_critic", cost_critic))
+        }
+        (self.actor, self.reward_critic, self.cost_critic, self.opt_actor, self.opt_rc, self.opt_cc) = acc.prepare(
+            actor, reward_critic, cost_critic, *self._optimizers(params)
+        )
+        self.params = {
+            name: [p for p in self._unwrap(model).parameters() if p.requires_grad]
+            for name, model in (
+                ("actor", self.actor), ("reward_critic", self.reward_critic), ("cost_critic", self.cost_critic)
+            )
+        }  # fmt: skip
+
+    def _build_shared(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+        """One frozen SFT model with five LoRA adapters and four heads (:mod:`saferlhfv.models.shared`).
+
+        The model is not wrapped by DDP (the active adapter changes between forwards); under
+        several processes the gradients of the role being updated are averaged by hand.
+        """
+        from saferlhfv.models.shared import TRAINABLE_ROLES, SharedBase
+
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.model.lora.enabled:
+            raise ConfigError(
+                "ppo.shared_base needs model.lora.enabled=true: RM-V and CM-V must be LoRA adapters on the SFT "
+                "model (add --set model.lora.enabled=true, which retrains them as adapters)."
+            )
+        if acc.state.deepspeed_plugin is not None:
+            raise ConfigError(
+                "ppo.shared_base does not run under DeepSpeed: it already keeps a single frozen base and small "
+                "adapters; launch it with the ddp config (or plain torchrun) instead."
+            )
+        base, self.processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+        with _seeded(cfg.seed):  # the actor adapter's random A matrices
+            shared = SharedBase(
+                base, actor_lora=cfg.model.lora, reward_dir=reward_dir / "model", cost_dir=cost_dir / "model"
+            ).to(acc.device)
+        self.shared = shared
+        self.actor, self.reference = shared.policy("actor"), shared.policy(None)
+        self.reward_model, self.cost_model = shared.scorer("reward"), shared.scorer("cost")
+        self.reward_critic, self.cost_critic = shared.scorer("reward_critic"), shared.scorer("cost_critic")
+        self.params = {role: shared.role_parameters(role) for role in TRAINABLE_ROLES}
+        self.opt_actor, self.opt_rc, self.opt_cc = acc.prepare(*self._optimizers(self.params))
+        acc.register_for_checkpointing(shared.trainable_state())
 
     # ------------------------------------------------------------------ data
 
@@ -378,31 +444,37 @@ class PPOLagTrainer:
         return record
 
     def _ppo_minibatch(self, mb: dict[str, Any], lam: float) -> dict[str, float]:
-        ppo, acc = self.cfg.ppo, self.accelerator
+        ppo = self.cfg.ppo
         logp, _ = token_logprobs(self.actor, mb["input_ids"], mb["attention_mask"], mb["vision"])
         loss_a, a_stats = actor_loss(
             logp, mb["old_logp"], mb["reward_adv"], mb["cost_adv"], lam, mb["mask"], ppo.clip_range_ratio
         )
-        acc.backward(loss_a)
-        if ppo.max_grad_norm:
-            acc.clip_grad_norm_(self.actor.parameters(), ppo.max_grad_norm)
-        self.opt_actor.step()
-        self.opt_actor.zero_grad(set_to_none=True)
+        self._optimise(loss_a, self.opt_actor, self.params["actor"])
         out = {"actor_loss": loss_a.item(), **a_stats}
         inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], **mb["vision"]}
-        for name, critic, opt, old, ret in (
-            ("reward_critic_loss", self.reward_critic, self.opt_rc, mb["reward_values"], mb["reward_ret"]),
-            ("cost_critic_loss", self.cost_critic, self.opt_cc, mb["cost_values"], mb["cost_ret"]),
-        ):
+        for name, critic, opt, params, old, ret in (
+            ("reward", self.reward_critic, self.opt_rc, self.params["reward_critic"], mb["reward_values"],
+             mb["reward_ret"]),
+            ("cost", self.cost_critic, self.opt_cc, self.params["cost_critic"], mb["cost_values"], mb["cost_ret"]),
+        ):  # fmt: skip
             values = critic(**inputs).scores[:, :-1].float()
             loss_c = critic_loss(values, old, ret, mb["mask"], ppo.clip_range_value)
-            acc.backward(loss_c)
-            if ppo.max_grad_norm:
-                acc.clip_grad_norm_(critic.parameters(), ppo.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            out[name] = loss_c.item()
+            self._optimise(loss_c, opt, params)
+            out[f"{name}_critic_loss"] = loss_c.item()
         return out
+
+    def _optimise(self, loss: torch.Tensor, optimizer, params: list[torch.nn.Parameter]) -> None:
+        """Backward, (shared-base, several processes: average the gradients by hand), clip, step, zero."""
+        acc = self.accelerator
+        acc.backward(loss)
+        if self.shared is not None and acc.num_processes > 1:
+            for p in params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = acc.reduce(grad, "mean")
+        if self.cfg.ppo.max_grad_norm:
+            acc.clip_grad_norm_(params, self.cfg.ppo.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ loop
 
@@ -458,11 +530,11 @@ class PPOLagTrainer:
         }
 
     def ranks_agree(self) -> bool:
-        """True when lambda and the actor's weights are identical on every process (always, in one)."""
+        """True when lambda and the actor's trainable weights are identical on every process (always, in one)."""
         acc = self.accelerator
         if acc.num_processes == 1:
             return True
-        params = [p.detach().float() for p in self._unwrap(self.actor).parameters()]
+        params = [p.detach().float() for p in self.params["actor"]]
         fingerprint = torch.stack([torch.tensor(self.lagrange.lambda_, dtype=torch.float64)] + [
             (p * torch.linspace(0.5, 1.5, p.numel(), device=p.device).view_as(p)).sum().double().cpu() for p in params
         ]).to(acc.device)  # fmt: skip
@@ -470,9 +542,16 @@ class PPOLagTrainer:
         return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-8))
 
     def save_policy(self, path: str | Path) -> None:
-        """Save the actor (safetensors + processor) atomically, from the main process."""
+        """Save the actor (safetensors + processor) atomically, from the main process.
+
+        A LoRA actor (shared-base mode included) is saved with its adapter merged: a plain model.
+        """
         if self.accelerator.is_main_process:
-            save_vlm(self._unwrap(self.actor), self.processor, path)
+            if self.shared is not None:
+                self.shared.activate("actor")
+                save_vlm(self.shared.peft, self.processor, path)
+            else:
+                save_vlm(self._unwrap(self.actor), self.processor, path)
         self.accelerator.wait_for_everyone()
 
 

@@ -1,8 +1,8 @@
 """Stages 2 and 3: the reward model RM-V and the cost model CM-V.
 
 Both are the SFT backbone plus a scalar head (:class:`~saferlhfv.models.score.ScoreModel`)
-whose score is read at the last real token, trained on the two preference
-signals of each BeaverTails-V pair:
+whose score is read at the last real token (with ``model.lora.enabled``: a LoRA adapter on the
+frozen SFT backbone, plus the head), trained on the two preference signals of each BeaverTails-V pair:
 
 * **RM-V** on ``more_helpful_response_id``:
   ``L = -log sigmoid(r_better - r_worse) + reg * mean(r^2)``
@@ -35,7 +35,7 @@ import torch
 from saferlhfv.algorithms.losses import cost_loss, cost_signs, reward_loss
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.data.collate import blank_like, pair_batch
-from saferlhfv.models.factory import load_saved_vlm
+from saferlhfv.models.factory import apply_lora, load_saved_vlm
 from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model, score_texts
 from saferlhfv.train.loop import Trainer
 from saferlhfv.train.sft import PRECURSOR_SAMPLES
@@ -275,6 +275,8 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     stage_cfg = cfg.reward if kind == "reward" else cfg.cost
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    if cfg.model.lora.enabled:  # a LoRA adapter on the frozen SFT model (+ the head): shared-base PPO loads it
+        backbone = apply_lora(backbone, cfg.model.lora)
     model = ScoreModel(backbone, seed=stage_cfg.seed)
     train_pairs, eval_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "evaluation")
 

@@ -18,6 +18,10 @@ prompts is the starting point every later stage improves on. Those answers are
 saved (``precursor_samples.json``) for RM-V / CM-V to score out of their
 training distribution.
 
+With ``model.lora.enabled`` a pretrained family trains a LoRA adapter, saved merged into the
+precursor (a plain model: the PPO reference and the base of every later adapter). The tiny
+family has no pretrained weights, so its SFT always trains every weight.
+
 ``python -m saferlhfv.train.sft --preset tiny [--out DIR]``
 """
 
@@ -70,7 +74,12 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
     start = time.perf_counter()
     out_dir = Path(out_dir)
     corpus = text_corpus(cfg.data) if cfg.model.family == "tiny" else None
-    model, processor = load_vlm(cfg.model, corpus)
+    model_cfg = cfg.model
+    if model_cfg.family == "tiny" and model_cfg.lora.enabled:
+        # LoRA adapts pretrained weights; the tiny model starts from random ones, so its SFT (which is
+        # also its pretraining) trains every weight. Later stages put their adapters on this precursor.
+        model_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
+    model, processor = load_vlm(model_cfg, corpus)
     data = sft_dataset(cfg.data).train_test_split(test_size=0.05, seed=cfg.seed)
     collate = sft_collate(processor)
     held_out = collate([data["test"][i] for i in range(min(64, len(data["test"])))])
