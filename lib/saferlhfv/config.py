@@ -181,6 +181,9 @@ class SFTConfig(TrainConfig):
 
     caption_steps: int = 0
     caption_examples: int = 2000
+    #: tiny family: optimiser steps of vision pretraining before SFT (the vision tower and projector
+    #: learn to name the object in ``caption_examples`` pictures; a real VLM's encoder comes pretrained).
+    vision_steps: int = 0
 
 
 @dataclass

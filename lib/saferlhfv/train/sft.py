@@ -34,13 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.data.collate import sft_batch
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.factory import load_saved_vlm, load_vlm, save_vlm
 from saferlhfv.train.loop import Trainer
 
-__all__ = ["train_sft", "ensure_sft", "load_precursor", "sft_collate", "main"]
+__all__ = ["train_sft", "ensure_sft", "load_precursor", "sft_collate", "ObjectProbe", "pretrain_vision", "main"]
 
 PRECURSOR_SAMPLES = "precursor_samples.json"
 
@@ -58,6 +60,75 @@ def sft_collate(processor):
 
 def _lm_loss(model, batch):
     return model(**batch).loss, {}
+
+
+class ObjectProbe(torch.nn.Module):
+    """A LLaVA-style VLM's vision tower and projector plus a linear head naming the object in a picture.
+
+    ``forward(pixel_values [B, 3, S, S]) -> logits [B, n_objects]``: the head reads the mean of the
+    projected image tokens, i.e. exactly the vectors the language model receives. Only the vision
+    tower, the projector and the head get gradients.
+    """
+
+    def __init__(self, model: torch.nn.Module, n_objects: int, *, seed: int = 0):
+        super().__init__()
+        core = getattr(model, "model", model)
+        if not hasattr(core, "multi_modal_projector"):
+            raise ValueError(f"vision pretraining needs a LLaVA-architecture model, got {type(model).__name__}")
+        self.core = core
+        hidden = getattr(model.config, "text_config", model.config).hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = torch.nn.Linear(hidden, n_objects)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = torch.stack(list(self.core.get_image_features(pixel_values=pixel_values).pooler_output))
+        return self.head(tokens.mean(dim=1))  # [B, N, H] -> [B, n_objects]
+
+
+def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: bool = True) -> dict[str, float]:
+    """Stage 0 for the tiny family: teach the vision tower and projector to tell the world's objects apart.
+
+    A real VLM starts from a pretrained vision encoder; the tiny one starts from random weights,
+    and captions teach it to see only slowly (one object word per answer). This stage stands in
+    for that pretraining: ``sft.vision_steps`` optimiser steps of cross-entropy on the object of
+    ``sft.caption_examples`` pictures (:class:`ObjectProbe`), then the head is dropped.
+
+    Returns:
+        ``vision_steps`` and ``vision_accuracy``: the head's accuracy on 200 held-out pictures.
+    """
+    import json
+
+    from saferlhfv.data.content import OBJECTS
+    from saferlhfv.data.world import caption_dataset
+
+    names = sorted(OBJECTS)
+    probe = ObjectProbe(model, len(names), seed=cfg.sft.seed)
+    n = cfg.sft.caption_examples
+    pictures = caption_dataset(cfg.data, n + 200)
+    train, held_out = pictures.select(range(n)), pictures.select(range(n, n + 200))
+
+    def collate(rows):
+        pixels = processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
+        labels = torch.tensor([names.index(json.loads(r["context"])["object"]) for r in rows])
+        return {"pixel_values": pixels, "labels": labels}
+
+    def loss_fn(m, batch):
+        logits = m(batch["pixel_values"])
+        return torch.nn.functional.cross_entropy(logits, batch["labels"]), {}
+
+    @torch.no_grad()
+    def accuracy(m) -> dict[str, float]:
+        batch = collate([held_out[i] for i in range(len(held_out))])
+        device = next(m.parameters()).device
+        hits = m(batch["pixel_values"].to(device)).argmax(-1).cpu() == batch["labels"]
+        return {"vision_accuracy": round(hits.float().mean().item(), 4)}
+
+    stage_cfg = dataclasses.replace(cfg.sft, max_steps=cfg.sft.vision_steps, eval_every=0)
+    trainer = Trainer(model=probe, dataset=train, collate_fn=collate, loss_fn=loss_fn, cfg=stage_cfg,
+                      out_dir=out_dir, eval_fn=accuracy, desc="sft: vision")  # fmt: skip
+    result = trainer.train(resume=resume)
+    return {"vision_steps": result["steps"], **result["eval"]}
 
 
 def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
@@ -88,6 +159,9 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         batch = held_out.to(next(m.parameters()).device)
         return {"eval_loss": float(m(**batch).loss)}
 
+    vision = {}
+    if cfg.sft.vision_steps:
+        vision = pretrain_vision(model, processor, cfg, out_dir / "vision", resume=resume)
     if cfg.sft.caption_steps:
         # stage 1: vision-language alignment on captions only (resumable on its own)
         align_cfg = dataclasses.replace(cfg.sft, max_steps=cfg.sft.caption_steps, eval_every=0)
@@ -130,6 +204,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         "train_loss": round(result["train_loss"], 4),
         "eval_loss": round(result["eval"]["eval_loss"], 4),
         "policy": evaluation,
+        **vision,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
