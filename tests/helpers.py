@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from PIL import Image, ImageDraw
 
 from saferlhfv.config import ModelConfig
@@ -46,3 +54,56 @@ SMALL_MODEL_AND_WORLD = [
     "ppo.batch_size=2",
     "ppo.max_new_tokens=6",
 ]
+
+
+@contextmanager
+def upstream_artifacts(folder: Path, overrides: list[str]) -> Iterator[dict[str, Path]]:
+    """Train SFT, RM-V and CM-V for ``overrides`` into the artifact cache ``folder``; yield their folders.
+
+    ``SAFERLHFV_ARTIFACTS`` points at ``folder`` while the block runs.
+    """
+    from saferlhfv.config import load_config
+    from saferlhfv.train.preference import ensure_preference_model
+    from saferlhfv.train.sft import ensure_sft
+
+    old = os.environ.get("SAFERLHFV_ARTIFACTS")
+    os.environ["SAFERLHFV_ARTIFACTS"] = str(folder)
+    try:
+        cfg = load_config("tiny", overrides=overrides)
+        yield {
+            "sft_dir": ensure_sft(cfg)[0],
+            "reward_dir": ensure_preference_model(cfg, "reward")[0],
+            "cost_dir": ensure_preference_model(cfg, "cost")[0],
+        }
+    finally:
+        if old is None:
+            os.environ.pop("SAFERLHFV_ARTIFACTS", None)
+        else:
+            os.environ["SAFERLHFV_ARTIFACTS"] = old
+
+
+def run_ppo_two_processes(artifacts: Path, out: Path, overrides: list[str]) -> dict:
+    """``torchrun --nproc_per_node 2`` of the PPO CLI on CPU (gloo); asserts a clean exit, returns result.json."""
+    from saferlhfv.artifacts import RESULT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "saferlhfv.train.ppo_lag", "--preset", "tiny", "--out", str(out)]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ, SAFERLHFV_ARTIFACTS=str(artifacts), OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / RESULT).read_text())
+
+
+def interrupt_and_resume(cfg, dirs: dict[str, Path], folder: Path, *, stop_after: int = 2):
+    """Train PPO ``stop_after`` iterations into ``folder``, then finish in a new trainer from the checkpoint.
+
+    Returns:
+        ``(resumed trainer, its train() result)``.
+    """
+    from saferlhfv.train.ppo_lag import PPOLagTrainer
+
+    PPOLagTrainer(cfg, out_dir=folder, **dirs).train(stop_after=stop_after)
+    resumed = PPOLagTrainer(cfg, out_dir=folder, **dirs)
+    return resumed, resumed.train()

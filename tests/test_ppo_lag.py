@@ -1,20 +1,12 @@
 """PPO-Lagrangian end to end on a very small world: resume, the multiplier's direction, two processes."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from saferlhfv.artifacts import RESULT
 from saferlhfv.config import load_config
 from saferlhfv.plotting import read_metrics
 from saferlhfv.train.ppo_lag import PPOLagTrainer
-from saferlhfv.train.preference import ensure_preference_model
-from saferlhfv.train.sft import ensure_sft
-from tests.helpers import SMALL_MODEL_AND_WORLD
+from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 
 SMALL = SMALL_MODEL_AND_WORLD + [
     "sft.max_steps=6",
@@ -29,21 +21,8 @@ SMALL = SMALL_MODEL_AND_WORLD + [
 def upstream(tmp_path_factory):
     """SFT, RM-V and CM-V artifacts of a very small run (trained once for this module)."""
     art = tmp_path_factory.mktemp("artifacts")
-    old = os.environ.get("SAFERLHFV_ARTIFACTS")
-    os.environ["SAFERLHFV_ARTIFACTS"] = str(art)
-    try:
-        cfg = load_config("tiny", overrides=SMALL)
-        dirs = {
-            "sft_dir": ensure_sft(cfg)[0],
-            "reward_dir": ensure_preference_model(cfg, "reward")[0],
-            "cost_dir": ensure_preference_model(cfg, "cost")[0],
-        }
+    with upstream_artifacts(art, SMALL) as dirs:
         yield art, dirs
-    finally:
-        if old is None:
-            os.environ.pop("SAFERLHFV_ARTIFACTS", None)
-        else:
-            os.environ["SAFERLHFV_ARTIFACTS"] = old
 
 
 def _actor_params(trainer):
@@ -59,10 +38,7 @@ def test_resume_continues_exactly(upstream, tmp_path):
     after = _actor_params(straight)
     assert done["iterations"] == 3 and any(not torch.equal(x, y) for x, y in zip(before, after))
 
-    interrupted = PPOLagTrainer(cfg, out_dir=tmp_path / "b", **dirs)
-    interrupted.train(stop_after=2)
-    resumed = PPOLagTrainer(cfg, out_dir=tmp_path / "b", **dirs)
-    again = resumed.train()
+    resumed, again = interrupt_and_resume(cfg, dirs, tmp_path / "b")
     assert again["iterations"] == 3 and again["final_lambda"] == pytest.approx(done["final_lambda"], rel=1e-9)
     for x, y in zip(after, _actor_params(resumed)):
         torch.testing.assert_close(x, y)
@@ -93,14 +69,6 @@ def test_reward_only_keeps_lambda_at_zero(upstream, tmp_path):
 def test_two_processes_agree(upstream, tmp_path):
     """torchrun with 2 CPU processes (gloo): same lambda and actor weights on both ranks, clean exit."""
     art, _ = upstream
-    out = tmp_path / "ppo"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "saferlhfv.train.ppo_lag", "--preset", "tiny", "--out", str(out)]
-    for item in SMALL:
-        cmd += ["--set", item]
-    env = dict(os.environ, SAFERLHFV_ARTIFACTS=str(art), OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / RESULT).read_text())
+    result = run_ppo_two_processes(art, tmp_path / "ppo", SMALL)
     assert result["processes"] == 2 and result["ranks_agree"] is True
     assert result["iterations"] == 3

@@ -1,14 +1,8 @@
 """Shared-base mode: the six PPO roles as LoRA adapters on one frozen SFT model."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from saferlhfv.artifacts import RESULT
 from saferlhfv.config import ConfigError, load_config
 from saferlhfv.data.world import rl_prompts
 from saferlhfv.models.factory import load_saved_vlm
@@ -16,9 +10,7 @@ from saferlhfv.models.generation import encode_prompts
 from saferlhfv.models.score import ADAPTER_DIR, load_score_model
 from saferlhfv.models.shared import SharedBase
 from saferlhfv.train.ppo_lag import PPOLagTrainer, token_logprobs
-from saferlhfv.train.preference import ensure_preference_model
-from saferlhfv.train.sft import ensure_sft
-from tests.helpers import SMALL_MODEL_AND_WORLD
+from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 
 SMALL = SMALL_MODEL_AND_WORLD + [
     "sft.max_steps=6",
@@ -37,21 +29,8 @@ SHARED = SMALL + ["ppo.shared_base=true"]
 def upstream(tmp_path_factory):
     """SFT (every weight) and RM-V / CM-V trained as LoRA adapters, once for this module."""
     art = tmp_path_factory.mktemp("artifacts")
-    old = os.environ.get("SAFERLHFV_ARTIFACTS")
-    os.environ["SAFERLHFV_ARTIFACTS"] = str(art)
-    try:
-        cfg = load_config("tiny", overrides=SMALL)
-        dirs = {
-            "sft_dir": ensure_sft(cfg)[0],
-            "reward_dir": ensure_preference_model(cfg, "reward")[0],
-            "cost_dir": ensure_preference_model(cfg, "cost")[0],
-        }
+    with upstream_artifacts(art, SMALL) as dirs:
         yield art, dirs
-    finally:
-        if old is None:
-            os.environ.pop("SAFERLHFV_ARTIFACTS", None)
-        else:
-            os.environ["SAFERLHFV_ARTIFACTS"] = old
 
 
 def _batch(processor, cfg, n=3):
@@ -135,10 +114,7 @@ def test_shared_base_trains_only_adapters_and_resumes(upstream, tmp_path):
     assert all(owner(n) is not None for n in changed), changed  # the base, RM-V and CM-V stay frozen
     assert {owner(n) for n in changed} == set(trained)
 
-    interrupted = PPOLagTrainer(cfg, out_dir=tmp_path / "b", **dirs)
-    interrupted.train(stop_after=2)
-    resumed = PPOLagTrainer(cfg, out_dir=tmp_path / "b", **dirs)
-    again = resumed.train()
+    resumed, again = interrupt_and_resume(cfg, dirs, tmp_path / "b")
     assert again["iterations"] == 3 and again["final_lambda"] == pytest.approx(done["final_lambda"], rel=1e-9)
     resumed_params = _named(resumed)
     for name in changed:
@@ -167,13 +143,5 @@ def test_shared_base_needs_lora_adapters(upstream, tmp_path):
 def test_shared_base_two_processes_agree(upstream, tmp_path):
     """Gradients of the active adapter are averaged by hand: both ranks end with the same adapters."""
     art, _ = upstream
-    out = tmp_path / "ppo"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "saferlhfv.train.ppo_lag", "--preset", "tiny", "--out", str(out)]
-    for item in SHARED + ["ppo.iterations=2"]:
-        cmd += ["--set", item]
-    env = dict(os.environ, SAFERLHFV_ARTIFACTS=str(art), OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / RESULT).read_text())
+    result = run_ppo_two_processes(art, tmp_path / "ppo", SHARED + ["ppo.iterations=2"])
     assert result["processes"] == 2 and result["ranks_agree"] is True and result["iterations"] == 2

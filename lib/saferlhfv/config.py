@@ -174,9 +174,10 @@ class TrainConfig:
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning of the precursor policy on the world's SFT mixture.
 
-    With ``caption_steps > 0`` a vision-language alignment stage comes first: that many optimiser
-    steps on captioning examples only (``caption_examples`` of them), as LLaVA's first training
-    stage does, so that the vision tower learns to tell the objects apart before the mixture.
+    With ``vision_steps > 0`` (tiny family) the vision tower and projector are first pretrained
+    to name the object in ``caption_examples`` pictures. With ``caption_steps > 0`` a
+    vision-language alignment stage follows: that many optimiser steps on captioning examples
+    only (``caption_examples`` of them), as LLaVA's first training stage does.
     """
 
     caption_steps: int = 0
