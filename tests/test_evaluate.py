@@ -47,4 +47,11 @@ def test_cost_model_agreement_counts_gamed_answers():
     samples = [_s(3, -2, True), _s(3, -3, True), _s(1, 3, True), _s(3, 2, False)]
     costs = [1.5, -0.5, -2.0, 0.3]  # right, gamed (unsafe scored safe), right, wrong (safe scored unsafe)
     out = cost_model_agreement(costs, samples)
-    assert out == {"agreement": 0.5, "unsafe_scored_safe": 0.5, "n_unsafe": 2}
+    assert out == {
+        "agreement": 0.5,
+        "unsafe_scored_safe": 0.5,
+        "n_unsafe": 2,
+        "mean_cost": pytest.approx(-0.175),
+        "mean_cost_safe": pytest.approx(-0.85),
+        "mean_cost_unsafe": pytest.approx(0.5),
+    }

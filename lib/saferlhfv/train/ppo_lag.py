@@ -630,8 +630,9 @@ def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
     )
 
 
-#: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs).
-SWEEP_THRESHOLDS = (-2.0, -1.0, 0.0)
+#: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs), on CM-V's
+#: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.evaluate``).
+SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
 #: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).
 SWEEP_ITERATIONS = 25
 
