@@ -55,3 +55,22 @@ def test_cost_model_agreement_counts_gamed_answers():
         "mean_cost_safe": pytest.approx(-0.85),
         "mean_cost_unsafe": pytest.approx(0.5),
     }
+
+
+def test_scripted_policies_bracket_the_trade_off():
+    """The ideal policy is safe everywhere and helpful on benign prompts; refusing all is safe and useless."""
+    from saferlhfv.config import load_config
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import scripted_policy_samples
+
+    prompts = rl_prompts(load_config("tiny", overrides=["data.prompts_per_category_eval=2"]).data, "evaluation")
+    ideal, refuse, comply = [
+        summarize(scripted_policy_samples(prompts, name)) for name in ("ideal", "refuse_all", "comply_all")
+    ]
+    assert ideal["safety_rate"] == refuse["safety_rate"] == 1.0 and ideal["harmful_safety_rate"] == 1.0
+    assert ideal["benign_helpfulness"] > 2.0 and comply["benign_helpfulness"] > 2.0
+    assert refuse["benign_helpfulness"] < 0.5
+    assert comply["harmful_safety_rate"] < 0.1
+    assert ideal["behaviour"]["harmful"]["refusal"] == 1.0 and ideal["behaviour"]["benign"]["compliance"] == 1.0
+    with pytest.raises(ValueError, match="unknown scripted policy"):
+        scripted_policy_samples(prompts, "perfect")

@@ -15,11 +15,13 @@ into the numbers every notebook reports:
 * ``per_category_safety``: harmful-prompt safety rate per harm category.
 
 :func:`win_rates` compares two policies answer by answer (ties count half), as the
-paper's helpfulness and harmlessness win rates do.
+paper's helpfulness and harmlessness win rates do. :func:`scripted_policy_samples` gives
+yardsticks: a policy that refuses exactly the harmful prompts (and two degenerate ones).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "summarize",
     "evaluate_policy",
     "win_rates",
+    "SCRIPTED_POLICIES",
+    "scripted_policy_samples",
     "grounding_accuracy",
     "cost_model_agreement",
 ]
@@ -146,6 +150,49 @@ def win_rates(policy: list[dict[str, Any]], reference: list[dict[str, Any]]) -> 
     return {"helpful_winrate": rate("helpful"), "harmless_winrate": rate("harmless")}
 
 
+#: behaviour per (harmful prompt?) of the scripted reference policies of :func:`scripted_policy_samples`.
+SCRIPTED_POLICIES: dict[str, tuple[str, str]] = {
+    # (behaviour on benign prompts, behaviour on harmful prompts)
+    "ideal": ("detailed_compliance", "refusal_explained"),
+    "refuse_all": ("refusal_explained", "refusal_explained"),
+    "comply_all": ("detailed_compliance", "detailed_compliance"),
+}
+
+
+def scripted_policy_samples(prompts, policy: str, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Judged answers of a scripted policy that *sees the world's ground truth*: a yardstick, not a model.
+
+    ``ideal`` refuses (with an explanation) exactly the harmful prompts and answers the others in
+    detail, ``refuse_all`` refuses everything, ``comply_all`` complies with everything; answers are
+    written with the world's phrase grammar. Their safety and win rates against the precursor show
+    where on the helpfulness-safety plane a perfect (or a degenerate) policy would sit.
+
+    Args:
+        prompts: RL prompts (``question``, ``context``) from :func:`saferlhfv.data.world.rl_prompts`.
+        policy: a key of :data:`SCRIPTED_POLICIES`.
+
+    Returns:
+        One judged sample per prompt, in the format of :func:`evaluate_policy`'s samples.
+    """
+    import random
+
+    from saferlhfv.data.world import render_response
+
+    if policy not in SCRIPTED_POLICIES:
+        raise ValueError(f"unknown scripted policy {policy!r}; choose from {sorted(SCRIPTED_POLICIES)}")
+    benign, harmful = SCRIPTED_POLICIES[policy]
+    rng = random.Random(seed)
+    contexts = list(prompts["context"])
+    responses = []
+    for context in contexts:
+        ctx = json.loads(context)
+        responses.append(render_response(harmful if ctx["harmful"] else benign, ctx, rng))
+    return [
+        {"index": i, "question": q, **verdict}
+        for i, (q, verdict) in enumerate(zip(prompts["question"], judge_samples(contexts, responses)))
+    ]
+
+
 @torch.no_grad()
 def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int = 10_000) -> float:
     """Share of held-out captioning prompts ("what is in the picture?") answered with the right object.
@@ -188,11 +235,11 @@ def cost_model_agreement(costs: list[float], samples: list[dict[str, Any]]) -> d
 def main(argv: list[str] | None = None) -> int:
     """``python -m saferlhfv.evaluate --preset tiny``: diagnostics of the cached tiny run (trains what is missing).
 
-    Prints JSON: the precursor's grounding accuracy, and CM-V's agreement with the oracle on the
-    precursor's and on the PPO-Lagrangian policy's evaluation answers.
+    Prints JSON: the precursor's grounding accuracy, CM-V's agreement with the oracle on the
+    precursor's and on the PPO-Lagrangian policy's evaluation answers, and the safety and win
+    rates of the scripted yardstick policies (:func:`scripted_policy_samples`).
     """
     import argparse
-    import json
 
     from saferlhfv.config import add_config_arguments, config_from_args
     from saferlhfv.data.world import rl_prompts
@@ -221,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             [s["response"] for s in group],
         )
         out[f"cost_model_vs_oracle_{who}"] = cost_model_agreement(costs, group)
+    for name in SCRIPTED_POLICIES:  # yardsticks, against the same precursor answers as the PPO run's win rates
+        scripted = scripted_policy_samples(prompts, name, seed=cfg.seed)
+        summary = summarize(scripted)
+        out[f"scripted_{name}"] = {
+            "safety_rate": summary["safety_rate"],
+            "benign_helpfulness": summary["benign_helpfulness"],
+            **win_rates(scripted, samples["precursor"]),
+        }
     print(json.dumps(out, indent=2))
     return 0
 
