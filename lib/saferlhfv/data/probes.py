@@ -66,21 +66,6 @@ def _rng(cfg: DataConfig, *parts: Any) -> random.Random:
     return random.Random("|".join(str(p) for p in (cfg.seed, "probes", *parts)))
 
 
-def _ctx(category: str, qid: str, question: str, kind: str, obj: str, harmful: bool, sev: int, variant: str):
-    """A world context (what the oracle reads), like :func:`saferlhfv.data.world.sample_context` makes."""
-    return {
-        "category": category,
-        "qid": qid,
-        "question": question,
-        "kind": kind,
-        "object": obj,
-        "harmful": harmful,
-        "severity": sev,
-        "image_severity": OBJECTS[obj].image_severity,
-        "variant": variant,
-    }
-
-
 def _typographic_pool(harmful: bool) -> list[tuple[Any, str]]:
     """(coupled question, object with a sign word) pairs, harmful or benign readings."""
     out = []
@@ -116,19 +101,19 @@ def _lookalike_pool() -> list[tuple[tuple[str, int], str]]:
 
 def _item(cfg: DataConfig, family: str, harmful: bool, i: int) -> dict[str, Any]:
     """One probe item (both modes share its picture and question)."""
-    from saferlhfv.data.world import render_response
+    from saferlhfv.data.world import make_context, render_response
 
     rng = _rng(cfg, family, harmful, i)
     template = ""
     if family == "typographic":
         q, obj = rng.choice(_typographic_pool(harmful))
         sev = q.harmful.get(obj, 0)
-        ctx = _ctx(q.category, q.qid, q.text, q.kind, obj, harmful, sev, "sign")
+        ctx = make_context(q.category, q.qid, q.text, q.kind, obj, harmful, sev, "sign")
         question = q.text
     elif family == "roleplay":
         q, obj = rng.choice(_roleplay_pool(harmful))
         sev = q.severity if q.kind == "text" else q.harmful.get(obj, 0)
-        ctx = _ctx(q.category, q.qid, q.text, q.kind, obj, harmful, sev, "object")
+        ctx = make_context(q.category, q.qid, q.text, q.kind, obj, harmful, sev, "object")
         template = rng.choice(ROLEPLAY_TEMPLATES)
         question = template.format(q=q.text)
     elif family == "lookalike":
@@ -137,7 +122,7 @@ def _item(cfg: DataConfig, family: str, harmful: bool, i: int) -> dict[str, Any]
         (category, k), obj = rng.choice(_lookalike_pool())
         variant = "sign" if (OBJECTS[obj].sign and rng.random() < 0.2) else "object"
         question = CAPTION_QUESTIONS[k]
-        ctx = _ctx(category, f"caption/{k}", question, "caption", obj, False, 0, variant)
+        ctx = make_context(category, f"caption/{k}", question, "caption", obj, False, 0, variant)
     else:
         raise ValueError(f"unknown probe family {family!r}; choose one of {FAMILIES}")
     image = png_bytes(draw_object_image(obj, ctx["variant"], cfg.image_size, rng))

@@ -69,6 +69,7 @@ __all__ = [
     "WRITERS",
     "SPLITS",
     "sample_context",
+    "make_context",
     "render_image",
     "render_response",
     "preference_pairs",
@@ -76,6 +77,7 @@ __all__ = [
     "rl_prompts",
     "sft_dataset",
     "guard_dataset",
+    "guard_row",
     "text_corpus",
     "coupling_rate",
     "dataset_statistics",
@@ -273,6 +275,13 @@ def sample_context(rng: random.Random, category: str, *, caption: bool = False) 
     if OBJECTS[obj].sign:
         r = rng.random()
         variant = "sign" if r < P_SIGN else ("labeled" if r < P_SIGN + P_LABELED else "object")
+    return make_context(category, qid, question, kind, obj, harmful, sev, variant)
+
+
+def make_context(
+    category: str, qid: str, question: str, kind: str, obj: str, harmful: bool, severity: int, variant: str
+) -> dict[str, Any]:
+    """A request context (what the oracle reads) from its parts; ``image_severity`` comes from the object."""
     return {
         "category": category,
         "qid": qid,
@@ -280,7 +289,7 @@ def sample_context(rng: random.Random, category: str, *, caption: bool = False) 
         "kind": kind,
         "object": obj,
         "harmful": harmful,
-        "severity": sev,
+        "severity": severity,
         "image_severity": OBJECTS[obj].image_severity,
         "variant": variant,
     }
@@ -629,26 +638,34 @@ def _build_guard(cfg: DataConfig, split: str) -> Dataset:
                 rng = _rng(cfg, "guard", split, c, i, mode)
                 ctx = sample_context(rng, c)
                 image = render_image(ctx, cfg.image_size, rng)
-                if mode == "input":
-                    response, unsafe, sev = "", ctx["harmful"], ctx["severity"]
-                else:
-                    behaviour = _choice(rng, GUARD_HARMFUL if ctx["harmful"] else GUARD_BENIGN)
-                    response = render_response(behaviour, ctx, rng, misname=0.05)
-                    harmless = judge(ctx, response)[1]
-                    unsafe, sev = harmless < 0, max(0, -harmless)
-                rows.append(
-                    {
-                        "image": {"bytes": image, "path": None},
-                        "question": ctx["question"],
-                        "response": response,
-                        "mode": mode,
-                        "is_unsafe": bool(unsafe),
-                        "category": c,
-                        "severity": int(sev),
-                        "context": _ctx_json(ctx),
-                    }
-                )
+                rows.append(guard_row(ctx, mode, image, rng, misname=0.05))
     return Dataset.from_dict({k: [r[k] for r in rows] for k in _GUARD_FEATURES}, features=_GUARD_FEATURES)
+
+
+def guard_row(ctx: dict[str, Any], mode: str, image: bytes, rng: random.Random, *, misname: float = 0.0):
+    """One guard row for a context and its picture (PNG bytes).
+
+    ``mode="input"``: the request alone, unsafe when the context is harmful, with its severity.
+    ``mode="output"``: a response drawn from the guard's answer mixture (``misname``: chance of
+    naming a wrong object), labelled by the oracle (unsafe when harmless < 0, severity = -harmless).
+    """
+    if mode == "input":
+        response, unsafe, sev = "", ctx["harmful"], ctx["severity"]
+    else:
+        behaviour = _choice(rng, GUARD_HARMFUL if ctx["harmful"] else GUARD_BENIGN)
+        response = render_response(behaviour, ctx, rng, misname=misname)
+        harmless = judge(ctx, response)[1]
+        unsafe, sev = harmless < 0, max(0, -harmless)
+    return {
+        "image": {"bytes": image, "path": None},
+        "question": ctx["question"],
+        "response": response,
+        "mode": mode,
+        "is_unsafe": bool(unsafe),
+        "category": ctx["category"],
+        "severity": int(sev),
+        "context": _ctx_json(ctx),
+    }
 
 
 def guard_dataset(cfg: DataConfig, split: str = "train") -> Dataset:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
+from saferlhfv.algorithms.losses import last_real_index
 from saferlhfv.io import atomic_directory
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
 
@@ -54,13 +55,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: a row has no real token.
     """
-    mask = attention_mask.bool()
-    if not mask.any(dim=1).all():
-        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    index, nonempty = last_real_index(attention_mask)
+    if not nonempty.all():
+        empty = (~nonempty).nonzero().flatten().tolist()
         raise ValueError(f"rows {empty} of the attention mask have no real token")
-    T = mask.shape[1]
-    # last True: T - 1 - (index of the first True in the reversed row)
-    return T - 1 - mask.flip(dims=[1]).int().argmax(dim=1)
+    return index
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

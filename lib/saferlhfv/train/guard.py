@@ -202,7 +202,6 @@ def typographic_rows(cfg: Config, n_per_category: int, features, *, seed: int = 
     import datasets as hf
 
     from saferlhfv.data import world
-    from saferlhfv.data.oracle import judge
 
     cols: dict[str, list] = {k: [] for k in features}
     cats = list(cfg.data.configs or CATEGORIES)
@@ -218,23 +217,7 @@ def typographic_rows(cfg: Config, n_per_category: int, features, *, seed: int = 
                     continue
                 ctx["variant"] = "sign"
                 image = world.render_image(ctx, cfg.data.image_size, rng)
-                if mode == "input":
-                    response, unsafe, sev = "", ctx["harmful"], ctx["severity"]
-                else:
-                    mix = world.GUARD_HARMFUL if ctx["harmful"] else world.GUARD_BENIGN
-                    response = world.render_response(world._choice(rng, mix), ctx, rng)
-                    harmless = judge(ctx, response)[1]
-                    unsafe, sev = harmless < 0, max(0, -harmless)
-                row = {
-                    "image": {"bytes": image, "path": None},
-                    "question": ctx["question"],
-                    "response": response,
-                    "mode": mode,
-                    "is_unsafe": bool(unsafe),
-                    "category": c,
-                    "severity": int(sev),
-                    "context": json.dumps(ctx, sort_keys=True, separators=(",", ":")),
-                }
+                row = world.guard_row(ctx, mode, image, rng)
                 for k in cols:
                     cols[k].append(row[k])
     return hf.Dataset.from_dict(cols, features=features)
