@@ -187,9 +187,15 @@ def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> 
     }
 
 
-def _untrained_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
-    """Save an untrained policy and two untrained score models where PPOLagTrainer expects artifacts."""
-    from saferlhfv.models.factory import load_vlm, save_vlm
+def _untrained_upstream(cfg: Config, folder: Path, *, lora: bool = False) -> dict[str, Path]:
+    """Save an untrained policy and two untrained score models where PPOLagTrainer expects artifacts.
+
+    With ``lora``, RM-V / CM-V are LoRA adapters (rank ``model.lora.r``) on the policy, saved merged
+    plus their adapter, as the shared-base mode needs.
+    """
+    import copy
+
+    from saferlhfv.models.factory import apply_lora, load_vlm, save_vlm
     from saferlhfv.models.score import ScoreModel, save_score_model
 
     model, processor = load_vlm(cfg.model, _corpus(cfg))
@@ -200,7 +206,8 @@ def _untrained_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
         model.generation_config.suppress_tokens = [processor.tokenizer.convert_tokens_to_ids(image_token)]
     save_vlm(model, processor, folder / "sft" / "model")
     for i, kind in enumerate(("reward", "cost")):
-        save_score_model(ScoreModel(model, seed=cfg.seed + i), processor, folder / kind / "model")
+        backbone = apply_lora(copy.deepcopy(model), cfg.model.lora) if lora else model
+        save_score_model(ScoreModel(backbone, seed=cfg.seed + i), processor, folder / kind / "model")
     return {f"{s}_dir": folder / s for s in ("sft", "reward", "cost")}
 
 
@@ -335,21 +342,6 @@ MEMORY_LAYOUTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def _untrained_lora_upstream(cfg: Config, folder: Path) -> dict[str, Path]:
-    """Like :func:`_untrained_upstream`, with RM-V / CM-V saved as LoRA adapters on the policy (+ merged)."""
-    import copy
-
-    from saferlhfv.models.factory import apply_lora, load_saved_vlm
-    from saferlhfv.models.score import ScoreModel, save_score_model
-
-    dirs = _untrained_upstream(cfg, folder)
-    model, processor = load_saved_vlm(dirs["sft_dir"] / "model", dtype=cfg.model.dtype)
-    for i, kind in enumerate(("reward", "cost")):
-        backbone = apply_lora(copy.deepcopy(model), cfg.model.lora)
-        save_score_model(ScoreModel(backbone, seed=cfg.seed + i), processor, folder / kind / "model")
-    return dirs
-
-
 def _tensor_bytes(tensors) -> int:
     """Bytes of distinct storages among ``tensors`` (a weight shared by several roles counts once)."""
     seen, total = set(), 0
@@ -418,7 +410,7 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
         tmp = Path(tmp)
-        upstream = _untrained_lora_upstream(cfg, tmp / "upstream")
+        upstream = _untrained_upstream(cfg, tmp / "upstream", lora=True)
         rows = []
         for name, overrides in MEMORY_LAYOUTS:
             cfg_file = tmp / "config.yaml"

@@ -321,12 +321,7 @@ class PPOLagTrainer:
         (self.actor, self.reward_critic, self.cost_critic, self.opt_actor, self.opt_rc, self.opt_cc) = acc.prepare(
             actor, reward_critic, cost_critic, *self._optimizers(params)
         )
-        self.params = {
-            name: [p for p in self._unwrap(model).parameters() if p.requires_grad]
-            for name, model in (
-                ("actor", self.actor), ("reward_critic", self.reward_critic), ("cost_critic", self.cost_critic)
-            )
-        }  # fmt: skip
+        self.params = params  # the wrappers prepare adds keep the same parameter tensors
 
     def _build_shared(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
         """One frozen SFT model with five LoRA adapters and four heads (:mod:`saferlhfv.models.shared`).
