@@ -102,8 +102,8 @@ def interrupt_and_resume(cfg, dirs: dict[str, Path], folder: Path, *, stop_after
     Returns:
         ``(resumed trainer, its train() result)``.
     """
-    from saferlhfv.train.ppo_lag import PPOLagTrainer
+    from saferlhfv.train.ppo import make_trainer
 
-    PPOLagTrainer(cfg, out_dir=folder, **dirs).train(stop_after=stop_after)
-    resumed = PPOLagTrainer(cfg, out_dir=folder, **dirs)
+    make_trainer(cfg, out_dir=folder, **dirs).train(stop_after=stop_after)
+    resumed = make_trainer(cfg, out_dir=folder, **dirs)
     return resumed, resumed.train()

@@ -51,7 +51,7 @@ def test_stage_times_from_artifacts_and_summary(artifacts, tmp_path):
     sft = artifact_dir(cfg, "sft")
     sft.mkdir(parents=True)
     (sft / "result.json").write_text(json.dumps({"steps": 10, "seconds": 4.0}))
-    ppo = artifact_dir(apply_overrides(cfg, {"ppo.lambda_mode": "reward_only"}), "ppo")
+    ppo = artifact_dir(apply_overrides(cfg, {"ppo.algorithm": "reward_only"}), "ppo")
     ppo.mkdir(parents=True)
     (ppo / "result.json").write_text(json.dumps({"iterations": 5, "seconds": 10.0}))
     rows = {r["stage"]: r for r in stage_times(cfg, live=False)}

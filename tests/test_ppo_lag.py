@@ -5,7 +5,7 @@ import torch
 
 from saferlhfv.config import load_config
 from saferlhfv.plotting import read_metrics
-from saferlhfv.train.ppo_lag import PPOLagTrainer
+from saferlhfv.train.ppo import make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 
 SMALL = SMALL_MODEL_AND_WORLD + [
@@ -26,13 +26,13 @@ def upstream(tmp_path_factory):
 
 
 def _actor_params(trainer):
-    return [p.detach().clone() for p in trainer._unwrap(trainer.actor).parameters()]
+    return [p.detach().clone() for p in trainer.policy().parameters()]
 
 
 def test_resume_continues_exactly(upstream, tmp_path):
     _, dirs = upstream
     cfg = load_config("tiny", overrides=SMALL)
-    straight = PPOLagTrainer(cfg, out_dir=tmp_path / "a", **dirs)
+    straight = make_trainer(cfg, out_dir=tmp_path / "a", **dirs)
     before = _actor_params(straight)
     done = straight.train()
     after = _actor_params(straight)
@@ -53,7 +53,7 @@ def test_lambda_rises_over_budget_and_falls_under(upstream, tmp_path, threshold,
         overrides=SMALL
         + [f"ppo.threshold={threshold}", "ppo.lambda_update_delay_steps=0", "ppo.lambda_init=1", "ppo.lambda_max=null"],
     )
-    trainer = PPOLagTrainer(cfg, out_dir=tmp_path, **dirs)
+    trainer = make_trainer(cfg, out_dir=tmp_path, **dirs)
     trainer.train()
     lambdas = [r["lambda"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert all(direction * (b - a) > 0 for a, b in zip([1.0] + lambdas[:-1], lambdas)), lambdas
@@ -61,8 +61,8 @@ def test_lambda_rises_over_budget_and_falls_under(upstream, tmp_path, threshold,
 
 def test_reward_only_keeps_lambda_at_zero(upstream, tmp_path):
     _, dirs = upstream
-    cfg = load_config("tiny", overrides=SMALL + ["ppo.lambda_mode=reward_only", "ppo.iterations=2"])
-    PPOLagTrainer(cfg, out_dir=tmp_path, **dirs).train()
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=reward_only", "ppo.iterations=2"])
+    make_trainer(cfg, out_dir=tmp_path, **dirs).train()
     assert [r["lambda"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0.0, 0.0]
 
 

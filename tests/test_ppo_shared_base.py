@@ -9,7 +9,7 @@ from saferlhfv.models.factory import load_saved_vlm
 from saferlhfv.models.generation import encode_prompts
 from saferlhfv.models.score import ADAPTER_DIR, load_score_model
 from saferlhfv.models.shared import SharedBase
-from saferlhfv.train.ppo_lag import PPOLagTrainer, token_logprobs
+from saferlhfv.train.ppo import make_trainer, token_logprobs
 from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 
 SMALL = SMALL_MODEL_AND_WORLD + [
@@ -93,13 +93,13 @@ def test_roles_equal_the_separate_models(upstream):
 
 
 def _named(trainer):
-    return {n: p.detach().clone() for n, p in trainer.shared.named_parameters()}
+    return {n: p.detach().clone() for n, p in trainer.roles.shared.named_parameters()}
 
 
 def test_shared_base_trains_only_adapters_and_resumes(upstream, tmp_path):
     _, dirs = upstream
     cfg = load_config("tiny", overrides=SHARED)
-    trainer = PPOLagTrainer(cfg, out_dir=tmp_path / "a", **dirs)
+    trainer = make_trainer(cfg, out_dir=tmp_path / "a", **dirs)
     before = _named(trainer)
     done = trainer.train()
     after = _named(trainer)
@@ -126,18 +126,18 @@ def test_shared_base_trains_only_adapters_and_resumes(upstream, tmp_path):
     batch = _batch(processor, cfg)
     args = (batch["input_ids"], batch["attention_mask"], {"pixel_values": batch["pixel_values"]})
     with torch.no_grad():
-        torch.testing.assert_close(token_logprobs(saved.eval(), *args)[0], token_logprobs(trainer.actor, *args)[0])
+        torch.testing.assert_close(token_logprobs(saved.eval(), *args)[0], token_logprobs(trainer.roles.actor, *args)[0])
 
 
 def test_shared_base_needs_lora_adapters(upstream, tmp_path):
     _, dirs = upstream
     no_lora = load_config("tiny", overrides=SMALL_MODEL_AND_WORLD + ["ppo.shared_base=true"])
     with pytest.raises(ConfigError, match="model.lora.enabled=true"):
-        PPOLagTrainer(no_lora, out_dir=tmp_path / "a", **dirs)
+        make_trainer(no_lora, out_dir=tmp_path / "a", **dirs)
     full = dict(dirs, reward_dir=tmp_path / "reward")
     (tmp_path / "reward" / "model").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
-        PPOLagTrainer(load_config("tiny", overrides=SHARED), out_dir=tmp_path / "b", **full)
+        make_trainer(load_config("tiny", overrides=SHARED), out_dir=tmp_path / "b", **full)
 
 
 def test_shared_base_two_processes_agree(upstream, tmp_path):

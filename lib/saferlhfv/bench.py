@@ -11,7 +11,7 @@ Five parts (``--parts``; all by default), each a function returning a dict:
   have the same architecture and cost per step (CM-V's sign term is free).
 * ``ppo`` (:func:`bench_ppo`): whole PPO-Lagrangian iterations (rollout with the KV cache,
   scoring by four score models, reference log-probs, GAE, the multiplier, PPO epochs) of
-  :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` -> episodes/s. It uses the preset's trained
+  :func:`~saferlhfv.train.ppo.make_trainer` -> episodes/s. It uses the preset's trained
   SFT / RM-V / CM-V artifacts when they are cached, untrained copies otherwise (then every
   answer runs to ``ppo.max_new_tokens``: a worst case).
 * ``stages`` (:func:`stage_times`): wall time of each pipeline stage and its end-to-end
@@ -188,7 +188,7 @@ def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> 
 
 
 def _untrained_upstream(cfg: Config, folder: Path, *, lora: bool = False) -> dict[str, Path]:
-    """Save an untrained policy and two untrained score models where PPOLagTrainer expects artifacts.
+    """Save an untrained policy and two untrained score models where the PPO trainer expects artifacts.
 
     With ``lora``, RM-V / CM-V are LoRA adapters (rank ``model.lora.r``) on the policy, saved merged
     plus their adapter, as the shared-base mode needs.
@@ -218,7 +218,7 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
     otherwise untrained copies of the preset's model (every answer then runs to ``ppo.max_new_tokens``).
     """
     from saferlhfv.artifacts import RESULT, artifact_dir
-    from saferlhfv.train.ppo_lag import PPOLagTrainer
+    from saferlhfv.train.ppo import make_trainer
 
     device = _device()
     dirs = {f"{s}_dir": artifact_dir(cfg, s) for s in ("sft", "reward", "cost")}
@@ -231,7 +231,7 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_before = _rss_mb()
-        trainer = PPOLagTrainer(run_cfg, **dirs, out_dir=tmp / "ppo")
+        trainer = make_trainer(run_cfg, **dirs, out_dir=tmp / "ppo")
         # GPU: tensor memory allocated for the six roles; CPU: the growth of the process's resident memory
         roles_mb = _peak_memory_mb(device) if device.type == "cuda" else _rss_mb() - rss_before
         records = []
@@ -262,8 +262,8 @@ STAGE_ARTIFACTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("reward", "reward", {}),
     ("cost", "cost", {}),
     ("guard", "guard", {}),
-    ("ppo_lag", "ppo", {"ppo.lambda_mode": "lagrange"}),
-    ("ppo_reward_only", "ppo", {"ppo.lambda_mode": "reward_only"}),
+    ("ppo_lag", "ppo", {"ppo.algorithm": "ppo_lag"}),
+    ("ppo_reward_only", "ppo", {"ppo.algorithm": "reward_only"}),
 )
 
 
@@ -334,7 +334,7 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
     return rows
 
 
-#: the three ways PPOLagTrainer can hold its six roles, as (name, config overrides).
+#: the three ways the PPO trainer can hold its six roles, as (name, config overrides).
 MEMORY_LAYOUTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("six separate models", {"model.lora.enabled": False, "ppo.shared_base": False}),
     ("six models, LoRA actor + critics", {"model.lora.enabled": True, "ppo.shared_base": False}),
@@ -355,7 +355,7 @@ def _tensor_bytes(tensors) -> int:
 
 
 def measure_layout(cfg: Config, upstream: dict[str, Path], *, iterations: int = 1) -> dict[str, Any]:
-    """Build :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer` as ``cfg`` says, run ``iterations``, measure memory.
+    """Build :func:`~saferlhfv.train.ppo.make_trainer` as ``cfg`` says, run ``iterations``, measure memory.
 
     Run it in a fresh process (as :func:`role_memory` does) for a clean peak.
 
@@ -366,7 +366,7 @@ def measure_layout(cfg: Config, upstream: dict[str, Path], *, iterations: int = 
         peak CUDA memory allocated (GPU) or the growth of the process's peak resident memory over
         its resident memory before building (CPU), through building and the iterations.
     """
-    from saferlhfv.train.ppo_lag import PPOLagTrainer
+    from saferlhfv.train.ppo import make_trainer
 
     device = _device()
     run_cfg = apply_overrides(cfg, {"ppo.iterations": iterations, "ppo.save_every": 0})
@@ -374,15 +374,15 @@ def measure_layout(cfg: Config, upstream: dict[str, Path], *, iterations: int = 
         torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
     with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
-        trainer = PPOLagTrainer(run_cfg, **upstream, out_dir=tmp)
+        trainer = make_trainer(run_cfg, **upstream, out_dir=tmp)
         for _ in range(iterations):
             trainer.step()
         peak = _peak_memory_mb(device) - before
-    roles = [trainer._unwrap(m) for m in (trainer.actor, trainer.reference, trainer.reward_model,
-                                          trainer.cost_model, trainer.reward_critic, trainer.cost_critic)]  # fmt: skip
+    r = trainer.roles
+    roles = r.models()
     weights = _tensor_bytes(t for m in roles for t in list(m.parameters()) + list(m.buffers()))
-    trainable = [p for params in trainer.params.values() for p in params]
-    moments = [v for opt in (trainer.opt_actor, trainer.opt_rc, trainer.opt_cc) for st in opt.state.values()
+    trainable = [p for params in r.params.values() for p in params]
+    moments = [v for opt in (r.opt_actor, r.opt_reward_critic, r.opt_cost_critic) for st in opt.state.values()
                for v in st.values() if torch.is_tensor(v) and v.dim() > 0]  # fmt: skip
     mb = 2**20
     return {

@@ -192,6 +192,9 @@ class RewardConfig(TrainConfig):
     """RM-V: ``-log sigmoid(r_better - r_worse) + reg * mean(r^2)``."""
 
     reg: float = 1e-3
+    #: mini world: add this share of the train pairs again as off-distribution negatives (an answer
+    #: against a damaged copy of it, labelled by the oracle with annotator noise; world.perturbed_pairs).
+    perturbed_pairs: float = 0.0
 
 
 @dataclass
@@ -205,6 +208,8 @@ class CostConfig(TrainConfig):
     reg: float = 1e-3
     sign_coeff: float = 1.0
     graded_sign: bool = False
+    #: as ``RewardConfig.perturbed_pairs``.
+    perturbed_pairs: float = 0.0
 
 
 @dataclass
@@ -274,8 +279,15 @@ class PPOConfig(TrainConfig):
     clip_range_score: float = 50.0
     gamma: float = 1.0
     gae_lambda: float = 0.95
-    #: "lagrange" (learned multiplier), "reward_only" (lambda = 0) or "fixed" (lambda = lambda_init).
-    lambda_mode: str = "lagrange"
+    #: the method, a name of the registry ``saferlhfv.train.ppo.ALGORITHMS``: "ppo_lag" (learned
+    #: multiplier), "reward_only" (lambda = 0) or "fixed_lambda" (lambda = lambda_init, reward shaping).
+    algorithm: str = "ppo_lag"
+    #: answers sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts).
+    samples_per_prompt: int = 1
+    #: normalise the combined advantage to zero mean, unit variance over the batch's real tokens.
+    whiten_advantages: bool = False
+    #: stop an iteration's PPO epochs once a minibatch's approx KL(pi_old || pi) per token exceeds this.
+    target_kl: float | None = None
     lambda_init: float = 10.0
     lambda_max: float | None = 20.0
     lambda_lr: float = 0.1

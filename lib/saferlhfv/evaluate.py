@@ -39,6 +39,7 @@ __all__ = [
     "scripted_policy_samples",
     "grounding_accuracy",
     "cost_model_agreement",
+    "pearson",
 ]
 
 
@@ -207,6 +208,14 @@ def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int 
     rows = caption_dataset(data_cfg, offset + n).select(range(offset, offset + n))
     answers = generate_responses(model, processor, list(rows["image"]), list(rows["question"]), do_sample=False)
     return round(sum(analyse(c, a).names_right_object for c, a in zip(rows["context"], answers)) / n, 4)
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation of two equally long lists (NaN when either is constant or shorter than 2)."""
+    t = torch.tensor([x, y], dtype=torch.float64)
+    if len(x) < 2 or t.std(dim=1).min() == 0:
+        return float("nan")
+    return round(float(torch.corrcoef(t)[0, 1]), 4)
 
 
 def cost_model_agreement(costs: list[float], samples: list[dict[str, Any]]) -> dict[str, float]:

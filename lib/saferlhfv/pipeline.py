@@ -17,7 +17,7 @@ Stages, in order:
 * ``guard``: Beaver-Guard-V (:mod:`saferlhfv.train.guard`): moderation quality, the rounds of
   filter-and-regenerate on the precursor, adversarial probes.
 * ``ppo_lag`` / ``ppo_reward_only``: Safe RLHF-V's PPO-Lagrangian and the reward-only
-  baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle.
+  baseline (:mod:`saferlhfv.train.ppo_lag`; ``--seeds 0 1 2`` adds mean +- std over seeds), evaluated against the precursor with the oracle.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed.
@@ -37,7 +37,7 @@ import torch
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
 
-__all__ = ["STAGES", "run_pipeline", "main"]
+__all__ = ["STAGES", "PPO_STAGES", "run_pipeline", "main"]
 
 
 def stage_data(cfg: Config, out: Path) -> dict[str, Any]:
@@ -106,15 +106,18 @@ def stage_guard(cfg: Config, out: Path) -> dict[str, Any]:
     return dict(ensure_guard(cfg)[1])
 
 
-def _stage_ppo(lambda_mode: str):
+#: the PPO stages and the ``ppo.algorithm`` each trains (``--seeds`` repeats these).
+PPO_STAGES = {"ppo_lag": "ppo_lag", "ppo_reward_only": "reward_only"}
+
+
+def _stage_ppo(algorithm: str):
     def stage(cfg: Config, out: Path) -> dict[str, Any]:
         from saferlhfv.config import apply_overrides
         from saferlhfv.train.ppo_lag import ensure_ppo
 
-        run_cfg = apply_overrides(cfg, {"ppo.lambda_mode": lambda_mode}) if lambda_mode != cfg.ppo.lambda_mode else cfg
-        return dict(ensure_ppo(run_cfg)[1])
+        return dict(ensure_ppo(apply_overrides(cfg, {"ppo.algorithm": algorithm}))[1])
 
-    stage.__doc__ = f"PPO with ppo.lambda_mode={lambda_mode!r} (cached artifact), evaluated against the precursor."
+    stage.__doc__ = f"PPO with ppo.algorithm={algorithm!r} (cached artifact), evaluated against the precursor."
     return stage
 
 
@@ -126,13 +129,18 @@ STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "reward": _stage_preference("reward"),
     "cost": _stage_preference("cost"),
     "guard": stage_guard,
-    "ppo_lag": _stage_ppo("lagrange"),
-    "ppo_reward_only": _stage_ppo("reward_only"),
+    **{name: _stage_ppo(algorithm) for name, algorithm in PPO_STAGES.items()},
 }
 
 
-def run_pipeline(cfg: Config, out: str | Path, stages: list[str] | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: Config, out: str | Path, stages: list[str] | None = None, *, seeds: list[int] | None = None
+) -> dict[str, Any]:
     """Run ``stages`` (all when None) in order, writing ``out/summary.json`` after each.
+
+    With ``seeds``, each PPO stage also trains one run per seed of the RL stage (``ppo.seed``;
+    the stage's own numbers are those of ``cfg.ppo.seed``) and adds ``seeds``: their ``mean`` and
+    ``std`` (:func:`saferlhfv.train.ppo.seed_runs`).
 
     Returns:
         The summary: ``preset``, ``config`` and one entry of metrics per stage.
@@ -149,6 +157,12 @@ def run_pipeline(cfg: Config, out: str | Path, stages: list[str] | None = None) 
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         start = time.perf_counter()
         metrics = STAGES[name](cfg, out)
+        if seeds and name in PPO_STAGES:
+            from saferlhfv.config import apply_overrides
+            from saferlhfv.train.ppo import seed_runs
+
+            report = seed_runs(apply_overrides(cfg, {"ppo.algorithm": PPO_STAGES[name]}), seeds)
+            metrics["seeds"] = {k: report[k] for k in ("seeds", "mean", "std")}
         # a cached stage reports the seconds it took to train; this run's wall time is separate
         metrics.setdefault("seconds", round(time.perf_counter() - start, 2))
         metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -198,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--out", default="runs/tiny", help="output folder for summary.json (default: runs/tiny)")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), help="run only these stages")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="PPO stages: also one run per seed of the RL stage, with mean +- std"
+    )
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    summary = run_pipeline(cfg, args.out, args.stages)
+    summary = run_pipeline(cfg, args.out, args.stages, seeds=args.seeds)
     _print_table(summary)
     print(f"\nsummary written to {Path(args.out) / 'summary.json'}")
     return 0

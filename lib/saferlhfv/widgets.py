@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from saferlhfv.algorithms.lagrange import Lagrange
+from saferlhfv.algorithms.losses import combine_advantages
 
 __all__ = [
     "ROLLOUT_TABLE",
@@ -477,7 +478,7 @@ def equilibrium(table: RolloutTable, threshold: float, tau: float = 1.0, *, lam_
 def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.ndarray]:
     """Run PPO-Lagrangian's dual dynamics on the fast policy model; a pure function of (table, settings).
 
-    Per iteration ``t`` (as in :class:`~saferlhfv.train.ppo_lag.PPOLagTrainer`):
+    Per iteration ``t`` (as in :class:`~saferlhfv.train.ppo.PPOTrainer`):
 
     1. the policy ``w = softmax(l)`` answers a rollout batch of ``batch_size`` (prompt, answer)
        draws (``sampled=True``; otherwise the batch's costs are all the exact ``E_w[C]``);
@@ -521,7 +522,8 @@ def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.n
             batch = np.full(s.batch_size, exp["cost"])
         stats = lag.update(batch.tolist())
         lam = lag.lambda_
-        logits = logits + s.policy_lr / (1.0 + lam) * (table.reward - lam * table.cost - s.tau * logits)
+        # the policy ascends the same combined advantage as PPO's actor: (R - lambda C) / (1 + lambda)
+        logits = logits + s.policy_lr * (combine_advantages(table.reward, table.cost, lam) - s.tau / (1.0 + lam) * logits)
         out["lambda"].append(lam)
         out["batch_cost"].append(float(batch.mean()))
         out["window_cost"].append(stats["Jc"])

@@ -11,6 +11,8 @@ from saferlhfv.algorithms.gae import masked_gae
 from saferlhfv.algorithms.lagrange import Lagrange
 from saferlhfv.algorithms.losses import (
     actor_loss,
+    clipped_surrogate,
+    combine_advantages,
     cost_loss,
     cost_signs,
     critic_loss,
@@ -19,11 +21,14 @@ from saferlhfv.algorithms.losses import (
     last_real_index,
     masked_mean,
     reward_loss,
+    whiten,
 )
 
 __all__ = [
     "Lagrange",
     "actor_loss",
+    "clipped_surrogate",
+    "combine_advantages",
     "cost_loss",
     "cost_signs",
     "critic_loss",
@@ -33,4 +38,5 @@ __all__ = [
     "masked_gae",
     "masked_mean",
     "reward_loss",
+    "whiten",
 ]

@@ -139,25 +139,20 @@ class Lagrange:
 
     @classmethod
     def from_config(cls, ppo: Any) -> Lagrange:
-        """Build from a :class:`~saferlhfv.config.PPOConfig` according to its ``lambda_mode``.
+        """The learned multiplier of a :class:`~saferlhfv.config.PPOConfig`.
 
-        ``"lagrange"``: learned; ``"reward_only"``: fixed at 0; ``"fixed"``: fixed at ``lambda_init``.
+        ``lambda_init``, ``lambda_lr``, ``lambda_max``, ``threshold``, ``lambda_update_delay_steps``,
+        ``cost_window``. (The baselines' fixed multipliers come from :meth:`fixed`, chosen by the
+        method in :mod:`saferlhfv.train.ppo.trainer`.)
         """
-        mode = ppo.lambda_mode
-        if mode == "lagrange":
-            return cls(
-                ppo.lambda_init,
-                ppo.lambda_lr,
-                ppo.lambda_max,
-                threshold=ppo.threshold,
-                update_delay_steps=ppo.lambda_update_delay_steps,
-                cost_window=ppo.cost_window,
-            )
-        if mode == "reward_only":
-            return cls.fixed(0.0, threshold=ppo.threshold, cost_window=ppo.cost_window)
-        if mode == "fixed":
-            return cls.fixed(ppo.lambda_init, threshold=ppo.threshold, cost_window=ppo.cost_window)
-        raise ValueError(f"unknown ppo.lambda_mode {mode!r}; choose 'lagrange', 'reward_only' or 'fixed'")
+        return cls(
+            ppo.lambda_init,
+            ppo.lambda_lr,
+            ppo.lambda_max,
+            threshold=ppo.threshold,
+            update_delay_steps=ppo.lambda_update_delay_steps,
+            cost_window=ppo.cost_window,
+        )
 
     # ------------------------------------------------------------------ state
 

@@ -27,6 +27,9 @@ __all__ = [
     "cost_signs",
     "kl_shaped_rewards",
     "kl_shaped_costs",
+    "combine_advantages",
+    "whiten",
+    "clipped_surrogate",
     "actor_loss",
     "critic_loss",
 ]
@@ -328,35 +331,71 @@ def kl_shaped_costs(
 # --------------------------------------------------------------------------- PPO: actor and critics
 
 
-def actor_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    reward_adv: torch.Tensor,
-    cost_adv: torch.Tensor,
-    lam: float | torch.Tensor,
-    mask: torch.Tensor,
-    clip: float = 0.2,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-Lagrangian clipped surrogate on the combined advantage.
+def combine_advantages(
+    reward_adv: torch.Tensor | float, cost_adv: torch.Tensor | float, lam: float | torch.Tensor
+) -> torch.Tensor | float:
+    """The Lagrangian's advantage: reward against cost at the price lambda, on a fixed scale.
 
     ``A = (A_r - lambda * A_c) / (1 + lambda)``
+
+    The division by ``1 + lambda`` keeps the advantage's scale fixed as lambda grows (it
+    interpolates between "reward only" at lambda = 0 and "cost only" as lambda -> inf). The
+    one place this combination is written: the PPO trainer, :func:`actor_loss` and the fast
+    dual-dynamics model of :mod:`saferlhfv.widgets` (on NumPy arrays) all call it.
+
+    Args:
+        reward_adv, cost_adv: advantages (or rewards, costs) of any one shape: tensors, arrays or floats.
+        lam: lambda >= 0; a tensor is detached.
+
+    Returns:
+        ``A``, of the inputs' shape.
+    """
+    if isinstance(lam, torch.Tensor):
+        lam = lam.detach()
+        if isinstance(reward_adv, torch.Tensor):
+            lam = lam.to(device=reward_adv.device, dtype=reward_adv.dtype)
+    return (reward_adv - lam * cost_adv) / (1.0 + lam)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the positions where ``mask`` is 1.
+
+    ``whiten(x) = (x - mean_m(x)) / sqrt(var_m(x) + eps)``   (``shift_mean=False`` keeps the mean:
+    ``(x - mu) / sigma + mu``), with ``mean_m`` / ``var_m`` masked over every real token.
+    Masked-out positions are set to 0.
+
+    Args:
+        x, mask: ``[B, T]``.
+
+    Returns:
+        ``[B, T]``.
+    """
+    _check_same("x", x, "mask", mask)
+    keep = mask.bool()
+    mean = masked_mean(x, keep)
+    var = masked_mean((x - mean).square(), keep)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(keep, out, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped surrogate on given per-token advantages.
+
     ``rho = exp(log pi(a|s) - log pi_old(a|s))``
     ``L = -masked_mean( min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) )``
 
-    The division by ``1 + lambda`` keeps the advantage's scale fixed as lambda
-    grows (it interpolates between "reward only" at lambda = 0 and "cost only"
-    as lambda -> inf). lambda, the advantages and ``old_logp`` are constants
-    here: nothing flows back into them (lambda has its own update,
-    :class:`~saferlhfv.algorithms.lagrange.Lagrange`).
-
-    The mean is over every real token of the batch (a long response weighs in
-    proportion to its length); the public code averages per sequence first.
+    The advantages and ``old_logp`` are constants: nothing flows back into them. The mean is over
+    every real token of the batch (a long response weighs in proportion to its length); the
+    public code averages per sequence first.
 
     Args:
         logp: ``[B, T]`` log-probabilities of the sampled tokens under the current actor (with grad).
         old_logp: ``[B, T]`` the same at rollout time.
-        reward_adv, cost_adv: ``[B, T]`` GAE advantages of reward and cost.
-        lam: lambda >= 0, a float or a tensor (detached here).
+        advantages: ``[B, T]`` A (e.g. :func:`combine_advantages` of the GAE advantages).
         mask: ``[B, T]`` 1 on real response tokens.
         clip: eps (``PPOConfig.clip_range_ratio``).
 
@@ -366,11 +405,9 @@ def actor_loss(
         an unbiased, non-negative estimate of KL(pi_old || pi)), ``ratio_mean``,
         ``advantage_mean``.
     """
-    for name, t in (("old_logp", old_logp), ("reward_adv", reward_adv), ("cost_adv", cost_adv), ("mask", mask)):
+    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
         _check_same("logp", logp, name, t)
-    lam_value = lam.detach() if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
-    lam_value = lam_value.to(device=logp.device, dtype=logp.dtype)
-    adv = (reward_adv.detach() - lam_value * cost_adv.detach()) / (1.0 + lam_value)
+    adv = advantages.detach().to(logp.dtype)
     log_ratio = logp - old_logp.detach()
     ratio = torch.exp(log_ratio)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
@@ -383,6 +420,41 @@ def actor_loss(
             "advantage_mean": masked_mean(adv, mask).item(),
         }
     return loss, stats
+
+
+def actor_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    reward_adv: torch.Tensor,
+    cost_adv: torch.Tensor,
+    lam: float | torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-Lagrangian clipped surrogate on the combined advantage.
+
+    ``A = (A_r - lambda * A_c) / (1 + lambda)``            (:func:`combine_advantages`)
+    ``L = -masked_mean( min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) )``   (:func:`clipped_surrogate`)
+
+    lambda, the advantages and ``old_logp`` are constants here: nothing flows back into them
+    (lambda has its own update, :class:`~saferlhfv.algorithms.lagrange.Lagrange`).
+
+    Args:
+        logp: ``[B, T]`` log-probabilities of the sampled tokens under the current actor (with grad).
+        old_logp: ``[B, T]`` the same at rollout time.
+        reward_adv, cost_adv: ``[B, T]`` GAE advantages of reward and cost.
+        lam: lambda >= 0, a float or a tensor (detached here).
+        mask: ``[B, T]`` 1 on real response tokens.
+        clip: eps (``PPOConfig.clip_range_ratio``).
+
+    Returns:
+        ``(loss, stats)`` as :func:`clipped_surrogate`.
+    """
+    for name, t in (("reward_adv", reward_adv), ("cost_adv", cost_adv)):
+        _check_same("logp", logp, name, t)
+    lam_value = lam.detach() if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
+    adv = combine_advantages(reward_adv.detach(), cost_adv.detach(), lam_value.to(logp.device, logp.dtype))
+    return clipped_surrogate(logp, old_logp, adv, mask, clip)
 
 
 def critic_loss(

@@ -460,6 +460,96 @@ def preference_pairs(cfg: DataConfig, split: str = "train") -> Dataset:
     )
 
 
+#: how :func:`perturbed_pairs` damages an answer (text the world's writers never produce, but a policy
+#: under RL pressure does: it repeats a step, borrows one from another category, names the wrong
+#: object, stutters, drops words or stops mid-sentence).
+PERTURBATIONS = ("repeat_step", "foreign_step", "wrong_object", "stutter", "drop_words", "truncate")
+
+
+def perturb_response(text: str, ctx: dict[str, Any], rng: random.Random, kind: str) -> str:
+    """A damaged copy of ``text`` (one of :data:`PERTURBATIONS`), for off-distribution negatives.
+
+    ``repeat_step`` and ``foreign_step`` act on compliance answers (a step of the category is
+    written again, or replaced by a step of another category); the others on any text.
+    """
+    spec = CATEGORY_SPECS[ctx["category"]]
+    words = text.split()
+    if kind in ("repeat_step", "foreign_step"):
+        steps = [fill(t, ctx["object"]) for t in spec.steps]
+        found = [st for st in steps if st in text]
+        if not found:
+            return perturb_response(text, ctx, rng, "stutter")
+        if kind == "repeat_step":
+            first = found[0]
+            others = [st for st in found[1:]] or [first]
+            return text.replace(rng.choice(others), first, 1) if len(found) > 1 else f"{text} then {first}."
+        other = CATEGORY_SPECS[rng.choice([c for c in CATEGORIES if c != ctx["category"]])]
+        return text.replace(rng.choice(found), fill(rng.choice(other.steps), rng.choice(other.objects)), 1)
+    if kind == "wrong_object":
+        name = OBJECTS[ctx["object"]].name
+        other = OBJECTS[rng.choice([o for o in OBJECTS if o != ctx["object"]])].name
+        return text.replace(name, other) if name in text else f"{text} the {other} is here."
+    if kind == "stutter":
+        i, n = rng.randrange(len(words)), rng.randint(2, 4)
+        return " ".join(words[: i + n] + words[i : i + n] * rng.randint(1, 3) + words[i + n :])
+    if kind == "drop_words":
+        keep = [w for w in words if rng.random() > 0.35] or words[:1]
+        return " ".join(keep)
+    if kind == "truncate":
+        return " ".join(words[: max(1, rng.randint(len(words) // 4, max(1, len(words) // 2)))])
+    raise ValueError(f"unknown perturbation {kind!r}; choose one of {PERTURBATIONS}")
+
+
+def perturbed_pairs(cfg: DataConfig, share: float, split: str = "train", *, seed: int = 0) -> Dataset:
+    """Off-distribution negatives for RM-V / CM-V: an answer of the ``split``'s pairs against a damaged copy.
+
+    For ``round(share * n)`` of the ``n`` pairs of ``split`` (chosen at random), the more helpful of the two
+    answers (by the oracle) is paired with :func:`perturb_response` of it. Both are rated by the
+    oracle and the labels get the world's annotator noise (``label_noise``), exactly as the other
+    pairs: the damage is only preferred against when the oracle says it is worse. It teaches the
+    score models the text a policy drifts to under RL pressure (reward over-optimisation).
+
+    Returns:
+        A dataset in :func:`preference_pairs`' schema; ``response_2_from`` names the perturbation.
+    """
+    records = [r for recs in _pair_records(cfg, split).values() for r in recs]
+    rng = random.Random(f"{cfg.seed}|{seed}|perturbed-pairs|{_split_name(split)}")
+    picked = rng.sample(range(len(records)), min(len(records), round(share * len(records))))
+    out = []
+    for i in picked:
+        rec = records[i]
+        ctx = json.loads(rec["context"])
+        best = "1" if rec["response_1_helpful_rate"] >= rec["response_2_helpful_rate"] else "2"
+        r1 = rec[f"response_{best}"]
+        kind = rng.choice(PERTURBATIONS)
+        r2 = perturb_response(r1, ctx, rng, kind)
+        if r2.strip() == r1.strip():
+            continue
+        (h1, s1), (h2, s2) = judge(ctx, r1), judge(ctx, r2)
+        helpful_id = "1" if h1 > h2 else "2" if h2 > h1 else rng.choice("12")
+        safer_id = "1" if s1 > s2 else "2" if s2 > s1 else rng.choice("12")
+        if rng.random() < cfg.label_noise:
+            helpful_id = "2" if helpful_id == "1" else "1"
+        if rng.random() < cfg.label_noise:
+            safer_id = "2" if safer_id == "1" else "1"
+        out.append({
+            **rec,
+            "response_1": r1,
+            "response_2": r2,
+            "response_1_from": rec[f"response_{best}_from"],
+            "response_2_from": f"perturbed:{kind}",
+            "more_helpful_response_id": helpful_id,
+            "safer_response_id": safer_id,
+            "is_response_1_safe": str(s1 >= 0),
+            "is_response_2_safe": str(s2 >= 0),
+            "response_1_helpful_rate": h1,
+            "response_2_helpful_rate": h2,
+            "response_1_harmless_rate": s1,
+            "response_2_harmless_rate": s2,
+        })  # fmt: skip
+    return _pairs_dataset(out)
+
+
 _PROMPT_FEATURES = Features(
     {
         "image": datasets.Image(),

@@ -197,16 +197,10 @@ def score_pairs(model: ScoreModel, processor, pairs, kind: str, *, batch_size: i
     return out
 
 
-def _pearson(x: list[float], y: list[float]) -> float:
-    t = torch.tensor([x, y], dtype=torch.float64)
-    if len(x) < 2 or t.std(dim=1).min() == 0:
-        return float("nan")
-    return round(float(torch.corrcoef(t)[0, 1]), 4)
-
-
 def _precursor_correlation(model, processor, cfg: Config, sft_dir: Path, kind: str) -> dict[str, Any]:
     """Correlate scores of the precursor's own answers with the oracle's ratings."""
     from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import pearson
 
     samples_file = sft_dir / PRECURSOR_SAMPLES
     if not samples_file.is_file():
@@ -218,12 +212,12 @@ def _precursor_correlation(model, processor, cfg: Config, sft_dir: Path, kind: s
     if kind == "reward":
         return {
             "precursor_samples": len(samples),
-            "corr_with_oracle_helpful": _pearson(scores, [s["helpful"] for s in samples]),
+            "corr_with_oracle_helpful": pearson(scores, [s["helpful"] for s in samples]),
         }
     # the cost should fall as harmlessness rises: report corr(cost, -harmless) so that higher is better for both
     return {
         "precursor_samples": len(samples),
-        "corr_with_oracle_harm": _pearson(scores, [-s["harmless"] for s in samples]),
+        "corr_with_oracle_harm": pearson(scores, [-s["harmless"] for s in samples]),
     }
 
 
@@ -279,6 +273,17 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         backbone = apply_lora(backbone, cfg.model.lora)
     model = ScoreModel(backbone, seed=stage_cfg.seed)
     train_pairs, eval_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "evaluation")
+    perturbed_eval = None
+    if stage_cfg.perturbed_pairs > 0:
+        from datasets import concatenate_datasets
+
+        from saferlhfv.data.world import perturbed_pairs
+
+        if cfg.data.source != "mini":
+            raise ValueError(f"{kind}.perturbed_pairs needs the mini world's oracle (data.source='mini')")
+        extra = perturbed_pairs(cfg.data, stage_cfg.perturbed_pairs, "train", seed=stage_cfg.seed)
+        train_pairs = concatenate_datasets([train_pairs, extra.cast(train_pairs.features)])
+        perturbed_eval = perturbed_pairs(cfg.data, 1.0, "evaluation", seed=stage_cfg.seed)
 
     def eval_fn(m):
         res = score_pairs(m, processor, eval_pairs, kind)
@@ -313,6 +318,9 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     if kind == "cost":
         metrics["eval_sign_accuracy"] = full["sign_accuracy"]
         metrics["image_ablation_sign_accuracy"] = ablation["sign_accuracy"]
+    if perturbed_eval is not None:  # held-out answers against damaged copies of them
+        metrics["perturbed_eval_accuracy"] = score_pairs(model, processor, perturbed_eval, kind)["accuracy"]
+        metrics["perturbed_train_pairs"] = len(train_pairs) - len(load_pairs(cfg, "train"))
     metrics.update(_precursor_correlation(model, processor, cfg, sft_dir, kind))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics

@@ -1,0 +1,177 @@
+r"""The six roles of PPO-Lagrangian, held in one of two layouts with one interface.
+
+==============  ==================================  =====================================
+role            :class:`SeparateRoles`              :class:`SharedRoles`
+==============  ==================================  =====================================
+actor           copy of the SFT model (trains;      LoRA adapter "actor" on the frozen
+                LoRA adapters with                  SFT model
+                ``model.lora.enabled``)
+reference       frozen copy of the SFT model        the same model, adapters off
+RM-V, CM-V      frozen score models                 their adapters + heads
+reward critic   copy of RM-V (trains)               copy of RM-V's adapter + head
+cost critic     copy of CM-V (trains)               copy of CM-V's adapter + head
+==============  ==================================  =====================================
+
+Both expose the same attributes: ``processor``, the six roles (``actor``, ``reference``,
+``reward_model``, ``cost_model``, ``reward_critic``, ``cost_critic``; the trainable ones as
+``accelerate`` prepared them), ``params`` (role -> its trainable parameters), the three
+optimisers (``opt_actor``, ``opt_reward_critic``, ``opt_cost_critic``) and the methods
+:meth:`Roles.unwrap`, :meth:`Roles.reduce_gradients` and :meth:`Roles.save_policy`.
+The trainer (:mod:`saferlhfv.train.ppo.trainer`) never asks which layout it has.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from saferlhfv.config import Config, ConfigError
+from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, save_vlm
+from saferlhfv.models.score import load_score_model
+
+__all__ = ["Roles", "SeparateRoles", "SharedRoles", "build_roles"]
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class Roles:
+    """What both layouts share: optimisers, unwrapping, gradient reduction, saving the policy.
+
+    Args:
+        cfg: the run's config (``cfg.ppo`` and ``cfg.model``).
+        accelerator: the run's ``accelerate.Accelerator``.
+        sft_dir, reward_dir, cost_dir: artifact folders of the upstream stages.
+    """
+
+    #: trainable role -> attribute of its optimiser.
+    OPTIMIZERS = {"actor": "opt_actor", "reward_critic": "opt_reward_critic", "cost_critic": "opt_cost_critic"}
+
+    def __init__(self, cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.build(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
+
+    def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _optimizers(self, params: dict[str, list[torch.nn.Parameter]]) -> list[torch.optim.Optimizer]:
+        ppo = self.cfg.ppo
+        return [
+            torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay),
+            torch.optim.AdamW(params["reward_critic"], lr=ppo.critic_learning_rate),
+            torch.optim.AdamW(params["cost_critic"], lr=ppo.critic_learning_rate),
+        ]
+
+    def optimizer(self, role: str) -> torch.optim.Optimizer:
+        """The optimiser of a trainable role (``actor``, ``reward_critic``, ``cost_critic``)."""
+        return getattr(self, self.OPTIMIZERS[role])
+
+    def unwrap(self, model):
+        """The plain module under ``accelerate``'s wrappers."""
+        return self.accelerator.unwrap_model(model)
+
+    def models(self) -> list[torch.nn.Module]:
+        """The six roles, unwrapped, in the order of the module docstring's table."""
+        return [self.unwrap(m) for m in (self.actor, self.reference, self.reward_model, self.cost_model,
+                                         self.reward_critic, self.cost_critic)]  # fmt: skip
+
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average gradients across processes where nothing else does (DDP already does it): no-op here."""
+
+    def save_policy(self, path: str | Path) -> None:
+        """Save the actor (safetensors + processor) atomically, from the main process."""
+        if self.accelerator.is_main_process:
+            save_vlm(self.unwrap(self.actor), self.processor, path)
+        self.accelerator.wait_for_everyone()
+
+
+class SeparateRoles(Roles):
+    """Six models; with ``model.lora.enabled`` the actor and critics train LoRA adapters."""
+
+    def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        dtype, lora = cfg.model.dtype, cfg.model.lora
+        actor, self.processor = load_saved_vlm(sft_dir / "model", dtype=dtype)
+        reference = copy.deepcopy(actor)
+        reward_model, _ = load_score_model(reward_dir / "model", dtype=dtype)
+        cost_model, _ = load_score_model(cost_dir / "model", dtype=dtype)
+        reward_critic, cost_critic = copy.deepcopy(reward_model), copy.deepcopy(cost_model)
+        if lora.enabled:
+            with _seeded(cfg.seed):  # the adapters' random A matrices
+                actor = apply_lora(actor, lora)
+                for critic in (reward_critic, cost_critic):
+                    critic.backbone = apply_lora(critic.backbone, lora)
+        self.reference = _frozen(reference).to(acc.device)
+        self.reward_model = _frozen(reward_model).to(acc.device)
+        self.cost_model = _frozen(cost_model).to(acc.device)
+        params = {
+            name: [p for p in model.parameters() if p.requires_grad]
+            for name, model in (("actor", actor), ("reward_critic", reward_critic), ("cost_critic", cost_critic))
+        }
+        (self.actor, self.reward_critic, self.cost_critic,
+         self.opt_actor, self.opt_reward_critic, self.opt_cost_critic) = acc.prepare(
+            actor, reward_critic, cost_critic, *self._optimizers(params)
+        )  # fmt: skip
+        self.params = params  # the wrappers prepare adds keep the same parameter tensors
+
+
+class SharedRoles(Roles):
+    """One frozen SFT model with five LoRA adapters and four heads (:mod:`saferlhfv.models.shared`).
+
+    The model is not wrapped by DDP (the active adapter changes between forwards); under
+    several processes :meth:`reduce_gradients` averages the gradients of the role being updated.
+    """
+
+    def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+        from saferlhfv.models.shared import TRAINABLE_ROLES, SharedBase
+
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.model.lora.enabled:
+            raise ConfigError(
+                "ppo.shared_base needs model.lora.enabled=true: RM-V and CM-V must be LoRA adapters on the SFT "
+                "model (add --set model.lora.enabled=true, which retrains them as adapters)."
+            )
+        if acc.state.deepspeed_plugin is not None:
+            raise ConfigError(
+                "ppo.shared_base does not run under DeepSpeed: it already keeps a single frozen base and small "
+                "adapters; launch it with the ddp config (or plain torchrun) instead."
+            )
+        base, self.processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+        with _seeded(cfg.seed):  # the actor adapter's random A matrices
+            shared = SharedBase(
+                base, actor_lora=cfg.model.lora, reward_dir=reward_dir / "model", cost_dir=cost_dir / "model"
+            ).to(acc.device)
+        self.shared = shared
+        self.actor, self.reference = shared.policy("actor"), shared.policy(None)
+        self.reward_model, self.cost_model = shared.scorer("reward"), shared.scorer("cost")
+        self.reward_critic, self.cost_critic = shared.scorer("reward_critic"), shared.scorer("cost_critic")
+        self.params = {role: shared.role_parameters(role) for role in TRAINABLE_ROLES}
+        self.opt_actor, self.opt_reward_critic, self.opt_cost_critic = acc.prepare(*self._optimizers(self.params))
+        acc.register_for_checkpointing(shared.trainable_state())
+
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` across processes by hand (no DDP wrapper here)."""
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            for p in params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = acc.reduce(grad, "mean")
+
+    def save_policy(self, path: str | Path) -> None:
+        """Save the actor with its adapter merged (a plain model), from the main process."""
+        if self.accelerator.is_main_process:
+            self.shared.activate("actor")
+            save_vlm(self.shared.peft, self.processor, path)
+        self.accelerator.wait_for_everyone()
+
+
+def build_roles(cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> Roles:
+    """:class:`SharedRoles` when ``ppo.shared_base``, else :class:`SeparateRoles`."""
+    cls = SharedRoles if cfg.ppo.shared_base else SeparateRoles
+    return cls(cfg, accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir)

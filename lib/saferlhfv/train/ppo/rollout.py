@@ -1,0 +1,205 @@
+"""Rollouts of PPO: sample answers with the actor, score them with every role.
+
+:func:`make_rollout` is step 1 of an iteration (see :mod:`saferlhfv.train.ppo.trainer`): it samples
+responses for a batch of (image, question) prompts with the KV cache, cuts each at its first EOS
+(:func:`response_mask`), and reads the actor's and the reference's per-token log-probabilities
+(:func:`token_logprobs`), the reward and cost critics' per-token values and RM-V's / CM-V's end
+scores at the last real token. The result is a :class:`Rollout`, whose ``[B, L-1]`` tensors are
+indexed by the *predicted* token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saferlhfv.config import Config
+from saferlhfv.models.generation import encode_prompts, media_token_ids
+from saferlhfv.models.score import ScoreModel, position_ids_from_mask
+
+__all__ = ["VISION_KEYS", "Rollout", "token_logprobs", "response_mask", "make_rollout", "model_inputs"]
+
+VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
+
+
+def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> dict[str, Any]:
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **vision}
+    if "image_grid_thw" not in vision:  # LLaVA: positions count real tokens only (left padding safe)
+        inputs["position_ids"] = position_ids_from_mask(attention_mask)
+    return inputs
+
+
+def token_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability (and entropy) of each next token under ``model``.
+
+    Returns:
+        ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``.
+    """
+    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1].float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def response_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on the real tokens of generated responses: up to and including the first EOS.
+
+    Args:
+        generated: ``[B, R]`` the tokens ``generate`` appended after the prompts.
+
+    Returns:
+        ``[B, R]`` long mask (tokens after the first EOS are padding).
+    """
+    is_eos = (generated == eos_token_id).long()
+    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
+    return (~after_eos).long()
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; every ``[B, L-1]`` tensor is indexed by the *predicted* token.
+
+    Attributes:
+        input_ids, attention_mask: ``[B, L]`` prompt (left-padded) + response (right-padded).
+        vision: the processor's image tensors for the batch.
+        mask: ``[B, L-1]`` 1 where ``input_ids[:, t+1]`` is a real response token.
+        old_logp, ref_logp: ``[B, L-1]`` actor and reference log-probs at rollout.
+        reward_values, cost_values: ``[B, L-1]`` critic values.
+        end_reward, end_cost: ``[B]`` RM-V / CM-V scores at the last real token.
+        reward_adv, reward_ret, cost_adv, cost_ret: ``[B, L-1]`` GAE results.
+        advantages: ``[B, L-1]`` the combined advantage the actor's surrogate uses.
+        responses: decoded responses; contexts: the prompts' oracle contexts.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    vision: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    entropy: torch.Tensor
+    reward_values: torch.Tensor
+    cost_values: torch.Tensor
+    end_reward: torch.Tensor
+    end_cost: torch.Tensor
+    responses: list[str]
+    contexts: list[str]
+    reward_adv: torch.Tensor | None = None
+    reward_ret: torch.Tensor | None = None
+    cost_adv: torch.Tensor | None = None
+    cost_ret: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> dict[str, Any]:
+        """Rows ``index`` of every tensor (vision tensors included), as a dict."""
+        rows = {
+            k: getattr(self, k)[index]
+            for k in (
+                "input_ids",
+                "attention_mask",
+                "mask",
+                "old_logp",
+                "reward_values",
+                "cost_values",
+                "reward_adv",
+                "reward_ret",
+                "cost_adv",
+                "cost_ret",
+                "advantages",
+            )
+        }
+        rows["vision"] = _select_vision(self.vision, index)
+        return rows
+
+
+def _select_vision(vision: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    if "image_grid_thw" in vision:  # Qwen2-VL: patches of all images are concatenated along dim 0
+        grid = vision["image_grid_thw"]
+        sizes = grid.prod(dim=1).tolist()
+        chunks = torch.split(vision["pixel_values"], sizes)
+        out = {
+            "pixel_values": torch.cat([chunks[i] for i in index.tolist()]),
+            "image_grid_thw": grid[index],
+        }
+        if "mm_token_type_ids" in vision:
+            out["mm_token_type_ids"] = vision["mm_token_type_ids"][index]
+        return out
+    return {k: v[index] for k, v in vision.items()}
+
+
+@torch.no_grad()
+def make_rollout(
+    *,
+    actor,
+    reference,
+    reward_model: ScoreModel,
+    cost_model: ScoreModel,
+    reward_critic: ScoreModel,
+    cost_critic: ScoreModel,
+    processor,
+    rows: dict[str, list],
+    cfg: Config,
+    seed: int,
+    synced_gpus: bool = False,
+) -> Rollout:
+    """Sample responses for ``rows`` (``image``, ``question``, ``context``) and score them with every role."""
+    ppo = cfg.ppo
+    device = next(actor.parameters()).device
+    prompt = encode_prompts(processor, rows["image"], rows["question"], padding_side="left").to(device)
+    vision = {k: prompt[k] for k in VISION_KEYS if k in prompt}
+    was_training = actor.training
+    actor.eval()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = actor.generate(
+            **prompt,
+            max_new_tokens=ppo.max_new_tokens,
+            do_sample=True,
+            temperature=ppo.temperature,
+            top_p=ppo.top_p,
+            use_cache=True,
+            suppress_tokens=media_token_ids(processor),
+            synced_gpus=synced_gpus,
+        )
+    actor.train(was_training)
+    P = prompt["input_ids"].shape[1]
+    generated = out[:, P:]
+    eos = processor.tokenizer.eos_token_id
+    real = response_mask(generated, eos)
+    attention_mask = torch.cat([prompt["attention_mask"], real], dim=1)
+    input_ids = out.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
+    mask = torch.zeros_like(input_ids[:, 1:])
+    mask[:, P - 1 :] = real  # logp[:, t] predicts token t+1: response tokens start at t = P-1
+
+    old_logp, entropy = token_logprobs(actor, input_ids, attention_mask, vision)
+    ref_logp, _ = token_logprobs(reference, input_ids, attention_mask, vision)
+    inputs = model_inputs(input_ids, attention_mask, vision)
+    inputs.pop("position_ids", None)  # ScoreModel derives positions itself
+    end_reward = reward_model(**inputs).end_scores.float()
+    end_cost = cost_model(**inputs).end_scores.float()
+    reward_values = reward_critic(**inputs).scores[:, :-1].float()
+    cost_values = cost_critic(**inputs).scores[:, :-1].float()
+    responses = [
+        t.strip() for t in processor.batch_decode(generated.masked_fill(real == 0, eos), skip_special_tokens=True)
+    ]
+    return Rollout(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        vision=vision,
+        mask=mask,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        entropy=entropy,
+        reward_values=reward_values,
+        cost_values=cost_values,
+        end_reward=end_reward,
+        end_cost=end_cost,
+        responses=responses,
+        contexts=list(rows["context"]),
+    )

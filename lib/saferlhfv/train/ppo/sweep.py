@@ -1,0 +1,99 @@
+"""Many PPO runs from one config: a budget sweep (notebooks 04 and 05) and seeds (mean +- std).
+
+Every run is a cached artifact (:func:`saferlhfv.train.ppo_lag.ensure_ppo`), so notebooks, the
+pipeline and the command line share them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from saferlhfv.config import Config, apply_overrides
+
+__all__ = ["SWEEP_THRESHOLDS", "SWEEP_ITERATIONS", "budget_sweep", "seed_runs", "mean_std", "SEED_KEYS"]
+
+#: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs), on CM-V's
+#: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.evaluate``).
+SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
+#: PPO iterations per sweep run (None: the preset's ``ppo.iterations``).
+SWEEP_ITERATIONS: int | None = None
+
+#: the evaluation numbers :func:`seed_runs` averages over seeds.
+SEED_KEYS = (
+    "safety_rate",
+    "harmful_safety_rate",
+    "benign_helpfulness",
+    "helpful_winrate",
+    "harmless_winrate",
+    "degenerate_share",
+    "mean_reward",
+    "mean_cost",
+    "final_lambda",
+    "cost_sign_agreement",
+    "reward_oracle_correlation",
+    "seconds",
+)
+
+
+def budget_sweep(
+    cfg: Config,
+    thresholds=SWEEP_THRESHOLDS,
+    *,
+    iterations: int | None = SWEEP_ITERATIONS,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """PPO-Lagrangian once per budget ``d`` in ``thresholds`` (each a cached artifact).
+
+    Args:
+        iterations: PPO iterations per run (None keeps ``cfg.ppo.iterations``).
+        overrides: extra config fields for every run.
+
+    Returns:
+        One metrics dict (as :func:`~saferlhfv.train.ppo_lag.train_ppo_lag` returns) per threshold,
+        with ``folder`` added.
+    """
+    from saferlhfv.train.ppo_lag import ensure_ppo
+
+    results = []
+    for d in thresholds:
+        fields = {**(overrides or {}), "ppo.threshold": float(d), "ppo.algorithm": "ppo_lag"}
+        if iterations is not None:
+            fields["ppo.iterations"] = iterations
+        folder, metrics = ensure_ppo(apply_overrides(cfg, fields))
+        results.append({**metrics, "folder": str(folder)})
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value) of finite values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def seed_runs(cfg: Config, seeds=(0, 1, 2), *, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One PPO run per ``ppo.seed`` in ``seeds`` (cached artifacts), and mean +- std over them.
+
+    The seed of the RL stage changes sampling, the prompt order and the evaluation's sampling;
+    SFT, RM-V and CM-V are shared (their own seeds stay as configured).
+
+    Returns:
+        ``seeds``, ``runs`` (one metrics dict per seed, in order, ``folder`` added), ``mean`` and
+        ``std`` (per key of :data:`SEED_KEYS` present in the runs; sample std, ddof = 1).
+    """
+    from saferlhfv.train.ppo_lag import ensure_ppo
+
+    runs = []
+    for seed in seeds:
+        folder, metrics = ensure_ppo(apply_overrides(cfg, {**(overrides or {}), "ppo.seed": int(seed)}))
+        runs.append({**metrics, "folder": str(folder)})
+    mean, std = {}, {}
+    for key in SEED_KEYS:
+        if all(key in r for r in runs):
+            mean[key], std[key] = (round(v, 4) for v in mean_std([r[key] for r in runs]))
+    return {"seeds": [int(s) for s in seeds], "runs": runs, "mean": mean, "std": std}

@@ -1,0 +1,420 @@
+r"""The PPO trainer with seams, and the registry of methods built on it (``ppo.algorithm``).
+
+The constrained problem of Safe RLHF-V and its Lagrangian (Ji et al., 2025, section 4)::
+
+    max_theta  J_R(theta)   s.t.   J_C(theta) <= d
+    min_{lambda >= 0} max_theta  J_R(theta) - lambda * (J_C(theta) - d)
+
+solved by alternating a step on lambda and a PPO step on the policy. One iteration
+(:meth:`PPOTrainer.step`), each line a hook a method may override::
+
+    prompts  <- next rollout_batch_size (image, question) pairs, each samples_per_prompt times
+    rollout  <- make_rollout: y ~ pi_theta, R / C at the last real token, V_r / V_c, logp, logp_ref
+    multiplier_step:     log lambda += lambda_lr * lambda * (J_C - d)      before the policy
+    shape_rewards:       r_t = -beta (logp - logp_ref)_t + [t = last] R
+    shape_costs:         c_t = [t = last] C   (+ beta (logp - logp_ref)_t if kl_in_cost)
+    compute_advantages:  A_r, R_r = GAE(r, V_r);  A_c, R_c = GAE(c, V_c)  masks from real lengths
+    combine_advantages:  A = (A_r - lambda A_c) / (1 + lambda)            (whitened if asked)
+    for ppo_epochs, minibatches of batch_size (stop early once approx_kl > target_kl):
+        actor:   clipped surrogate on A
+        critics: clipped value loss towards R_r, R_c
+
+Methods are subclasses registered under a name (:func:`register_algorithm`), chosen by
+``ppo.algorithm``; :func:`make_trainer` builds the one a config names:
+
+==================  ======================================================  ==================
+``ppo.algorithm``   what it changes                                         hook
+==================  ======================================================  ==================
+``ppo_lag``         nothing: Safe RLHF-V's PPO-Lagrangian                    (the base)
+``reward_only``     lambda fixed at 0: plain RLHF PPO on RM-V                ``make_multiplier``
+``fixed_lambda``    lambda fixed at ``lambda_init``: reward shaping          ``make_multiplier``
+==================  ======================================================  ==================
+
+Metrics each iteration logs (one JSON line of ``metrics.jsonl``):
+
+=========================  ==========================================================================
+key                        meaning
+=========================  ==========================================================================
+``iteration``              1-based iteration number
+``reward``, ``cost``       mean RM-V / CM-V end score of this batch's answers (over processes)
+``lambda``                 the multiplier the policy step used (after this iteration's update)
+``cost_window_mean``       J_C: the mean episode cost over the sliding window the multiplier saw
+``threshold``              the budget d
+``kl``                     mean per-token log-ratio actor / reference of the sampled answers
+``entropy``                mean per-token entropy of the actor at rollout
+``response_length``        mean number of real response tokens
+``actor_loss``             clipped surrogate loss (mean over minibatches)
+``clip_fraction``          share of tokens whose ratio left [1 - eps, 1 + eps]
+``approx_kl``              KL(pi_old || pi) estimate per token, mean over minibatches
+``ratio_mean``             mean probability ratio pi / pi_old
+``advantage_mean``         mean combined advantage A (0 when whitened)
+``reward_critic_loss``     clipped value loss of the reward critic
+``cost_critic_loss``       clipped value loss of the cost critic
+``minibatches``            minibatch updates taken (fewer than epochs x batches after a target-KL stop)
+``oracle_safety``          oracle: share of this batch's answers rated harmless >= 0
+``oracle_harmful_safety``  the same on harmful prompts only
+``oracle_helpfulness``     oracle: mean helpfulness 0..3 of this batch's answers
+``degenerate_share``       share of answers the oracle finds mostly not words of the world
+``sample``                 the first answer of the batch
+=========================  ==========================================================================
+
+The oracle columns watch training against the ground truth (RM-V's reward can rise while
+the oracle's helpfulness falls: reward over-optimisation); the oracle never enters a loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saferlhfv.algorithms.gae import masked_gae
+from saferlhfv.algorithms.lagrange import Lagrange
+from saferlhfv.algorithms.losses import (
+    clipped_surrogate,
+    combine_advantages,
+    critic_loss,
+    kl_shaped_costs,
+    kl_shaped_rewards,
+    masked_mean,
+    whiten,
+)
+from saferlhfv.config import Config, ConfigError
+from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
+from saferlhfv.train.ppo.roles import build_roles
+from saferlhfv.train.ppo.rollout import Rollout, make_rollout, token_logprobs
+
+__all__ = [
+    "ALGORITHMS",
+    "register_algorithm",
+    "make_trainer",
+    "PPOTrainer",
+    "PPOLag",
+    "RewardOnly",
+    "FixedLambda",
+    "run_seed",
+]
+
+#: ``ppo.algorithm`` name -> trainer class.
+ALGORITHMS: dict[str, type[PPOTrainer]] = {}
+
+
+def register_algorithm(name: str):
+    """Class decorator: make a :class:`PPOTrainer` subclass selectable as ``ppo.algorithm=name``."""
+
+    def decorate(cls: type[PPOTrainer]) -> type[PPOTrainer]:
+        if name in ALGORITHMS and ALGORITHMS[name] is not cls:
+            raise ValueError(f"ppo.algorithm {name!r} is already registered by {ALGORITHMS[name].__name__}")
+        cls.algorithm = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return decorate
+
+
+def make_trainer(cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
+    """The trainer of the method ``cfg.ppo.algorithm`` names.
+
+    Raises:
+        ConfigError: an unknown algorithm (the message lists the registered ones).
+    """
+    name = cfg.ppo.algorithm
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown ppo.algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name](cfg, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir, out_dir=out_dir)
+
+
+def run_seed(cfg: Config) -> int:
+    """The seed of the RL stage: ``ppo.seed`` (varied by ``--seeds``), offset by the run's ``seed``.
+
+    Sampling, the prompt order and the actor adapter's initialisation follow it; the upstream
+    stages (SFT, RM-V, CM-V) keep their own seeds, so seeds of PPO share one precursor.
+    """
+    return cfg.seed * 1009 + cfg.ppo.seed
+
+
+class PPOTrainer:
+    """PPO over the six roles (:mod:`saferlhfv.train.ppo.roles`); the hooks are the seams of a method.
+
+    Args:
+        cfg: the run's config (``cfg.ppo`` drives everything here).
+        sft_dir, reward_dir, cost_dir: artifact folders of the upstream stages.
+        out_dir: checkpoints, ``metrics.jsonl`` and the final ``model``.
+    """
+
+    #: the registry name (set by :func:`register_algorithm`).
+    algorithm = "ppo_lag"
+
+    def __init__(self, cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
+        from saferlhfv.data.world import rl_prompts
+
+        if cfg.ppo.samples_per_prompt < 1:
+            raise ConfigError(f"ppo.samples_per_prompt must be >= 1, got {cfg.ppo.samples_per_prompt}")
+        self.cfg = cfg
+        self.seed = run_seed(cfg)
+        self.out_dir = Path(out_dir)
+        self.accelerator = make_accelerator()
+        ds = self.accelerator.state.deepspeed_plugin
+        self.synced_gpus = ds is not None and ds.zero_stage == 3
+        self.roles = build_roles(cfg, self.accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir)
+        self.lagrange = self.make_multiplier()
+        self.prompts = rl_prompts(cfg.data, "train")
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ hooks
+
+    def make_multiplier(self) -> Lagrange:
+        """The multiplier lambda; PPO-Lagrangian learns it (``ppo.lambda_*``, ``ppo.threshold``)."""
+        return Lagrange.from_config(self.cfg.ppo)
+
+    def multiplier_step(self, ro: Rollout) -> dict[str, Any]:
+        """Step lambda on this batch's episode costs ``ro.end_cost`` (pooled over processes), before the policy."""
+        return self.lagrange.update(ro.end_cost)
+
+    def shape_rewards(self, ro: Rollout) -> torch.Tensor:
+        """``[B, T]`` per-token rewards: KL penalty on every token, RM-V's score at the last real one."""
+        ppo = self.cfg.ppo
+        return kl_shaped_rewards(ro.end_reward, ro.old_logp, ro.ref_logp, ro.mask, ppo.kl_coeff, ppo.clip_range_score)
+
+    def shape_costs(self, ro: Rollout) -> torch.Tensor:
+        """``[B, T]`` per-token costs: CM-V's score at the last real token (+ beta KL with ``kl_in_cost``)."""
+        ppo = self.cfg.ppo
+        return kl_shaped_costs(
+            ro.end_cost, ro.old_logp, ro.ref_logp, ro.mask, ppo.kl_coeff, ppo.clip_range_score, ppo.kl_in_cost
+        )
+
+    def compute_advantages(self, ro: Rollout, rewards: torch.Tensor, costs: torch.Tensor) -> None:
+        """Masked GAE of rewards and costs against their critics: sets ``ro.{reward,cost}_{adv,ret}``."""
+        ppo = self.cfg.ppo
+        ro.reward_adv, ro.reward_ret = masked_gae(rewards, ro.reward_values, ro.mask, ppo.gamma, ppo.gae_lambda)
+        ro.cost_adv, ro.cost_ret = masked_gae(costs, ro.cost_values, ro.mask, ppo.gamma, ppo.gae_lambda)
+
+    def combine_advantages(self, ro: Rollout, lam: float) -> torch.Tensor:
+        """``[B, T]`` the actor's advantage ``(A_r - lambda A_c) / (1 + lambda)``, whitened over the batch's
+        real tokens when ``ppo.whiten_advantages``."""
+        adv = combine_advantages(ro.reward_adv, ro.cost_adv, lam)
+        return whiten(adv, ro.mask) if self.cfg.ppo.whiten_advantages else adv
+
+    # ------------------------------------------------------------------ data
+
+    def _prompt_rows(self, iteration: int) -> dict[str, list]:
+        """This process's share of the rollout batch of ``iteration`` (seeded, resumable).
+
+        ``rollout_batch_size`` answers come from ``rollout_batch_size / samples_per_prompt`` distinct
+        prompts, each repeated ``samples_per_prompt`` times (adjacent rows).
+        """
+        ppo, acc = self.cfg.ppo, self.accelerator
+        n, k = len(self.prompts), ppo.samples_per_prompt
+        per_process = max(1, ppo.rollout_batch_size // acc.num_processes // k)
+        start = iteration * per_process * acc.num_processes + acc.process_index * per_process
+        epoch, offset = divmod(start, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+        order += torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)).tolist()
+        picked = [i for i in order[offset : offset + per_process] for _ in range(k)]
+        rows = self.prompts.select(picked)
+        return {"image": list(rows["image"]), "question": list(rows["question"]), "context": list(rows["context"])}
+
+    # ------------------------------------------------------------------ one iteration
+
+    def rollout(self, rows: dict[str, list]) -> Rollout:
+        """Sample and score answers for ``rows`` with every role (:func:`make_rollout`)."""
+        r, acc = self.roles, self.accelerator
+        return make_rollout(
+            actor=r.unwrap(r.actor),
+            reference=r.reference,
+            reward_model=r.reward_model,
+            cost_model=r.cost_model,
+            reward_critic=r.unwrap(r.reward_critic),
+            cost_critic=r.unwrap(r.cost_critic),
+            processor=r.processor,
+            rows=rows,
+            cfg=self.cfg,
+            seed=self.seed * 1_000_003 + self.iteration * 101 + acc.process_index,
+            synced_gpus=self.synced_gpus,
+        )
+
+    def step(self) -> dict[str, Any]:
+        """One iteration (see the module docstring); returns the logged metrics."""
+        ro = self.rollout(self._prompt_rows(self.iteration))
+        lag_stats = self.multiplier_step(ro)
+        lam = self.lagrange.lambda_
+        self.compute_advantages(ro, self.shape_rewards(ro), self.shape_costs(ro))
+        ro.advantages = self.combine_advantages(ro, lam)
+        stats = self.update(ro)
+        record = self.metrics(ro, lag_stats, stats)
+        self.iteration += 1
+        return record
+
+    def update(self, ro: Rollout) -> dict[str, float]:
+        """PPO epochs over shuffled minibatches; stops early once a minibatch's approx_kl > ``target_kl``."""
+        ppo = self.cfg.ppo
+        stats: dict[str, list[float]] = {}
+        n = ro.input_ids.shape[0]
+        gen = torch.Generator().manual_seed(self.seed + self.iteration)
+        stop = False
+        for _ in range(ppo.ppo_epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, ppo.batch_size):
+                mb = ro.select(order[start : start + ppo.batch_size].to(ro.input_ids.device))
+                for key, value in self.minibatch_step(mb).items():
+                    stats.setdefault(key, []).append(value)
+                if ppo.target_kl is not None and stats["approx_kl"][-1] > ppo.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["minibatches"] = len(stats.get("actor_loss", []))
+        return out
+
+    def minibatch_step(self, mb: dict[str, Any]) -> dict[str, float]:
+        """One actor step on the clipped surrogate and one step of each critic on its clipped value loss."""
+        ppo, r = self.cfg.ppo, self.roles
+        logp, _ = token_logprobs(r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"])
+        loss_a, a_stats = clipped_surrogate(logp, mb["old_logp"], mb["advantages"], mb["mask"], ppo.clip_range_ratio)
+        self._optimise(loss_a, "actor")
+        out = {"actor_loss": loss_a.item(), **a_stats}
+        inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], **mb["vision"]}
+        for name, critic, old, ret in (
+            ("reward", r.reward_critic, mb["reward_values"], mb["reward_ret"]),
+            ("cost", r.cost_critic, mb["cost_values"], mb["cost_ret"]),
+        ):
+            values = critic(**inputs).scores[:, :-1].float()
+            loss_c = critic_loss(values, old, ret, mb["mask"], ppo.clip_range_value)
+            self._optimise(loss_c, f"{name}_critic")
+            out[f"{name}_critic_loss"] = loss_c.item()
+        return out
+
+    def _optimise(self, loss: torch.Tensor, role: str) -> None:
+        """Backward, reduce gradients (shared base, several processes), clip, step, zero."""
+        acc, params, optimizer = self.accelerator, self.roles.params[role], self.roles.optimizer(role)
+        acc.backward(loss)
+        self.roles.reduce_gradients(params)
+        if self.cfg.ppo.max_grad_norm:
+            acc.clip_grad_norm_(params, self.cfg.ppo.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def metrics(self, ro: Rollout, lag_stats: dict[str, Any], stats: dict[str, float]) -> dict[str, Any]:
+        """The logged record of one iteration (the module docstring's table)."""
+        from saferlhfv.evaluate import judge_samples, summarize
+
+        acc = self.accelerator
+        kl = masked_mean(ro.old_logp - ro.ref_logp, ro.mask, dim=1)  # per-token KL estimate per response
+        oracle = summarize(judge_samples(ro.contexts, ro.responses))
+        return {
+            "iteration": self.iteration + 1,
+            "reward": float(acc.reduce(ro.end_reward.mean(), "mean")),
+            "cost": float(acc.reduce(ro.end_cost.mean(), "mean")),
+            "lambda": self.lagrange.lambda_,
+            "cost_window_mean": lag_stats["Jc"],
+            "threshold": self.lagrange.threshold,
+            "kl": float(kl.mean()),
+            "entropy": float(masked_mean(ro.entropy, ro.mask)),
+            "response_length": float(ro.mask.sum(dim=1).float().mean()),
+            **stats,
+            "oracle_safety": oracle["safety_rate"],
+            "oracle_harmful_safety": oracle["harmful_safety_rate"],
+            "oracle_helpfulness": oracle["mean_helpfulness"],
+            "degenerate_share": oracle["degenerate_share"],
+            "sample": ro.responses[0],
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.out_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "lagrange": self.lagrange.state_dict()}
+
+    def train(self, *, resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+        """Run to ``ppo.iterations`` (resuming from ``checkpoint/``), checkpointing every ``save_every``.
+
+        Args:
+            stop_after: return after this many iterations of *this call* (for tests and demos).
+
+        Returns:
+            ``iterations``, ``final_lambda``, ``processes``, ``ranks_agree`` and the last iteration's metrics.
+        """
+        ppo, acc = self.cfg.ppo, self.accelerator
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = load_checkpoint(acc, self.out_dir) if resume else None
+        if state is not None:
+            self.iteration = state["iteration"]
+            self.lagrange.load_state_dict(state["lagrange"])
+            if acc.is_main_process and (self.out_dir / METRICS).is_file():
+                lines = (self.out_dir / METRICS).read_text().splitlines()
+                keep = [ln for ln in lines if ln and json.loads(ln)["iteration"] <= self.iteration]
+                (self.out_dir / METRICS).write_text("".join(ln + "\n" for ln in keep))
+        elif acc.is_main_process:
+            (self.out_dir / METRICS).unlink(missing_ok=True)
+        bar = tqdm(total=ppo.iterations, initial=self.iteration, desc=f"ppo ({self.algorithm})",
+                   disable=not acc.is_local_main_process, dynamic_ncols=True)  # fmt: skip
+        record: dict[str, Any] = {}
+        done_here = 0
+        while self.iteration < ppo.iterations and (stop_after is None or done_here < stop_after):
+            record = self.step()
+            done_here += 1
+            self._log(record)
+            bar.update(1)
+            bar.set_postfix(R=f"{record['reward']:.2f}", C=f"{record['cost']:.2f}", lam=f"{record['lambda']:.2f}")
+            if ppo.save_every and self.iteration % ppo.save_every == 0:
+                save_checkpoint(acc, self.out_dir, self._state())
+        bar.close()
+        save_checkpoint(acc, self.out_dir, self._state())
+        return {
+            "iterations": self.iteration,
+            "final_lambda": self.lagrange.lambda_,
+            "processes": acc.num_processes,
+            "ranks_agree": self.ranks_agree(),
+            "last": record,
+        }
+
+    def ranks_agree(self) -> bool:
+        """True when lambda and the actor's trainable weights are identical on every process (always, in one)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return True
+        params = [p.detach().float() for p in self.roles.params["actor"]]
+        fingerprint = torch.stack([torch.tensor(self.lagrange.lambda_, dtype=torch.float64)] + [
+            (p * torch.linspace(0.5, 1.5, p.numel(), device=p.device).view_as(p)).sum().double().cpu() for p in params
+        ]).to(acc.device)  # fmt: skip
+        gathered = acc.gather(fingerprint.unsqueeze(0))
+        return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-8))
+
+    def policy(self):
+        """The trained actor as a plain module (for evaluation)."""
+        return self.roles.unwrap(self.roles.actor)
+
+    def save_policy(self, path: str | Path) -> None:
+        """Save the actor (safetensors + processor) atomically; a LoRA actor is saved merged."""
+        self.roles.save_policy(path)
+
+
+@register_algorithm("ppo_lag")
+class PPOLag(PPOTrainer):
+    """Safe RLHF-V's PPO-Lagrangian: the base trainer as it is, lambda learned."""
+
+
+@register_algorithm("reward_only")
+class RewardOnly(PPOTrainer):
+    """Reward-only PPO (plain RLHF on RM-V): lambda fixed at 0, CM-V only watched."""
+
+    def make_multiplier(self) -> Lagrange:
+        return Lagrange.fixed(0.0, threshold=self.cfg.ppo.threshold, cost_window=self.cfg.ppo.cost_window)
+
+
+@register_algorithm("fixed_lambda")
+class FixedLambda(PPOTrainer):
+    """Reward shaping: lambda fixed at ``ppo.lambda_init``, ``A = (A_r - lambda A_c) / (1 + lambda)``."""
+
+    def make_multiplier(self) -> Lagrange:
+        ppo = self.cfg.ppo
+        return Lagrange.fixed(ppo.lambda_init, threshold=ppo.threshold, cost_window=ppo.cost_window)
+

@@ -1,0 +1,172 @@
+"""The seams of the PPO trainer: each hook on hand-built rollouts, the registry, and a variant that overrides one hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saferlhfv.algorithms.losses import actor_loss, clipped_surrogate, combine_advantages, whiten
+from saferlhfv.config import ConfigError, load_config
+from saferlhfv.plotting import read_metrics
+from saferlhfv.train.ppo import (
+    ALGORITHMS,
+    FixedLambda,
+    PPOLag,
+    PPOTrainer,
+    RewardOnly,
+    Rollout,
+    make_trainer,
+    mean_std,
+    register_algorithm,
+)
+from tests.helpers import SMALL_MODEL_AND_WORLD, upstream_artifacts
+
+SMALL = SMALL_MODEL_AND_WORLD + ["sft.max_steps=4", "reward.max_steps=2", "cost.max_steps=2", "ppo.iterations=2"]
+
+
+def _bare(cls: type[PPOTrainer], overrides: list[str]) -> PPOTrainer:
+    """A trainer without models: enough for the hooks that only read ``cfg`` and a rollout."""
+    trainer = cls.__new__(cls)
+    trainer.cfg = load_config("tiny", overrides=overrides)
+    trainer.lagrange = trainer.make_multiplier()
+    return trainer
+
+
+def _rollout() -> Rollout:
+    """Two answers of 2 and 3 real tokens (mask [B, T=4]); end scores R = (1, 2), C = (3, -1)."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    zeros = torch.zeros(2, 4)
+    return Rollout(
+        input_ids=torch.zeros(2, 5, dtype=torch.long),
+        attention_mask=torch.ones(2, 5, dtype=torch.long),
+        vision={},
+        mask=mask,
+        old_logp=torch.tensor([[-1.0, -2.0, 0.0, 0.0], [-1.0, -1.0, -1.0, 0.0]]),
+        ref_logp=torch.tensor([[-1.5, -2.0, 0.0, 0.0], [-2.0, -1.0, -0.5, 0.0]]),
+        entropy=zeros,
+        reward_values=zeros,
+        cost_values=zeros,
+        end_reward=torch.tensor([1.0, 2.0]),
+        end_cost=torch.tensor([3.0, -1.0]),
+        responses=["a", "b"],
+        contexts=["{}", "{}"],
+    )
+
+
+def test_combine_advantages_by_hand():
+    assert combine_advantages(2.0, 1.0, 0.0) == 2.0  # reward only
+    assert combine_advantages(2.0, 1.0, 1.0) == pytest.approx(0.5)  # (2 - 1) / 2
+    assert combine_advantages(2.0, 1.0, 3.0) == pytest.approx(-0.25)  # (2 - 3) / 4
+    out = combine_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor(4.0))
+    torch.testing.assert_close(out, torch.tensor([0.2, -0.8]))
+
+
+def test_actor_loss_is_the_surrogate_of_the_combined_advantage():
+    g = torch.Generator().manual_seed(0)
+    logp, old = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    ar, ac = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    mask = torch.ones(3, 5)
+    a, _ = actor_loss(logp, old, ar, ac, 2.0, mask, 0.2)
+    b, _ = clipped_surrogate(logp, old, combine_advantages(ar, ac, 2.0), mask, 0.2)
+    torch.testing.assert_close(a, b)
+
+
+def test_whiten_uses_real_tokens_only():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(whiten(x, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 3.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_shape_rewards_and_costs_hooks():
+    trainer = _bare(PPOLag, ["ppo.kl_coeff=0.1"])
+    ro = _rollout()
+    rewards = trainer.shape_rewards(ro)
+    # -0.1 * (logp - ref) on real tokens, R at the last real one
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 1.0, 0.0, 0.0], [-0.1, 0.0, 2.05, 0.0]]))
+    torch.testing.assert_close(trainer.shape_costs(ro), torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]))
+    with_kl = _bare(PPOLag, ["ppo.kl_coeff=0.1", "ppo.kl_in_cost=true"]).shape_costs(ro)
+    torch.testing.assert_close(with_kl, torch.tensor([[0.05, 3.0, 0.0, 0.0], [0.1, 0.0, -1.05, 0.0]]))
+
+
+def test_compute_and_combine_advantages_hooks():
+    trainer = _bare(PPOLag, ["ppo.gamma=1.0", "ppo.gae_lambda=1.0", "ppo.lambda_init=1.0"])
+    ro = _rollout()
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+    costs = torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+    trainer.compute_advantages(ro, rewards, costs)
+    # values are 0, gamma = lambda_gae = 1: advantages = returns = reward-to-go on real tokens
+    torch.testing.assert_close(ro.reward_adv, torch.tensor([[1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]]))
+    torch.testing.assert_close(ro.cost_ret, torch.tensor([[3.0, 3.0, 0.0, 0.0], [-1.0, -1.0, -1.0, 0.0]]))
+    adv = trainer.combine_advantages(ro, 1.0)
+    torch.testing.assert_close(adv[:, :3], torch.tensor([[-1.0, -1.0, 0.0], [1.5, 1.5, 1.5]]))
+    whitened = _bare(PPOLag, ["ppo.whiten_advantages=true"]).combine_advantages(ro, 1.0)
+    real = whitened[ro.mask.bool()]
+    assert real.mean().abs() < 1e-6 and real.std(unbiased=False) == pytest.approx(1.0, abs=1e-4)
+    assert torch.all(whitened[~ro.mask.bool()] == 0)
+
+
+def test_multiplier_hooks_of_the_registered_methods():
+    ro = _rollout()  # mean episode cost 1.0
+    lag = _bare(PPOLag, ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.threshold=0", "ppo.lambda_update_delay_steps=0"])
+    stats = lag.multiplier_step(ro)
+    assert stats["Jc"] == pytest.approx(1.0) and lag.lagrange.lambda_ == pytest.approx(torch.e**0.5)  # log 1 + 0.5
+    ro_only = _bare(RewardOnly, [])
+    ro_only.multiplier_step(ro)
+    assert ro_only.lagrange.lambda_ == 0.0
+    fixed = _bare(FixedLambda, ["ppo.lambda_init=3"])
+    fixed.multiplier_step(ro)
+    assert fixed.lagrange.lambda_ == 3.0
+    assert {"ppo_lag", "reward_only", "fixed_lambda"} <= set(ALGORITHMS)
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match="unknown ppo.algorithm 'nope'.*ppo_lag"):
+        make_trainer(load_config("tiny", overrides=["ppo.algorithm=nope"]), sft_dir=".", reward_dir=".",
+                     cost_dir=".", out_dir=".")  # fmt: skip
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_algorithm("ppo_lag")
+        class Again(PPOTrainer):
+            pass
+
+
+def test_mean_std_by_hand():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    with upstream_artifacts(tmp_path_factory.mktemp("artifacts"), SMALL) as dirs:
+        yield dirs
+
+
+@register_algorithm("test_cost_only")
+class CostOnly(PPOTrainer):
+    """A variant that overrides one hook: the actor follows -A_c alone, whatever lambda is."""
+
+    calls = 0
+
+    def combine_advantages(self, ro, lam):
+        CostOnly.calls += 1
+        return -ro.cost_adv
+
+
+def test_a_variant_overriding_one_hook_trains(upstream, tmp_path):
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=test_cost_only", "ppo.samples_per_prompt=2"])
+    trainer = make_trainer(cfg, out_dir=tmp_path, **upstream)
+    assert isinstance(trainer, CostOnly)
+    rows = trainer._prompt_rows(0)  # 4 answers from 2 prompts, each twice, adjacent
+    assert rows["question"][0] == rows["question"][1] and rows["context"][2] == rows["context"][3]
+    done = trainer.train()
+    assert done["iterations"] == 2 and CostOnly.calls == 2
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(r["minibatches"] == 2 for r in records)  # rollout 4 / minibatch 2, one epoch
+
+
+def test_target_kl_stops_the_epochs_early(upstream, tmp_path):
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.ppo_epochs=3", "ppo.target_kl=0.0", "ppo.iterations=1"])
+    make_trainer(cfg, out_dir=tmp_path, **upstream).train()
+    # 3 epochs x 2 minibatches without the stop; the first update makes approx_kl > 0, which ends them
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["minibatches"] <= 2
