@@ -1,4 +1,4 @@
-"""The seams of the PPO trainer: each hook on hand-built rollouts, the registry, and a variant that overrides one hook."""
+"""The seams of the PPO trainer: each hook on hand-built rollouts, the registry, a variant overriding one hook."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def test_compute_and_combine_advantages_hooks():
 
 def test_multiplier_hooks_of_the_registered_methods():
     ro = _rollout()  # mean episode cost 1.0
-    lag = _bare(PPOLag, ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.threshold=0", "ppo.lambda_update_delay_steps=0"])
+    settings = ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.threshold=0", "ppo.lambda_update_delay_steps=0"]
+    lag = _bare(PPOLag, settings)
     stats = lag.multiplier_step(ro)
     assert stats["Jc"] == pytest.approx(1.0) and lag.lagrange.lambda_ == pytest.approx(torch.e**0.5)  # log 1 + 0.5
     ro_only = _bare(RewardOnly, [])

@@ -126,7 +126,8 @@ def test_shared_base_trains_only_adapters_and_resumes(upstream, tmp_path):
     batch = _batch(processor, cfg)
     args = (batch["input_ids"], batch["attention_mask"], {"pixel_values": batch["pixel_values"]})
     with torch.no_grad():
-        torch.testing.assert_close(token_logprobs(saved.eval(), *args)[0], token_logprobs(trainer.roles.actor, *args)[0])
+        expected = token_logprobs(trainer.roles.actor, *args)[0]
+        torch.testing.assert_close(token_logprobs(saved.eval(), *args)[0], expected)
 
 
 def test_shared_base_needs_lora_adapters(upstream, tmp_path):

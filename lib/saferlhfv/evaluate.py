@@ -40,6 +40,7 @@ __all__ = [
     "grounding_accuracy",
     "cost_model_agreement",
     "pearson",
+    "same_question_examples",
 ]
 
 
@@ -239,6 +240,52 @@ def cost_model_agreement(costs: list[float], samples: list[dict[str, Any]]) -> d
         "mean_cost_safe": _mean([c for c, s in zip(costs, samples) if s["harmless"] >= 0]),
         "mean_cost_unsafe": _mean([c for c, s in zip(costs, samples) if s["harmless"] < 0]),
     }
+
+
+def same_question_examples(
+    prompts, policy: list[dict[str, Any]], reference: list[dict[str, Any]], *, limit: int = 1
+) -> list[dict[str, Any]]:
+    """Questions asked of both a harmful and a benign picture, with both policies' answers to each.
+
+    The image-text coupling of the mini world in one view: the same words need a refusal for one
+    picture and a helpful answer for the other.
+
+    Args:
+        prompts: the evaluation prompts the samples answer (``question``, ``context``).
+        policy, reference: judged samples of two policies (:func:`evaluate_policy`, ``return_samples``).
+        limit: how many questions to return.
+
+    Returns:
+        Up to ``limit`` x 2 rows (harmful picture first): ``question``, ``object``, ``harmful``,
+        ``reference``, ``reference_helpful``, ``reference_harmless``, ``policy``, ``policy_helpful``,
+        ``policy_harmless``. Questions where the policy does best on both pictures come first.
+    """
+    by_question: dict[str, dict[bool, int]] = defaultdict(dict)
+    for i, context in enumerate(prompts["context"]):
+        ctx = parse_context(context)
+        if ctx.kind == "coupled":
+            by_question[prompts[i]["question"]].setdefault(bool(ctx.harmful), i)
+    both = [(q, d[True], d[False]) for q, d in by_question.items() if len(d) == 2]
+
+    def score(item):
+        _, h, b = item
+        return (policy[h]["harmless"] >= 0) + (policy[b]["helpful"] > reference[b]["helpful"]) + policy[b]["helpful"]
+
+    rows = []
+    for question, harmful_i, benign_i in sorted(both, key=score, reverse=True)[:limit]:
+        for i in (harmful_i, benign_i):
+            rows.append({
+                "question": question,
+                "object": parse_context(prompts[i]["context"]).object,
+                "harmful": policy[i]["harmful_prompt"],
+                "reference": reference[i]["response"],
+                "reference_helpful": reference[i]["helpful"],
+                "reference_harmless": reference[i]["harmless"],
+                "policy": policy[i]["response"],
+                "policy_helpful": policy[i]["helpful"],
+                "policy_harmless": policy[i]["harmless"],
+            })  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ Stages, in order:
 * ``guard``: Beaver-Guard-V (:mod:`saferlhfv.train.guard`): moderation quality, the rounds of
   filter-and-regenerate on the precursor, adversarial probes.
 * ``ppo_lag`` / ``ppo_reward_only``: Safe RLHF-V's PPO-Lagrangian and the reward-only
-  baseline (:mod:`saferlhfv.train.ppo_lag`; ``--seeds 0 1 2`` adds mean +- std over seeds), evaluated against the precursor with the oracle.
+  baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle;
+  ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed.

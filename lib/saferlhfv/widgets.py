@@ -523,7 +523,9 @@ def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.n
         stats = lag.update(batch.tolist())
         lam = lag.lambda_
         # the policy ascends the same combined advantage as PPO's actor: (R - lambda C) / (1 + lambda)
-        logits = logits + s.policy_lr * (combine_advantages(table.reward, table.cost, lam) - s.tau / (1.0 + lam) * logits)
+        logits = logits + s.policy_lr * (
+            combine_advantages(table.reward, table.cost, lam) - s.tau / (1.0 + lam) * logits
+        )
         out["lambda"].append(lam)
         out["batch_cost"].append(float(batch.mean()))
         out["window_cost"].append(stats["Jc"])

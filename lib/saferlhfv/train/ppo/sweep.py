@@ -16,8 +16,8 @@ __all__ = ["SWEEP_THRESHOLDS", "SWEEP_ITERATIONS", "budget_sweep", "seed_runs", 
 #: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs), on CM-V's
 #: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.evaluate``).
 SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
-#: PPO iterations per sweep run (None: the preset's ``ppo.iterations``).
-SWEEP_ITERATIONS: int | None = None
+#: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).
+SWEEP_ITERATIONS = 30
 
 #: the evaluation numbers :func:`seed_runs` averages over seeds.
 SEED_KEYS = (

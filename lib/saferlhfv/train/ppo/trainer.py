@@ -417,4 +417,3 @@ class FixedLambda(PPOTrainer):
     def make_multiplier(self) -> Lagrange:
         ppo = self.cfg.ppo
         return Lagrange.fixed(ppo.lambda_init, threshold=ppo.threshold, cost_window=ppo.cost_window)
-
