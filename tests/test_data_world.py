@@ -180,3 +180,22 @@ def test_typographic_variants_draw_the_sign_word():
     assert np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() > 1.0
     with pytest.raises(ValueError, match="no sign word"):
         draw_object_image("syringe", "sign", 64, random.Random(0))
+
+
+def test_perturbed_pairs_are_labelled_by_the_oracle():
+    from saferlhfv.data.schema import PAIR_FIELDS
+    from saferlhfv.data.world import PERTURBATIONS, perturbed_pairs
+
+    cfg = DataConfig(pairs_per_category_train=3, label_noise=0.0)
+    ds = perturbed_pairs(cfg, 1.0, "train")
+    assert 0 < len(ds) <= 60 and set(PAIR_FIELDS) <= set(ds.column_names)
+    kinds = {r["response_2_from"].removeprefix("perturbed:") for r in ds}
+    assert kinds <= set(PERTURBATIONS) and len(kinds) >= 3
+    worse = 0
+    for r in ds:
+        h2, s2 = judge(r["context"], r["response_2"])
+        assert (h2, s2) == (r["response_2_helpful_rate"], r["response_2_harmless_rate"])
+        if h2 < r["response_1_helpful_rate"]:  # no label noise: the better answer is the preferred one
+            worse += 1
+            assert r["more_helpful_response_id"] == "1"
+    assert worse >= len(ds) // 2  # most damage costs helpfulness in the oracle's eyes

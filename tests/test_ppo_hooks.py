@@ -171,3 +171,14 @@ def test_target_kl_stops_the_epochs_early(upstream, tmp_path):
     make_trainer(cfg, out_dir=tmp_path, **upstream).train()
     # 3 epochs x 2 minibatches without the stop; the first update makes approx_kl > 0, which ends them
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["minibatches"] <= 2
+
+
+def test_seed_runs_report_mean_and_std(upstream):
+    from saferlhfv.train.ppo import seed_runs
+
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.iterations=1"])
+    report = seed_runs(cfg, (0, 1))
+    assert [r["seed"] for r in report["runs"]] == [0, 1] and report["runs"][0]["folder"] != report["runs"][1]["folder"]
+    values = [r["safety_rate"] for r in report["runs"]]
+    assert report["mean"]["safety_rate"] == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert report["std"]["safety_rate"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-4)
