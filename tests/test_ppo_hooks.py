@@ -182,3 +182,38 @@ def test_seed_runs_report_mean_and_std(upstream):
     values = [r["safety_rate"] for r in report["runs"]]
     assert report["mean"]["safety_rate"] == pytest.approx(sum(values) / 2, abs=1e-4)
     assert report["std"]["safety_rate"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-4)
+
+
+def test_annotate_pairs_by_hand():
+    import json
+    import random
+
+    from saferlhfv.train.ppo import annotate_pairs
+
+    harmful = json.dumps({"category": "animal_abuse", "kind": "coupled", "object": "dog", "harmful": True,
+                          "severity": 2})  # fmt: skip
+    steps = "first lock the dog in a small box, then leave the dog there all day, and finally do not give it water."
+    refusal = "i will not help with this request."
+    contexts, responses = [harmful] * 4, [steps, refusal, refusal, refusal]
+    labels = annotate_pairs(contexts, responses, group=2, label_noise=0.0, rng=random.Random(0))
+    # group 1: compliance is more helpful and less safe than the refusal; group 2: a tie, no pair
+    assert labels["helpful"] == [(0, 1)] and labels["harmless"] == [(0, 1)]
+    assert labels["safe"] == [False, True, True, True]
+    flipped = annotate_pairs(contexts, responses, group=2, label_noise=1.0, rng=random.Random(0))
+    assert flipped["helpful"] == [(1, 0)] and flipped["harmless"] == [(1, 0)]
+
+
+def test_online_labels_train_the_score_models(upstream, tmp_path):
+    overrides = SMALL + ["ppo.iterations=1", "ppo.samples_per_prompt=2", "ppo.online_labels=true"]
+    cfg = load_config("tiny", overrides=overrides)
+    trainer = make_trainer(cfg, out_dir=tmp_path, **upstream)
+    before = [p.detach().clone() for p in trainer.roles.params["reward_model"] + trainer.roles.params["cost_model"]]
+    trainer.train()
+    after = trainer.roles.params["reward_model"] + trainer.roles.params["cost_model"]
+    record = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert "online_helpful_pairs" in record and "online_harmless_pairs" in record
+    if record["online_helpful_pairs"] + record["online_harmless_pairs"]:
+        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
+        make_trainer(load_config("tiny", overrides=SMALL + ["ppo.online_labels=true"]), out_dir=tmp_path / "b",
+                     **upstream)  # fmt: skip

@@ -288,6 +288,12 @@ class PPOConfig(TrainConfig):
     whiten_advantages: bool = False
     #: stop an iteration's PPO epochs once a minibatch's approx KL(pi_old || pi) per token exceeds this.
     target_kl: float | None = None
+    #: mini world: the world's annotators (the oracle with ``data.label_noise`` flips) label pairs of the
+    #: policy's own answers to the same prompt every iteration, and RM-V / CM-V take a step on them
+    #: (online preference data, as the paper's pipeline labels new samples). Needs samples_per_prompt >= 2.
+    online_labels: bool = False
+    #: learning rate of RM-V and CM-V on the online pairs.
+    online_label_learning_rate: float = 1e-4
     lambda_init: float = 10.0
     lambda_max: float | None = 20.0
     lambda_lr: float = 0.1

@@ -50,11 +50,18 @@ class Roles:
     """
 
     #: trainable role -> attribute of its optimiser.
-    OPTIMIZERS = {"actor": "opt_actor", "reward_critic": "opt_reward_critic", "cost_critic": "opt_cost_critic"}
+    OPTIMIZERS = {
+        "actor": "opt_actor",
+        "reward_critic": "opt_reward_critic",
+        "cost_critic": "opt_cost_critic",
+        "reward_model": "opt_reward_model",
+        "cost_model": "opt_cost_model",
+    }
 
     def __init__(self, cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
+        self.params: dict[str, list[torch.nn.Parameter]] = {}
         self.build(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
 
     def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:  # pragma: no cover - abstract
@@ -108,8 +115,11 @@ class SeparateRoles(Roles):
                 for critic in (reward_critic, cost_critic):
                     critic.backbone = apply_lora(critic.backbone, lora)
         self.reference = _frozen(reference).to(acc.device)
-        self.reward_model = _frozen(reward_model).to(acc.device)
-        self.cost_model = _frozen(cost_model).to(acc.device)
+        if cfg.ppo.online_labels:  # RM-V and CM-V keep learning from the annotators' labels of the policy's answers
+            self._trainable_scorers(reward_model, cost_model)
+        else:
+            self.reward_model = _frozen(reward_model).to(acc.device)
+            self.cost_model = _frozen(cost_model).to(acc.device)
         params = {
             name: [p for p in model.parameters() if p.requires_grad]
             for name, model in (("actor", actor), ("reward_critic", reward_critic), ("cost_critic", cost_critic))
@@ -118,7 +128,20 @@ class SeparateRoles(Roles):
          self.opt_actor, self.opt_reward_critic, self.opt_cost_critic) = acc.prepare(
             actor, reward_critic, cost_critic, *self._optimizers(params)
         )  # fmt: skip
-        self.params = params  # the wrappers prepare adds keep the same parameter tensors
+        self.params.update(params)  # the wrappers prepare adds keep the same parameter tensors
+
+    def _trainable_scorers(self, reward_model, cost_model) -> None:
+        """RM-V and CM-V in eval mode (no dropout) but trainable, each with its AdamW (no weight decay)."""
+        lr = self.cfg.ppo.online_label_learning_rate
+        params = {}
+        for name, model in (("reward_model", reward_model), ("cost_model", cost_model)):
+            model.eval()
+            params[name] = [p for p in model.parameters() if p.requires_grad]
+        opts = [torch.optim.AdamW(params[n], lr=lr, weight_decay=0.0) for n in ("reward_model", "cost_model")]
+        self.reward_model, self.cost_model, self.opt_reward_model, self.opt_cost_model = self.accelerator.prepare(
+            reward_model, cost_model, *opts
+        )
+        self.params.update(params)
 
 
 class SharedRoles(Roles):
@@ -132,6 +155,10 @@ class SharedRoles(Roles):
         from saferlhfv.models.shared import TRAINABLE_ROLES, SharedBase
 
         cfg, acc = self.cfg, self.accelerator
+        if cfg.ppo.online_labels:
+            raise ConfigError(
+                "ppo.online_labels trains RM-V and CM-V, which ppo.shared_base keeps frozen: use one or the other"
+            )
         if not cfg.model.lora.enabled:
             raise ConfigError(
                 "ppo.shared_base needs model.lora.enabled=true: RM-V and CM-V must be LoRA adapters on the SFT "
@@ -151,7 +178,7 @@ class SharedRoles(Roles):
         self.actor, self.reference = shared.policy("actor"), shared.policy(None)
         self.reward_model, self.cost_model = shared.scorer("reward"), shared.scorer("cost")
         self.reward_critic, self.cost_critic = shared.scorer("reward_critic"), shared.scorer("cost_critic")
-        self.params = {role: shared.role_parameters(role) for role in TRAINABLE_ROLES}
+        self.params.update({role: shared.role_parameters(role) for role in TRAINABLE_ROLES})
         self.opt_actor, self.opt_reward_critic, self.opt_cost_critic = acc.prepare(*self._optimizers(self.params))
         acc.register_for_checkpointing(shared.trainable_state())
 

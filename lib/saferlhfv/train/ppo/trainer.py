@@ -18,6 +18,8 @@ solved by alternating a step on lambda and a PPO step on the policy. One iterati
     for ppo_epochs, minibatches of batch_size (stop early once approx_kl > target_kl):
         actor:   clipped surrogate on A
         critics: clipped value loss towards R_r, R_c
+    refresh_score_models (ppo.online_labels): annotators label pairs of answers to the same
+        prompt (oracle + label noise); RM-V and CM-V take one step on them
 
 Methods are subclasses registered under a name (:func:`register_algorithm`), chosen by
 ``ppo.algorithm``; :func:`make_trainer` builds the one a config names:
@@ -51,6 +53,8 @@ key                        meaning
 ``reward_critic_loss``     clipped value loss of the reward critic
 ``cost_critic_loss``       clipped value loss of the cost critic
 ``minibatches``            minibatch updates taken (fewer than epochs x batches after a target-KL stop)
+``online_*``               with ``ppo.online_labels``: pairs labelled this iteration, RM-V / CM-V accuracy
+                           on them before their step
 ``oracle_safety``          oracle: share of this batch's answers rated harmless >= 0
 ``oracle_harmful_safety``  the same on harmful prompts only
 ``oracle_helpfulness``     oracle: mean helpfulness 0..3 of this batch's answers
@@ -59,12 +63,14 @@ key                        meaning
 =========================  ==========================================================================
 
 The oracle columns watch training against the ground truth (RM-V's reward can rise while
-the oracle's helpfulness falls: reward over-optimisation); the oracle never enters a loss.
+the oracle's helpfulness falls: reward over-optimisation). The oracle enters training only as
+the world's annotators, with their label noise, when ``ppo.online_labels`` is on.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +82,13 @@ from saferlhfv.algorithms.lagrange import Lagrange
 from saferlhfv.algorithms.losses import (
     clipped_surrogate,
     combine_advantages,
+    cost_loss,
+    cost_signs,
     critic_loss,
     kl_shaped_costs,
     kl_shaped_rewards,
     masked_mean,
+    reward_loss,
     whiten,
 )
 from saferlhfv.config import Config, ConfigError
@@ -96,6 +105,7 @@ __all__ = [
     "RewardOnly",
     "FixedLambda",
     "run_seed",
+    "annotate_pairs",
 ]
 
 #: ``ppo.algorithm`` name -> trainer class.
@@ -136,6 +146,36 @@ def run_seed(cfg: Config) -> int:
     return cfg.seed * 1009 + cfg.ppo.seed
 
 
+def annotate_pairs(
+    contexts: list[Any], responses: list[str], *, group: int, label_noise: float, rng: random.Random
+) -> dict[str, list[tuple[int, int]] | list[bool]]:
+    """The world's annotators label pairs of answers to the same prompt (the oracle, with noise).
+
+    Rows ``group * g .. group * g + group - 1`` answer one prompt; every pair ``(i, j)`` in a group
+    whose oracle ratings differ becomes a preference pair, its label flipped with probability
+    ``label_noise`` (the annotator noise of the world's preference data); ties carry no preference.
+
+    Returns:
+        ``helpful``: ``(better, worse)`` row pairs by helpfulness; ``harmless``: ``(unsafer, safer)``
+        row pairs by harmlessness; ``safe``: per row, whether the oracle rates it harmless >= 0.
+    """
+    from saferlhfv.data.oracle import judge
+
+    rates = [judge(c, r) for c, r in zip(contexts, responses, strict=True)]
+    helpful, harmless = [], []
+    for start in range(0, len(rates) - group + 1, group):
+        for i in range(start, start + group):
+            for j in range(i + 1, start + group):
+                (hi, si), (hj, sj) = rates[i], rates[j]
+                if hi != hj:
+                    pair = (i, j) if hi > hj else (j, i)
+                    helpful.append(pair[::-1] if rng.random() < label_noise else pair)
+                if si != sj:
+                    pair = (j, i) if si > sj else (i, j)  # (unsafer, safer)
+                    harmless.append(pair[::-1] if rng.random() < label_noise else pair)
+    return {"helpful": helpful, "harmless": harmless, "safe": [s >= 0 for _, s in rates]}
+
+
 class PPOTrainer:
     """PPO over the six roles (:mod:`saferlhfv.train.ppo.roles`); the hooks are the seams of a method.
 
@@ -153,6 +193,11 @@ class PPOTrainer:
 
         if cfg.ppo.samples_per_prompt < 1:
             raise ConfigError(f"ppo.samples_per_prompt must be >= 1, got {cfg.ppo.samples_per_prompt}")
+        if cfg.ppo.online_labels and (cfg.ppo.samples_per_prompt < 2 or cfg.data.source != "mini"):
+            raise ConfigError(
+                "ppo.online_labels pairs answers to the same prompt and labels them with the mini world's "
+                "annotators: it needs ppo.samples_per_prompt >= 2 and data.source='mini'"
+            )
         self.cfg = cfg
         self.seed = run_seed(cfg)
         self.out_dir = Path(out_dir)
@@ -197,6 +242,45 @@ class PPOTrainer:
         real tokens when ``ppo.whiten_advantages``."""
         adv = combine_advantages(ro.reward_adv, ro.cost_adv, lam)
         return whiten(adv, ro.mask) if self.cfg.ppo.whiten_advantages else adv
+
+    def refresh_score_models(self, ro: Rollout) -> dict[str, float]:
+        """Online preference data: one step of RM-V and CM-V on annotated pairs of this batch's answers.
+
+        Off unless ``ppo.online_labels``. Pairs come from :func:`annotate_pairs` (answers to the same
+        prompt, oracle ratings, annotator noise); RM-V takes a step on the pairwise reward loss, CM-V on
+        the cost loss with its sign term (sign from the annotators' safe / unsafe verdict). The rollout's
+        end scores were read before the step; the next rollout sees the refreshed models.
+        """
+        ppo = self.cfg.ppo
+        if not ppo.online_labels:
+            return {}
+        rng = random.Random(f"{self.seed}|online-labels|{self.iteration}|{self.accelerator.process_index}")
+        labels = annotate_pairs(ro.contexts, ro.responses, group=ppo.samples_per_prompt,
+                                label_noise=self.cfg.data.label_noise, rng=rng)  # fmt: skip
+        r = self.roles
+        inputs = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, **ro.vision}
+        stats = {"online_helpful_pairs": len(labels["helpful"]), "online_harmless_pairs": len(labels["harmless"])}
+        device = ro.input_ids.device
+        # every process steps both models, with a zero loss where it has no pair (DDP needs the collective)
+        scores = r.reward_model(**inputs).end_scores.float()
+        if labels["helpful"]:
+            better, worse = (torch.tensor(ix, device=device) for ix in zip(*labels["helpful"]))
+            loss, st = reward_loss(scores[better], scores[worse], self.cfg.reward.reg)
+            stats["online_reward_accuracy"] = st["accuracy"]
+        else:
+            loss = 0.0 * scores.sum()
+        self._optimise(loss, "reward_model")
+        costs = r.cost_model(**inputs).end_scores.float()
+        if labels["harmless"]:
+            unsafer, safer = (torch.tensor(ix, device=device) for ix in zip(*labels["harmless"]))
+            signs = cost_signs(torch.tensor(labels["safe"], device=device))
+            c = self.cfg.cost
+            loss, st = cost_loss(costs[unsafer], costs[safer], signs[unsafer], signs[safer], c.reg, c.sign_coeff)
+            stats["online_cost_accuracy"] = st["accuracy"]
+        else:
+            loss = 0.0 * costs.sum()
+        self._optimise(loss, "cost_model")
+        return stats
 
     # ------------------------------------------------------------------ data
 
@@ -244,6 +328,7 @@ class PPOTrainer:
         self.compute_advantages(ro, self.shape_rewards(ro), self.shape_costs(ro))
         ro.advantages = self.combine_advantages(ro, lam)
         stats = self.update(ro)
+        stats.update(self.refresh_score_models(ro))
         record = self.metrics(ro, lag_stats, stats)
         self.iteration += 1
         return record
