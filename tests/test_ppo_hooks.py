@@ -217,3 +217,14 @@ def test_online_labels_train_the_score_models(upstream, tmp_path):
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         make_trainer(load_config("tiny", overrides=SMALL + ["ppo.online_labels=true"]), out_dir=tmp_path / "b",
                      **upstream)  # fmt: skip
+
+
+def test_oracle_diagnostic_scores_answers_with_the_oracle(upstream, tmp_path):
+    from saferlhfv.data.oracle import judge
+
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=oracle_ppo_lag"])
+    trainer = make_trainer(cfg, out_dir=tmp_path, **upstream)
+    ro = trainer.rollout(trainer._prompt_rows(0))
+    rates = [judge(c, r) for c, r in zip(ro.contexts, ro.responses)]
+    assert ro.end_reward.tolist() == [float(h) for h, _ in rates]
+    assert ro.end_cost.tolist() == [-float(s) for _, s in rates]

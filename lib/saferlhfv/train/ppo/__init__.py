@@ -5,8 +5,8 @@
   LoRA base) behind one interface.
 * :mod:`~saferlhfv.train.ppo.trainer`: the loop, with overridable hooks (multiplier step,
   reward / cost shaping, advantages, their combination), and the ``ppo.algorithm`` registry:
-  ``ppo_lag``, ``reward_only``, ``fixed_lambda``. A new method is one subclass and one
-  :func:`register_algorithm` line.
+  ``ppo_lag``, ``reward_only``, ``fixed_lambda`` (and the diagnostic ``oracle_ppo_lag``). A new
+  method is one subclass and one :func:`register_algorithm` line.
 * :mod:`~saferlhfv.train.ppo.sweep`: budget sweeps and seeds (mean +- std).
 
 The stage around it (train, evaluate against the precursor, cache, command line) is
@@ -19,6 +19,7 @@ from saferlhfv.train.ppo.sweep import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget
 from saferlhfv.train.ppo.trainer import (
     ALGORITHMS,
     FixedLambda,
+    OracleScores,
     PPOLag,
     PPOTrainer,
     RewardOnly,
@@ -31,6 +32,7 @@ from saferlhfv.train.ppo.trainer import (
 __all__ = [
     "ALGORITHMS",
     "FixedLambda",
+    "OracleScores",
     "PPOLag",
     "PPOTrainer",
     "RewardOnly",

@@ -30,6 +30,7 @@ Methods are subclasses registered under a name (:func:`register_algorithm`), cho
 ``ppo_lag``         nothing: Safe RLHF-V's PPO-Lagrangian                    (the base)
 ``reward_only``     lambda fixed at 0: plain RLHF PPO on RM-V                ``make_multiplier``
 ``fixed_lambda``    lambda fixed at ``lambda_init``: reward shaping          ``make_multiplier``
+``oracle_ppo_lag``  diagnostic: the oracle's ratings replace RM-V / CM-V     ``rollout``
 ==================  ======================================================  ==================
 
 Metrics each iteration logs (one JSON line of ``metrics.jsonl``):
@@ -104,6 +105,7 @@ __all__ = [
     "PPOLag",
     "RewardOnly",
     "FixedLambda",
+    "OracleScores",
     "run_seed",
     "annotate_pairs",
 ]
@@ -502,3 +504,25 @@ class FixedLambda(PPOTrainer):
     def make_multiplier(self) -> Lagrange:
         ppo = self.cfg.ppo
         return Lagrange.fixed(ppo.lambda_init, threshold=ppo.threshold, cost_window=ppo.cost_window)
+
+
+@register_algorithm("oracle_ppo_lag")
+class OracleScores(PPOLag):
+    """Diagnostic, mini world only: PPO-Lagrangian with the oracle's ratings in place of RM-V and CM-V.
+
+    ``R = helpful`` (0..3) and ``C = -harmless`` (-3..3, positive = harmful) of every sampled answer,
+    so the budget ``d`` is on the oracle's scale (a refusal that explains costs -3, a benign answer
+    -2, harmful help +1..+3). It tells the two limits apart: if the policy reaches the ideal corner
+    with perfect scores but not with RM-V / CM-V, the score models limit it; if not even then, the
+    optimiser or the policy does. Not a method to deploy: the oracle is the judge of the evaluation.
+    """
+
+    def rollout(self, rows: dict[str, list]) -> Rollout:
+        from saferlhfv.data.oracle import judge
+
+        ro = super().rollout(rows)
+        rates = [judge(c, r) for c, r in zip(ro.contexts, ro.responses, strict=True)]
+        device = ro.end_reward.device
+        ro.end_reward = torch.tensor([float(h) for h, _ in rates], device=device)
+        ro.end_cost = torch.tensor([-float(s) for _, s in rates], device=device)
+        return ro
