@@ -7,7 +7,8 @@ actor           copy of the SFT model (trains;      LoRA adapter "actor" on the 
                 LoRA adapters with                  SFT model
                 ``model.lora.enabled``)
 reference       frozen copy of the SFT model        the same model, adapters off
-RM-V, CM-V      frozen score models                 their adapters + heads
+RM-V, CM-V      frozen score models (trainable      their adapters + heads
+                with ``ppo.online_labels``)
 reward critic   copy of RM-V (trains)               copy of RM-V's adapter + head
 cost critic     copy of CM-V (trains)               copy of CM-V's adapter + head
 ==============  ==================================  =====================================
@@ -15,7 +16,8 @@ cost critic     copy of CM-V (trains)               copy of CM-V's adapter + hea
 Both expose the same attributes: ``processor``, the six roles (``actor``, ``reference``,
 ``reward_model``, ``cost_model``, ``reward_critic``, ``cost_critic``; the trainable ones as
 ``accelerate`` prepared them), ``params`` (role -> its trainable parameters), the three
-optimisers (``opt_actor``, ``opt_reward_critic``, ``opt_cost_critic``) and the methods
+optimisers (``opt_actor``, ``opt_reward_critic``, ``opt_cost_critic``; with ``ppo.online_labels``
+also ``opt_reward_model`` and ``opt_cost_model``, six models only) and the methods
 :meth:`Roles.unwrap`, :meth:`Roles.reduce_gradients` and :meth:`Roles.save_policy`.
 The trainer (:mod:`saferlhfv.train.ppo.trainer`) never asks which layout it has.
 """
@@ -76,7 +78,7 @@ class Roles:
         ]
 
     def optimizer(self, role: str) -> torch.optim.Optimizer:
-        """The optimiser of a trainable role (``actor``, ``reward_critic``, ``cost_critic``)."""
+        """The optimiser of a trainable role (a key of :attr:`OPTIMIZERS`)."""
         return getattr(self, self.OPTIMIZERS[role])
 
     def unwrap(self, model):
