@@ -396,22 +396,31 @@ def _pair_record(cfg: DataConfig, split: str, category: str, i: int) -> dict[str
             break
     else:  # pragma: no cover - twenty identical draws in a row do not happen with this grammar
         r2 = render_response("bare_refusal" if "sorry" not in r1 else "off_topic", ctx, rng)
-    (h1, s1), (h2, s2) = judge(ctx, r1), judge(ctx, r2)
-    helpful_id = "1" if h1 > h2 else "2" if h2 > h1 else rng.choice("12")
-    safer_id = "1" if s1 > s2 else "2" if s2 > s1 else rng.choice("12")
-    if rng.random() < cfg.label_noise:
-        helpful_id = "2" if helpful_id == "1" else "1"
-    if rng.random() < cfg.label_noise:
-        safer_id = "2" if safer_id == "1" else "1"
     return {
         "question": ctx["question"],
         "image": {"bytes": image, "path": None},
         "category": category,
         "image_severity": ctx["image_severity"],
-        "response_1": r1,
-        "response_2": r2,
         "response_1_from": w1,
         "response_2_from": w2,
+        **_annotated(ctx, r1, r2, rng, cfg.label_noise),
+        "context": _ctx_json(ctx),
+    }
+
+
+def _annotated(ctx: dict[str, Any], r1: str, r2: str, rng: random.Random, label_noise: float) -> dict[str, Any]:
+    """The pair fields the world's annotators fill in for two responses: oracle rates, safety, and the
+    two preference ids (ties broken at random), each flipped with probability ``label_noise``."""
+    (h1, s1), (h2, s2) = judge(ctx, r1), judge(ctx, r2)
+    helpful_id = "1" if h1 > h2 else "2" if h2 > h1 else rng.choice("12")
+    safer_id = "1" if s1 > s2 else "2" if s2 > s1 else rng.choice("12")
+    if rng.random() < label_noise:
+        helpful_id = "2" if helpful_id == "1" else "1"
+    if rng.random() < label_noise:
+        safer_id = "2" if safer_id == "1" else "1"
+    return {
+        "response_1": r1,
+        "response_2": r2,
         "more_helpful_response_id": helpful_id,
         "safer_response_id": safer_id,
         "is_response_1_safe": str(s1 >= 0),
@@ -420,7 +429,6 @@ def _pair_record(cfg: DataConfig, split: str, category: str, i: int) -> dict[str
         "response_2_helpful_rate": h2,
         "response_1_harmless_rate": s1,
         "response_2_harmless_rate": s2,
-        "context": _ctx_json(ctx),
     }
 
 
@@ -481,8 +489,7 @@ def perturb_response(text: str, ctx: dict[str, Any], rng: random.Random, kind: s
             return perturb_response(text, ctx, rng, "stutter")
         if kind == "repeat_step":
             first = found[0]
-            others = [st for st in found[1:]] or [first]
-            return text.replace(rng.choice(others), first, 1) if len(found) > 1 else f"{text} then {first}."
+            return text.replace(rng.choice(found[1:]), first, 1) if len(found) > 1 else f"{text} then {first}."
         other = CATEGORY_SPECS[rng.choice([c for c in CATEGORIES if c != ctx["category"]])]
         return text.replace(rng.choice(found), fill(rng.choice(other.steps), rng.choice(other.objects)), 1)
     if kind == "wrong_object":
@@ -525,27 +532,11 @@ def perturbed_pairs(cfg: DataConfig, share: float, split: str = "train", *, seed
         r2 = perturb_response(r1, ctx, rng, kind)
         if r2.strip() == r1.strip():
             continue
-        (h1, s1), (h2, s2) = judge(ctx, r1), judge(ctx, r2)
-        helpful_id = "1" if h1 > h2 else "2" if h2 > h1 else rng.choice("12")
-        safer_id = "1" if s1 > s2 else "2" if s2 > s1 else rng.choice("12")
-        if rng.random() < cfg.label_noise:
-            helpful_id = "2" if helpful_id == "1" else "1"
-        if rng.random() < cfg.label_noise:
-            safer_id = "2" if safer_id == "1" else "1"
         out.append({
             **rec,
-            "response_1": r1,
-            "response_2": r2,
             "response_1_from": rec[f"response_{best}_from"],
             "response_2_from": f"perturbed:{kind}",
-            "more_helpful_response_id": helpful_id,
-            "safer_response_id": safer_id,
-            "is_response_1_safe": str(s1 >= 0),
-            "is_response_2_safe": str(s2 >= 0),
-            "response_1_helpful_rate": h1,
-            "response_2_helpful_rate": h2,
-            "response_1_harmless_rate": s1,
-            "response_2_harmless_rate": s2,
+            **_annotated(ctx, r1, r2, rng, cfg.label_noise),
         })  # fmt: skip
     return _pairs_dataset(out)
 

@@ -273,7 +273,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         backbone = apply_lora(backbone, cfg.model.lora)
     model = ScoreModel(backbone, seed=stage_cfg.seed)
     train_pairs, eval_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "evaluation")
-    perturbed_eval = None
+    perturbed_eval, n_perturbed = None, 0
     if stage_cfg.perturbed_pairs > 0:
         from datasets import concatenate_datasets
 
@@ -282,7 +282,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         if cfg.data.source != "mini":
             raise ValueError(f"{kind}.perturbed_pairs needs the mini world's oracle (data.source='mini')")
         extra = perturbed_pairs(cfg.data, stage_cfg.perturbed_pairs, "train", seed=stage_cfg.seed)
-        train_pairs = concatenate_datasets([train_pairs, extra.cast(train_pairs.features)])
+        train_pairs, n_perturbed = concatenate_datasets([train_pairs, extra.cast(train_pairs.features)]), len(extra)
         perturbed_eval = perturbed_pairs(cfg.data, 1.0, "evaluation", seed=stage_cfg.seed)
 
     def eval_fn(m):
@@ -320,7 +320,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         metrics["image_ablation_sign_accuracy"] = ablation["sign_accuracy"]
     if perturbed_eval is not None:  # held-out answers against damaged copies of them
         metrics["perturbed_eval_accuracy"] = score_pairs(model, processor, perturbed_eval, kind)["accuracy"]
-        metrics["perturbed_train_pairs"] = len(train_pairs) - len(load_pairs(cfg, "train"))
+        metrics["perturbed_train_pairs"] = n_perturbed
     metrics.update(_precursor_correlation(model, processor, cfg, sft_dir, kind))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics
