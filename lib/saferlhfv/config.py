@@ -280,7 +280,8 @@ class PPOConfig(TrainConfig):
     gamma: float = 1.0
     gae_lambda: float = 0.95
     #: the method, a name of the registry ``saferlhfv.train.ppo.ALGORITHMS``: "ppo_lag" (learned
-    #: multiplier), "reward_only" (lambda = 0) or "fixed_lambda" (lambda = lambda_init, reward shaping).
+    #: multiplier), "reward_only" (lambda = 0), "fixed_lambda" (lambda = lambda_init, reward shaping),
+    #: "repo" (rectified per-answer constraint) or "grpo_lag" (critic-free, group baselines).
     algorithm: str = "ppo_lag"
     #: answers sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts).
     samples_per_prompt: int = 1
@@ -301,6 +302,8 @@ class PPOConfig(TrainConfig):
     cost_window: int = 128
     #: the budget d on the expected episode cost.
     threshold: float = -0.5
+    #: RePO's per-answer budget d_r: every answer should have CM-V cost C(x, y) <= d_r (0: CM-V says safe).
+    repo_threshold: float = 0.0
     #: one frozen SFT model carrying LoRA adapters for actor, critics, RM-V and CM-V (the reference =
     #: adapters off) instead of six models; needs model.lora.enabled (RM-V / CM-V trained as adapters).
     shared_base: bool = False

@@ -107,18 +107,24 @@ def stage_guard(cfg: Config, out: Path) -> dict[str, Any]:
     return dict(ensure_guard(cfg)[1])
 
 
-#: the PPO stages and the ``ppo.algorithm`` each trains (``--seeds`` repeats these).
-PPO_STAGES = {"ppo_lag": "ppo_lag", "ppo_reward_only": "reward_only"}
+#: the PPO stages and the overrides of the method each trains (``--seeds`` repeats these). Safe GRPO
+#: scores every answer against the others to its prompt: 4 answers per prompt.
+PPO_STAGES: dict[str, dict[str, Any]] = {
+    "ppo_lag": {"ppo.algorithm": "ppo_lag"},
+    "ppo_reward_only": {"ppo.algorithm": "reward_only"},
+    "ppo_repo": {"ppo.algorithm": "repo"},
+    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4},
+}
 
 
-def _stage_ppo(algorithm: str):
+def _stage_ppo(overrides: dict[str, Any]):
     def stage(cfg: Config, out: Path) -> dict[str, Any]:
         from saferlhfv.config import apply_overrides
         from saferlhfv.train.ppo_lag import ensure_ppo
 
-        return dict(ensure_ppo(apply_overrides(cfg, {"ppo.algorithm": algorithm}))[1])
+        return dict(ensure_ppo(apply_overrides(cfg, overrides))[1])
 
-    stage.__doc__ = f"PPO with ppo.algorithm={algorithm!r} (cached artifact), evaluated against the precursor."
+    stage.__doc__ = f"PPO with {overrides} (cached artifact), evaluated against the precursor."
     return stage
 
 
@@ -130,7 +136,7 @@ STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "reward": _stage_preference("reward"),
     "cost": _stage_preference("cost"),
     "guard": stage_guard,
-    **{name: _stage_ppo(algorithm) for name, algorithm in PPO_STAGES.items()},
+    **{name: _stage_ppo(overrides) for name, overrides in PPO_STAGES.items()},
 }
 
 
@@ -162,7 +168,7 @@ def run_pipeline(
             from saferlhfv.config import apply_overrides
             from saferlhfv.train.ppo import seed_runs
 
-            report = seed_runs(apply_overrides(cfg, {"ppo.algorithm": PPO_STAGES[name]}), seeds)
+            report = seed_runs(apply_overrides(cfg, PPO_STAGES[name]), seeds)
             metrics["seeds"] = {k: report[k] for k in ("seeds", "mean", "std")}
         # a cached stage reports the seconds it took to train; this run's wall time is separate
         metrics.setdefault("seconds", round(time.perf_counter() - start, 2))

@@ -29,6 +29,9 @@ __all__ = [
     "kl_shaped_costs",
     "combine_advantages",
     "whiten",
+    "group_advantages",
+    "rectified_costs",
+    "reference_kl",
     "clipped_surrogate",
     "actor_loss",
     "critic_loss",
@@ -378,6 +381,64 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps:
     if not shift_mean:
         out = out + mean
     return torch.where(keep, out, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def group_advantages(scores: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's critic-free advantage: each answer's score against the other answers to its prompt.
+
+    ``A_i = (s_i - mean_g(s)) / (std_g(s) + eps)``   over the ``group`` answers ``g`` of one prompt
+
+    (``std`` is the sample standard deviation, as in DeepSeekMath's GRPO and TRL). A group whose
+    answers all score the same carries no signal: its advantages are 0.
+
+    Args:
+        scores: ``[B]`` end scores (RM-V reward or CM-V cost), rows ``group * j .. group * j + group - 1``
+            answering prompt ``j``.
+        group: answers per prompt, >= 2.
+
+    Returns:
+        ``[B]`` advantages, one per answer (broadcast over its tokens by the caller).
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
+    if group < 2:
+        raise ValueError(f"group advantages need >= 2 answers per prompt, got group={group}")
+    if scores.shape[0] % group:
+        raise ValueError(f"batch of {scores.shape[0]} answers is not a whole number of groups of {group}")
+    g = scores.float().view(-1, group)
+    adv = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True) + eps)
+    return adv.view(-1).to(scores.dtype)
+
+
+def rectified_costs(costs: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """RePO's per-answer violation: ``max(0, C(x, y) - d)``, zero for every answer within its budget.
+
+    Args:
+        costs: end costs of any shape (positive = harmful).
+        threshold: the per-answer budget ``d`` (RePO's critical constraint is ``C(x, y) <= 0``: d = 0).
+
+    Returns:
+        tensor of ``costs``'s shape, >= 0.
+    """
+    return torch.clamp(costs - threshold, min=0.0)
+
+
+def reference_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(pi || pi_ref) per token, the unbiased non-negative estimator GRPO adds to its loss.
+
+    ``k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1``   (Schulman's "k3"; >= 0, 0 iff equal),
+    masked mean over the real tokens. The gradient flows through ``logp``; ``ref_logp`` is a constant.
+
+    Args:
+        logp, ref_logp, mask: ``[B, T]``.
+
+    Returns:
+        scalar tensor.
+    """
+    _check_same("logp", logp, "ref_logp", ref_logp)
+    _check_same("logp", logp, "mask", mask)
+    delta = ref_logp.detach().to(logp.dtype) - logp
+    return masked_mean(torch.exp(delta) - delta - 1.0, mask)
 
 
 def clipped_surrogate(

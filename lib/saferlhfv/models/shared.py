@@ -53,9 +53,13 @@ class SharedBase(nn.Module):
         base: the SFT precursor (a plain model; it is wrapped by peft in place and frozen).
         actor_lora: rank, alpha and target modules of the new actor adapter.
         reward_dir, cost_dir: saved RM-V / CM-V folders (``.../model``) holding ``adapter/`` and the head.
+        critics: also load the two critics (copies of RM-V's / CM-V's adapter and head); False for
+            critic-free methods (GRPO).
     """
 
-    def __init__(self, base: PreTrainedModel, *, actor_lora: LoraConfig, reward_dir: Path, cost_dir: Path):
+    def __init__(
+        self, base: PreTrainedModel, *, actor_lora: LoraConfig, reward_dir: Path, cost_dir: Path, critics: bool = True
+    ):
         super().__init__()
         self.peft = apply_lora(base, actor_lora, adapter_name="actor")
         hidden = getattr(base.config, "text_config", base.config).hidden_size
@@ -70,7 +74,7 @@ class SharedBase(nn.Module):
                     "--set model.lora.enabled=true (the same overrides as this run)."
                 )
             head_state = load_file(folder / HEAD_FILE)
-            for role, trainable in ((kind, False), (f"{kind}_critic", True)):
+            for role, trainable in ((kind, False), (f"{kind}_critic", True))[: 2 if critics else 1]:
                 self.peft.load_adapter(str(adapter), adapter_name=role, is_trainable=trainable)
                 head = nn.Linear(hidden, 1).to(dtype)
                 head.load_state_dict(head_state)

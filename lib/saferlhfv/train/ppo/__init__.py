@@ -7,12 +7,16 @@
   reward / cost shaping, advantages, their combination), and the ``ppo.algorithm`` registry:
   ``ppo_lag``, ``reward_only``, ``fixed_lambda`` (and the diagnostic ``oracle_ppo_lag``). A new
   method is one subclass and one :func:`register_algorithm` line.
+* :mod:`~saferlhfv.train.ppo.repo`: RePO, the rectified per-answer constraint (``repo``).
+* :mod:`~saferlhfv.train.ppo.grpo`: safe GRPO, critic-free with group baselines (``grpo_lag``).
 * :mod:`~saferlhfv.train.ppo.sweep`: budget sweeps and seeds (mean +- std).
 
 The stage around it (train, evaluate against the precursor, cache, command line) is
 :mod:`saferlhfv.train.ppo_lag`.
 """
 
+from saferlhfv.train.ppo.grpo import GRPOLag
+from saferlhfv.train.ppo.repo import RePO
 from saferlhfv.train.ppo.roles import Roles, SeparateRoles, SharedRoles, build_roles
 from saferlhfv.train.ppo.rollout import Rollout, make_rollout, response_mask, token_logprobs
 from saferlhfv.train.ppo.sweep import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget_sweep, mean_std, seed_runs
@@ -32,9 +36,11 @@ from saferlhfv.train.ppo.trainer import (
 __all__ = [
     "ALGORITHMS",
     "FixedLambda",
+    "GRPOLag",
     "OracleScores",
     "PPOLag",
     "PPOTrainer",
+    "RePO",
     "RewardOnly",
     "Roles",
     "Rollout",

@@ -20,6 +20,9 @@ optimisers (``opt_actor``, ``opt_reward_critic``, ``opt_cost_critic``; with ``pp
 also ``opt_reward_model`` and ``opt_cost_model``, six models only) and the methods
 :meth:`Roles.unwrap`, :meth:`Roles.reduce_gradients` and :meth:`Roles.save_policy`.
 The trainer (:mod:`saferlhfv.train.ppo.trainer`) never asks which layout it has.
+
+Critic-free methods (``grpo_lag``) build the roles with ``critics=False``: four roles, the two
+critics (and their optimisers) are ``None`` and take no memory.
 """
 
 from __future__ import annotations
@@ -36,10 +39,20 @@ from saferlhfv.models.score import load_score_model
 __all__ = ["Roles", "SeparateRoles", "SharedRoles", "build_roles"]
 
 
+def _prepare(accelerator, *objects) -> tuple:
+    """``accelerator.prepare`` that always returns a tuple (it returns a lone object as it is)."""
+    prepared = accelerator.prepare(*objects)
+    return prepared if len(objects) > 1 else (prepared,)
+
+
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+#: the two critic roles (absent in critic-free methods).
+CRITICS = ("reward_critic", "cost_critic")
 
 
 class Roles:
@@ -49,6 +62,7 @@ class Roles:
         cfg: the run's config (``cfg.ppo`` and ``cfg.model``).
         accelerator: the run's ``accelerate.Accelerator``.
         sft_dir, reward_dir, cost_dir: artifact folders of the upstream stages.
+        critics: build the reward and cost critics (False: they are ``None``).
     """
 
     #: trainable role -> attribute of its optimiser.
@@ -60,9 +74,14 @@ class Roles:
         "cost_model": "opt_cost_model",
     }
 
-    def __init__(self, cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
+    def __init__(
+        self, cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, critics: bool = True
+    ) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
+        self.critics = critics
+        self.reward_critic = self.cost_critic = None
+        self.opt_reward_critic = self.opt_cost_critic = None
         self.params: dict[str, list[torch.nn.Parameter]] = {}
         self.build(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
 
@@ -70,25 +89,25 @@ class Roles:
         raise NotImplementedError
 
     def _optimizers(self, params: dict[str, list[torch.nn.Parameter]]) -> list[torch.optim.Optimizer]:
+        """AdamW of the actor, then (with critics) of the reward and the cost critic."""
         ppo = self.cfg.ppo
-        return [
-            torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay),
-            torch.optim.AdamW(params["reward_critic"], lr=ppo.critic_learning_rate),
-            torch.optim.AdamW(params["cost_critic"], lr=ppo.critic_learning_rate),
-        ]
+        opts = [torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay)]
+        if self.critics:
+            opts += [torch.optim.AdamW(params[n], lr=ppo.critic_learning_rate) for n in CRITICS]
+        return opts
 
     def optimizer(self, role: str) -> torch.optim.Optimizer:
         """The optimiser of a trainable role (a key of :attr:`OPTIMIZERS`)."""
         return getattr(self, self.OPTIMIZERS[role])
 
     def unwrap(self, model):
-        """The plain module under ``accelerate``'s wrappers."""
-        return self.accelerator.unwrap_model(model)
+        """The plain module under ``accelerate``'s wrappers (``None`` for a role that is not built)."""
+        return None if model is None else self.accelerator.unwrap_model(model)
 
     def models(self) -> list[torch.nn.Module]:
-        """The six roles, unwrapped, in the order of the module docstring's table."""
+        """The roles that exist (six, or four without critics), unwrapped, in the module docstring's order."""
         return [self.unwrap(m) for m in (self.actor, self.reference, self.reward_model, self.cost_model,
-                                         self.reward_critic, self.cost_critic)]  # fmt: skip
+                                         self.reward_critic, self.cost_critic) if m is not None]  # fmt: skip
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Average gradients across processes where nothing else does (DDP already does it): no-op here."""
@@ -110,11 +129,11 @@ class SeparateRoles(Roles):
         reference = copy.deepcopy(actor)
         reward_model, _ = load_score_model(reward_dir / "model", dtype=dtype)
         cost_model, _ = load_score_model(cost_dir / "model", dtype=dtype)
-        reward_critic, cost_critic = copy.deepcopy(reward_model), copy.deepcopy(cost_model)
+        critics = [copy.deepcopy(reward_model), copy.deepcopy(cost_model)] if self.critics else []
         if lora.enabled:
             with _seeded(cfg.seed):  # the adapters' random A matrices
                 actor = apply_lora(actor, lora)
-                for critic in (reward_critic, cost_critic):
+                for critic in critics:
                     critic.backbone = apply_lora(critic.backbone, lora)
         self.reference = _frozen(reference).to(acc.device)
         if cfg.ppo.online_labels:  # RM-V and CM-V keep learning from the annotators' labels of the policy's answers
@@ -122,14 +141,13 @@ class SeparateRoles(Roles):
         else:
             self.reward_model = _frozen(reward_model).to(acc.device)
             self.cost_model = _frozen(cost_model).to(acc.device)
-        params = {
-            name: [p for p in model.parameters() if p.requires_grad]
-            for name, model in (("actor", actor), ("reward_critic", reward_critic), ("cost_critic", cost_critic))
-        }
-        (self.actor, self.reward_critic, self.cost_critic,
-         self.opt_actor, self.opt_reward_critic, self.opt_cost_critic) = acc.prepare(
-            actor, reward_critic, cost_critic, *self._optimizers(params)
-        )  # fmt: skip
+        trainable = dict(zip(("actor", "reward_critic", "cost_critic"), [actor, *critics], strict=False))
+        params = {name: [p for p in model.parameters() if p.requires_grad] for name, model in trainable.items()}
+        prepared = _prepare(acc, *trainable.values(), *self._optimizers(params))
+        n = len(trainable)
+        for name, model, opt in zip(trainable, prepared[:n], prepared[n:], strict=True):
+            setattr(self, name, model)
+            setattr(self, self.OPTIMIZERS[name], opt)
         self.params.update(params)  # the wrappers prepare adds keep the same parameter tensors
 
     def _trainable_scorers(self, reward_model, cost_model) -> None:
@@ -174,14 +192,21 @@ class SharedRoles(Roles):
         base, self.processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
         with _seeded(cfg.seed):  # the actor adapter's random A matrices
             shared = SharedBase(
-                base, actor_lora=cfg.model.lora, reward_dir=reward_dir / "model", cost_dir=cost_dir / "model"
+                base,
+                actor_lora=cfg.model.lora,
+                reward_dir=reward_dir / "model",
+                cost_dir=cost_dir / "model",
+                critics=self.critics,
             ).to(acc.device)
         self.shared = shared
         self.actor, self.reference = shared.policy("actor"), shared.policy(None)
         self.reward_model, self.cost_model = shared.scorer("reward"), shared.scorer("cost")
-        self.reward_critic, self.cost_critic = shared.scorer("reward_critic"), shared.scorer("cost_critic")
-        self.params.update({role: shared.role_parameters(role) for role in TRAINABLE_ROLES})
-        self.opt_actor, self.opt_reward_critic, self.opt_cost_critic = acc.prepare(*self._optimizers(self.params))
+        roles = TRAINABLE_ROLES if self.critics else ("actor",)
+        if self.critics:
+            self.reward_critic, self.cost_critic = shared.scorer("reward_critic"), shared.scorer("cost_critic")
+        self.params.update({role: shared.role_parameters(role) for role in roles})
+        for role, opt in zip(roles, _prepare(acc, *self._optimizers(self.params)), strict=True):
+            setattr(self, self.OPTIMIZERS[role], opt)
         acc.register_for_checkpointing(shared.trainable_state())
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
@@ -200,7 +225,9 @@ class SharedRoles(Roles):
         self.accelerator.wait_for_everyone()
 
 
-def build_roles(cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> Roles:
-    """:class:`SharedRoles` when ``ppo.shared_base``, else :class:`SeparateRoles`."""
+def build_roles(
+    cfg: Config, accelerator, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, critics: bool = True
+) -> Roles:
+    """:class:`SharedRoles` when ``ppo.shared_base``, else :class:`SeparateRoles` (``critics``: see :class:`Roles`)."""
     cls = SharedRoles if cfg.ppo.shared_base else SeparateRoles
-    return cls(cfg, accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir)
+    return cls(cfg, accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir, critics=critics)

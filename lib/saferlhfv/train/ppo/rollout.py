@@ -96,7 +96,7 @@ class Rollout:
     advantages: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> dict[str, Any]:
-        """Rows ``index`` of every tensor (vision tensors included), as a dict."""
+        """Rows ``index`` of every tensor that is set (vision tensors included), as a dict."""
         rows = {
             k: getattr(self, k)[index]
             for k in (
@@ -104,6 +104,7 @@ class Rollout:
                 "attention_mask",
                 "mask",
                 "old_logp",
+                "ref_logp",
                 "reward_values",
                 "cost_values",
                 "reward_adv",
@@ -112,6 +113,7 @@ class Rollout:
                 "cost_ret",
                 "advantages",
             )
+            if getattr(self, k) is not None
         }
         rows["vision"] = _select_vision(self.vision, index)
         return rows
@@ -139,15 +141,18 @@ def make_rollout(
     reference,
     reward_model: ScoreModel,
     cost_model: ScoreModel,
-    reward_critic: ScoreModel,
-    cost_critic: ScoreModel,
+    reward_critic: ScoreModel | None,
+    cost_critic: ScoreModel | None,
     processor,
     rows: dict[str, list],
     cfg: Config,
     seed: int,
     synced_gpus: bool = False,
 ) -> Rollout:
-    """Sample responses for ``rows`` (``image``, ``question``, ``context``) and score them with every role."""
+    """Sample responses for ``rows`` (``image``, ``question``, ``context``) and score them with every role.
+
+    Without critics (``None``: critic-free methods) the values are zeros.
+    """
     ppo = cfg.ppo
     device = next(actor.parameters()).device
     prompt = encode_prompts(processor, rows["image"], rows["question"], padding_side="left").to(device)
@@ -183,8 +188,10 @@ def make_rollout(
     inputs.pop("position_ids", None)  # ScoreModel derives positions itself
     end_reward = reward_model(**inputs).end_scores.float()
     end_cost = cost_model(**inputs).end_scores.float()
-    reward_values = reward_critic(**inputs).scores[:, :-1].float()
-    cost_values = cost_critic(**inputs).scores[:, :-1].float()
+    reward_values, cost_values = (
+        critic(**inputs).scores[:, :-1].float() if critic is not None else torch.zeros_like(old_logp)
+        for critic in (reward_critic, cost_critic)
+    )
     responses = [
         t.strip() for t in processor.batch_decode(generated.masked_fill(real == 0, eos), skip_special_tokens=True)
     ]

@@ -189,6 +189,8 @@ class PPOTrainer:
 
     #: the registry name (set by :func:`register_algorithm`).
     algorithm = "ppo_lag"
+    #: whether the method learns reward and cost critics (False: four roles, :mod:`~saferlhfv.train.ppo.grpo`).
+    uses_critics = True
 
     def __init__(self, cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
         from saferlhfv.data.world import rl_prompts
@@ -206,7 +208,8 @@ class PPOTrainer:
         self.accelerator = make_accelerator()
         ds = self.accelerator.state.deepspeed_plugin
         self.synced_gpus = ds is not None and ds.zero_stage == 3
-        self.roles = build_roles(cfg, self.accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir)
+        self.roles = build_roles(cfg, self.accelerator, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir,
+                                 critics=self.uses_critics)  # fmt: skip
         self.lagrange = self.make_multiplier()
         self.prompts = rl_prompts(cfg.data, "train")
         self.iteration = 0
@@ -244,6 +247,15 @@ class PPOTrainer:
         real tokens when ``ppo.whiten_advantages``."""
         adv = combine_advantages(ro.reward_adv, ro.cost_adv, lam)
         return whiten(adv, ro.mask) if self.cfg.ppo.whiten_advantages else adv
+
+    def actor_objective(self, mb: dict[str, Any], logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The actor's loss on a minibatch: PPO's clipped surrogate on ``mb["advantages"]``.
+
+        Args:
+            mb: a minibatch of :meth:`Rollout.select` (``old_logp``, ``ref_logp``, ``advantages``, ``mask``).
+            logp: ``[b, T]`` the current actor's log-probs of the sampled tokens (with grad).
+        """
+        return clipped_surrogate(logp, mb["old_logp"], mb["advantages"], mb["mask"], self.cfg.ppo.clip_range_ratio)
 
     def refresh_score_models(self, ro: Rollout) -> dict[str, float]:
         """Online preference data: one step of RM-V and CM-V on annotated pairs of this batch's answers.
@@ -358,12 +370,14 @@ class PPOTrainer:
         return out
 
     def minibatch_step(self, mb: dict[str, Any]) -> dict[str, float]:
-        """One actor step on the clipped surrogate and one step of each critic on its clipped value loss."""
+        """One actor step on :meth:`actor_objective` and one step of each critic (if any) on its clipped value loss."""
         ppo, r = self.cfg.ppo, self.roles
         logp, _ = token_logprobs(r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"])
-        loss_a, a_stats = clipped_surrogate(logp, mb["old_logp"], mb["advantages"], mb["mask"], ppo.clip_range_ratio)
+        loss_a, a_stats = self.actor_objective(mb, logp)
         self._optimise(loss_a, "actor")
         out = {"actor_loss": loss_a.item(), **a_stats}
+        if not r.critics:
+            return out
         inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], **mb["vision"]}
         for name, critic, old, ret in (
             ("reward", r.reward_critic, mb["reward_values"], mb["reward_ret"]),

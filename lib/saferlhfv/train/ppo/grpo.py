@@ -1,0 +1,96 @@
+r"""Safe GRPO (``ppo.algorithm: grpo_lag``): PPO-Lagrangian without critics, on group baselines.
+
+GRPO (Shao et al. 2024, DeepSeekMath) drops the value network: it samples ``k`` answers per
+prompt and scores each against the others of its group. Here the same is done for the reward
+*and* the cost, and the two advantages meet the Lagrange multiplier as in PPO-Lagrangian::
+
+    for each prompt x:  y_1 .. y_k ~ pi_old(. | x)          (ppo.samples_per_prompt = k >= 2)
+    A_r(y_i) = (R_i - mean_j R_j) / (std_j R_j + eps)       R = RM-V's end score
+    A_c(y_i) = (C_i - mean_j C_j) / (std_j C_j + eps)       C = CM-V's end score (no KL in it)
+    A(y_i)   = (A_r - lambda A_c) / (1 + lambda)            every token of y_i gets A(y_i)
+    L(theta) = clipped surrogate on A  +  beta * KL_k3(pi_theta || pi_ref)     (beta = ppo.kl_coeff)
+    lambda   : the PPO-Lagrangian step on E[C] against the budget d, before the policy step
+
+Differences from PPO-Lagrangian (:class:`~saferlhfv.train.ppo.trainer.PPOLag`), each one hook:
+
+==========================  =================================================================
+hook                        GRPO
+==========================  =================================================================
+``uses_critics = False``    four roles (actor, reference, RM-V, CM-V): no critics to hold or train
+``shape_rewards``           the end score alone: the KL to the reference is a loss term instead
+``shape_costs``             the end cost alone
+``compute_advantages``      group-normalised outcome scores, broadcast over the answer's tokens
+``actor_objective``         clipped surrogate + ``beta * KL_k3``
+==========================  =================================================================
+
+The baseline is per *prompt*: whether refusing beats complying is decided among answers to the
+same picture and question, which is exactly the image-conditional choice the mini world asks for.
+The price: ``k`` answers per prompt, so ``rollout_batch_size / k`` prompts per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saferlhfv.algorithms.losses import (
+    clipped_surrogate,
+    group_advantages,
+    kl_shaped_costs,
+    kl_shaped_rewards,
+    reference_kl,
+)
+from saferlhfv.config import ConfigError
+from saferlhfv.train.ppo.rollout import Rollout
+from saferlhfv.train.ppo.trainer import PPOLag, register_algorithm
+
+__all__ = ["GRPOLag"]
+
+
+@register_algorithm("grpo_lag")
+class GRPOLag(PPOLag):
+    """Critic-free safe GRPO: group baselines for reward and cost, lambda learned (module docstring)."""
+
+    uses_critics = False
+
+    def __init__(self, cfg, **kwargs):
+        if cfg.ppo.samples_per_prompt < 2:
+            raise ConfigError(
+                f"ppo.algorithm=grpo_lag compares answers to the same prompt: it needs ppo.samples_per_prompt >= 2 "
+                f"(got {cfg.ppo.samples_per_prompt}; 4 is a good start)"
+            )
+        if cfg.ppo.rollout_batch_size % cfg.ppo.samples_per_prompt:
+            raise ConfigError(
+                f"ppo.rollout_batch_size ({cfg.ppo.rollout_batch_size}) must be a multiple of "
+                f"ppo.samples_per_prompt ({cfg.ppo.samples_per_prompt}) for grpo_lag"
+            )
+        super().__init__(cfg, **kwargs)
+
+    def shape_rewards(self, ro: Rollout) -> torch.Tensor:
+        """``[B, T]`` RM-V's score at the last real token, nothing elsewhere (KL is in the loss)."""
+        ppo = self.cfg.ppo
+        return kl_shaped_rewards(ro.end_reward, ro.old_logp, ro.ref_logp, ro.mask, 0.0, ppo.clip_range_score)
+
+    def shape_costs(self, ro: Rollout) -> torch.Tensor:
+        """``[B, T]`` CM-V's score at the last real token, nothing elsewhere."""
+        ppo = self.cfg.ppo
+        return kl_shaped_costs(ro.end_cost, ro.old_logp, ro.ref_logp, ro.mask, 0.0, ppo.clip_range_score, False)
+
+    def compute_advantages(self, ro: Rollout, rewards: torch.Tensor, costs: torch.Tensor) -> None:
+        """Group advantages of each answer's total reward and cost, on every one of its real tokens.
+
+        Sets ``ro.reward_adv`` / ``ro.cost_adv`` (``[B, T]``); the returns stay ``None`` (no critics).
+        """
+        k, mask = self.cfg.ppo.samples_per_prompt, ro.mask.to(rewards.dtype)
+        ro.reward_adv = group_advantages((rewards * mask).sum(dim=1), k).unsqueeze(1) * mask
+        ro.cost_adv = group_advantages((costs * mask).sum(dim=1), k).unsqueeze(1) * mask
+        ro.reward_ret = ro.cost_ret = None
+
+    def actor_objective(self, mb: dict[str, Any], logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Clipped surrogate on the group advantage plus ``ppo.kl_coeff`` times KL_k3 to the reference."""
+        ppo = self.cfg.ppo
+        loss, stats = clipped_surrogate(logp, mb["old_logp"], mb["advantages"], mb["mask"], ppo.clip_range_ratio)
+        kl = reference_kl(logp, mb["ref_logp"], mb["mask"])
+        stats["reference_kl"] = kl.item()
+        return loss + ppo.kl_coeff * kl, stats

@@ -1,0 +1,141 @@
+"""RePO and safe GRPO: their math on hand-computed tensors, their hooks, four roles, two processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saferlhfv.algorithms.losses import clipped_surrogate, group_advantages, rectified_costs, reference_kl
+from saferlhfv.config import ConfigError, load_config
+from saferlhfv.plotting import read_metrics
+from saferlhfv.train.ppo import GRPOLag, RePO, make_trainer
+from tests.helpers import SMALL_MODEL_AND_WORLD, run_ppo_two_processes, upstream_artifacts
+from tests.test_ppo_hooks import _bare, _rollout
+
+SMALL = SMALL_MODEL_AND_WORLD + ["sft.max_steps=4", "reward.max_steps=2", "cost.max_steps=2", "ppo.iterations=2"]
+GRPO = ["ppo.algorithm=grpo_lag", "ppo.samples_per_prompt=2"]
+
+
+# --------------------------------------------------------------------------- the math
+
+
+def test_group_advantages_by_hand():
+    scores = torch.tensor([1.0, 3.0, 5.0, 5.0, 0.0, 6.0])
+    adv = group_advantages(scores, 2, eps=0.0 + 1e-12)
+    # group (1, 3): mean 2, sample std sqrt(2); (5, 5): a constant group carries no signal
+    s = 2**0.5
+    torch.testing.assert_close(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0, -3 / (18**0.5), 3 / (18**0.5)]))
+    torch.testing.assert_close(group_advantages(torch.full((4,), 7.0), 4), torch.zeros(4))
+    with pytest.raises(ValueError, match="whole number of groups"):
+        group_advantages(torch.zeros(5), 2)
+    with pytest.raises(ValueError, match=">= 2 answers"):
+        group_advantages(torch.zeros(4), 1)
+
+
+def test_rectified_costs_are_zero_within_budget():
+    c = torch.tensor([-5.0, -0.1, 0.0, 0.5, 3.0])
+    torch.testing.assert_close(rectified_costs(c), torch.tensor([0.0, 0.0, 0.0, 0.5, 3.0]))
+    torch.testing.assert_close(rectified_costs(c, threshold=-1.0), torch.tensor([0.0, 0.9, 1.0, 1.5, 4.0]))
+
+
+def test_reference_kl_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0, -9.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    kl = reference_kl(logp, ref, mask)
+    # k3 = e^d - d - 1 with d = ref - logp: token 1 d = 0 -> 0; token 2 d = 1 -> e - 2; token 3 is padding
+    assert kl.item() == pytest.approx((torch.e - 2) / 2)
+    kl.backward()  # d k3 / d logp = 1 - e^d: 0 and 1 - e, over 2 tokens; nothing on padding
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, (1 - torch.e) / 2, 0.0]]))
+
+
+# --------------------------------------------------------------------------- the hooks
+
+
+def test_repo_hooks_penalise_violations_only():
+    trainer = _bare(RePO, ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.lambda_update_delay_steps=0"])
+    ro = _rollout()  # C = (3, -1): the first answer violates C <= 0 by 3, the second is within budget
+    torch.testing.assert_close(trainer.shape_costs(ro), torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    stats = trainer.multiplier_step(ro)
+    assert stats["Jc"] == pytest.approx(1.5)  # mean violation (3 + 0) / 2
+    assert trainer.lagrange.lambda_ == pytest.approx(torch.e**0.75)  # log 1 + 0.5 * 1 * 1.5
+    safe = _rollout()
+    safe.end_cost = torch.tensor([-2.0, -1.0])
+    before = trainer.lagrange.lambda_
+    assert trainer.multiplier_step(safe)["Jc"] == pytest.approx(1.5 / 2)  # window of 4: (3 + 0 + 0 + 0) / 4
+    assert trainer.lagrange.lambda_ >= before  # the mean violation is >= 0: lambda never falls
+    budget = _bare(RePO, ["ppo.repo_threshold=-2"])
+    torch.testing.assert_close(budget.violations(ro), torch.tensor([5.0, 1.0]))
+
+
+def test_grpo_hooks_by_hand():
+    trainer = _bare(GRPOLag, GRPO + ["ppo.kl_coeff=0.1", "ppo.lambda_init=1"])
+    ro = _rollout()  # one group of 2: R = (1, 2), C = (3, -1)
+    rewards, costs = trainer.shape_rewards(ro), trainer.shape_costs(ro)
+    # no KL in the per-token reward: the end score alone
+    torch.testing.assert_close(rewards, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
+    trainer.compute_advantages(ro, rewards, costs)
+    a = 2**-0.5  # (x - mean) / sample std for two values: -+ 1 / sqrt(2)
+    torch.testing.assert_close(ro.reward_adv, torch.tensor([[-a, -a, 0, 0], [a, a, a, 0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.cost_adv, torch.tensor([[a, a, 0, 0], [-a, -a, -a, 0]]), atol=1e-5, rtol=0)
+    assert ro.reward_ret is None and ro.cost_ret is None
+    adv = trainer.combine_advantages(ro, 1.0)  # (A_r - A_c) / 2
+    torch.testing.assert_close(adv, torch.tensor([[-a, -a, 0, 0], [a, a, a, 0]]), atol=1e-5, rtol=0)
+    ro.advantages = adv
+    mb = ro.select(torch.arange(2))
+    assert "reward_ret" not in mb and "ref_logp" in mb
+    logp = ro.old_logp.clone().requires_grad_(True)
+    loss, stats = trainer.actor_objective(mb, logp)
+    surrogate, _ = clipped_surrogate(logp, ro.old_logp, adv, ro.mask, 0.2)
+    expected = surrogate + 0.1 * reference_kl(logp, ro.ref_logp, ro.mask)
+    torch.testing.assert_close(loss, expected)
+    assert stats["reference_kl"] > 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    art = tmp_path_factory.mktemp("artifacts")
+    with upstream_artifacts(art, SMALL) as dirs:
+        yield art, dirs
+
+
+def test_grpo_needs_groups(upstream, tmp_path):
+    _, dirs = upstream
+    with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
+        make_trainer(load_config("tiny", overrides=SMALL + ["ppo.algorithm=grpo_lag"]), out_dir=tmp_path, **dirs)
+    bad = SMALL + GRPO + ["ppo.samples_per_prompt=3"]  # rollout batch 4 is not a multiple of 3
+    with pytest.raises(ConfigError, match="multiple of"):
+        make_trainer(load_config("tiny", overrides=bad), out_dir=tmp_path, **dirs)
+
+
+def test_grpo_trains_four_roles(upstream, tmp_path):
+    _, dirs = upstream
+    trainer = make_trainer(load_config("tiny", overrides=SMALL + GRPO), out_dir=tmp_path, **dirs)
+    roles = trainer.roles
+    assert roles.reward_critic is None and roles.cost_critic is None and len(roles.models()) == 4
+    assert set(roles.params) == {"actor"}
+    before = [p.detach().clone() for p in roles.params["actor"]]
+    done = trainer.train()
+    assert done["iterations"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, roles.params["actor"]))
+    record = read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert "reference_kl" in record and "reward_critic_loss" not in record
+
+
+def test_repo_trains(upstream, tmp_path):
+    _, dirs = upstream
+    trainer = make_trainer(load_config("tiny", overrides=SMALL + ["ppo.algorithm=repo"]), out_dir=tmp_path, **dirs)
+    trainer.train()
+    lambdas = [r["lambda"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert all(b >= a for a, b in zip(lambdas, lambdas[1:]))  # the multiplier of a zero-violation target
+
+
+@pytest.mark.parametrize("method", [GRPO, ["ppo.algorithm=repo"]], ids=["grpo_lag", "repo"])
+def test_two_processes_agree(upstream, tmp_path, method):
+    """torchrun with 2 CPU processes: the same lambda and actor weights on both ranks."""
+    art, _ = upstream
+    result = run_ppo_two_processes(art, tmp_path / "ppo", SMALL + method + ["ppo.rollout_batch_size=8"])
+    assert result["processes"] == 2 and result["ranks_agree"] is True and result["iterations"] == 2
