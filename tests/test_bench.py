@@ -30,17 +30,20 @@ def test_cli_json_has_every_part(capsys, artifacts):
             "--repeats", "1", "--ppo-iterations", "1", "--no-live-stages", "--json"]  # fmt: skip
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    for part in ("model", "score", "ppo", "stages", "memory"):
+    for part in ("model", "score", "ppo", "methods", "stages", "memory"):
         assert part in out and "error" not in out[part], out.get(part)
     assert out["model"]["train_samples_per_s"] > 0 and out["model"]["generate_tokens_per_s"] > 0
     assert out["score"]["score_train_pairs_per_s"] > 0 and out["score"]["score_batch_pairs"] == 4
     assert out["ppo"]["ppo_episodes_per_s"] > 0 and out["ppo"]["ppo_upstream"].startswith("untrained")
     assert [r["stage"] for r in out["stages"]] == [s for s, _, _ in STAGE_ARTIFACTS]
     assert all(r["source"] == "missing" for r in out["stages"])  # nothing trained in this folder
-    assert len(out["memory"]["layouts"]) == 3 and out["peak_memory_mb"] > 0
+    assert [r["algorithm"] for r in out["methods"]] == ["ppo_lag", "reward_only", "repo", "grpo_lag"]
+    assert all(r["ppo_episodes_per_s"] > 0 for r in out["methods"])
+    assert len(out["memory"]["layouts"]) == 5 and out["peak_memory_mb"] > 0
     text = format_report(out)
     for needle in ("SFT train step", "RM-V / CM-V", "PPO-Lagrangian iteration", "generation, KV cache",
-                   "pipeline stages", "six separate models", "shared base", "peak memory"):  # fmt: skip
+                   "pipeline stages", "six separate models", "shared base", "peak memory", "PPO methods",
+                   "safe GRPO"):  # fmt: skip
         assert needle in text
 
 
@@ -73,7 +76,7 @@ def test_role_memory_measures_the_three_layouts(artifacts):
     m = role_memory(cfg)
     rows = {r["layout"]: r for r in m["layouts"]}
     assert list(rows) == [name for name, _ in MEMORY_LAYOUTS]
-    separate, lora, shared = rows.values()
+    separate, lora, shared, grpo, grpo_shared = rows.values()
     model, _ = load_vlm(cfg.model, text_corpus(cfg.data))
     params = sum(p.numel() for p in model.parameters())
     vlm = params * 4 + sum(b.numel() * b.element_size() for b in model.buffers())
@@ -88,6 +91,13 @@ def test_role_memory_measures_the_three_layouts(artifacts):
     assert separate["trainable_parameters"] > 2 * params
     # gradients + two AdamW moments per trainable weight
     assert shared["train_state_mb"] == pytest.approx(3 * shared["trainable_parameters"] * 4 / 2**20, abs=0.01)
+    # safe GRPO: no critics, so four models (two heads) and only the actor trains
+    assert grpo["weights_mb"] == pytest.approx((4 * vlm + 2 * head) / 2**20, abs=0.01)
+    assert grpo["trainable_parameters"] == params and grpo_shared["trainable_parameters"] == adapter
+    assert grpo_shared["weights_mb"] == pytest.approx((vlm + 3 * adapter * 4 + 2 * head) / 2**20, abs=0.01)
+    ratio = grpo["train_state_mb"] / separate["train_state_mb"]
+    assert m["grpo_over_ppo_train_state"] == pytest.approx(ratio, abs=2e-3)
+    assert m["grpo_over_ppo_train_state"] < 0.4  # one trained model's state instead of three
     assert all(r["peak_mb"] > 0 for r in m["layouts"])
     assert "shared base + 5 LoRA adapters" in format_report({"preset": "tiny", "device": "cpu", "threads": 1,
                                                                "memory": m})  # fmt: skip

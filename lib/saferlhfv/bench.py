@@ -1,6 +1,6 @@
 """Speed and memory of a preset: ``python -m saferlhfv.bench --preset tiny [--json]``.
 
-Five parts (``--parts``; all by default), each a function returning a dict:
+Six parts (``--parts``; all by default), each a function returning a dict:
 
 * ``model`` (:func:`bench_model`): the policy VLM's parameter count; one SFT optimiser step
   (forward + backward + AdamW) on ``--batch-size`` image + question + response sequences ->
@@ -14,6 +14,8 @@ Five parts (``--parts``; all by default), each a function returning a dict:
   :func:`~saferlhfv.train.ppo.make_trainer` -> episodes/s. It uses the preset's trained
   SFT / RM-V / CM-V artifacts when they are cached, untrained copies otherwise (then every
   answer runs to ``ppo.max_new_tokens``: a worst case).
+* ``methods`` (:func:`bench_methods`): the ``ppo`` part for the method of each PPO stage of the
+  pipeline (PPO-Lagrangian, reward-only, RePO, four-role safe GRPO with its 4 answers per prompt).
 * ``stages`` (:func:`stage_times`): wall time of each pipeline stage and its end-to-end
   training samples/s (steps x batch / seconds, evaluation included), read from the cached
   artifacts' ``result.json`` (``seconds``) or from a pipeline run's ``summary.json``; a stage
@@ -45,12 +47,14 @@ from typing import Any
 import torch
 
 from saferlhfv.config import Config, add_config_arguments, apply_overrides, config_from_args
+from saferlhfv.pipeline import PPO_STAGES
 
 __all__ = [
     "PARTS",
     "bench_model",
     "bench_score_model",
     "bench_ppo",
+    "bench_methods",
     "stage_times",
     "role_memory",
     "run_bench",
@@ -58,7 +62,7 @@ __all__ = [
     "main",
 ]
 
-PARTS = ("model", "score", "ppo", "stages", "memory")
+PARTS = ("model", "score", "ppo", "methods", "stages", "memory")
 
 
 def _device() -> torch.device:
@@ -256,14 +260,23 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
     }
 
 
+def bench_methods(cfg: Config, *, iterations: int = 2) -> list[dict[str, Any]]:
+    """:func:`bench_ppo` for the method of every PPO stage of the pipeline (PPO-Lagrangian, reward-only,
+    RePO, safe GRPO), each with the overrides its stage uses: one row per method."""
+    rows = []
+    for stage, overrides in PPO_STAGES.items():
+        r = bench_ppo(apply_overrides(cfg, overrides), iterations=iterations)
+        rows.append({"stage": stage, "algorithm": overrides["ppo.algorithm"], **r})
+    return rows
+
+
 #: (pipeline stage name, artifact stage, config overrides); the order of the pipeline.
 STAGE_ARTIFACTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("sft", "sft", {}),
     ("reward", "reward", {}),
     ("cost", "cost", {}),
     ("guard", "guard", {}),
-    ("ppo_lag", "ppo", {"ppo.algorithm": "ppo_lag"}),
-    ("ppo_reward_only", "ppo", {"ppo.algorithm": "reward_only"}),
+    *((name, "ppo", overrides) for name, overrides in PPO_STAGES.items()),
 )
 
 
@@ -335,10 +348,13 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
 
 
 #: the three ways the PPO trainer can hold its six roles, as (name, config overrides).
+_GRPO = {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 2}
 MEMORY_LAYOUTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("six separate models", {"model.lora.enabled": False, "ppo.shared_base": False}),
     ("six models, LoRA actor + critics", {"model.lora.enabled": True, "ppo.shared_base": False}),
     ("shared base + 5 LoRA adapters", {"model.lora.enabled": True, "ppo.shared_base": True}),
+    ("safe GRPO: four separate models", {"model.lora.enabled": False, "ppo.shared_base": False, **_GRPO}),
+    ("safe GRPO: shared base + 3 adapters", {"model.lora.enabled": True, "ppo.shared_base": True, **_GRPO}),
 )
 
 
@@ -382,8 +398,9 @@ def measure_layout(cfg: Config, upstream: dict[str, Path], *, iterations: int = 
     roles = r.models()
     weights = _tensor_bytes(t for m in roles for t in list(m.parameters()) + list(m.buffers()))
     trainable = [p for params in r.params.values() for p in params]
-    moments = [v for opt in (r.opt_actor, r.opt_reward_critic, r.opt_cost_critic) for st in opt.state.values()
-               for v in st.values() if torch.is_tensor(v) and v.dim() > 0]  # fmt: skip
+    opts = [opt for opt in (r.opt_actor, r.opt_reward_critic, r.opt_cost_critic) if opt is not None]
+    moments = [v for opt in opts for st in opt.state.values() for v in st.values()
+               if torch.is_tensor(v) and v.dim() > 0]  # fmt: skip
     mb = 2**20
     return {
         "weights_mb": round(weights / mb, 2),
@@ -403,7 +420,8 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
 
     Returns:
         ``layouts``: one row per layout (``layout`` + the fields of :func:`measure_layout`);
-        ``lora_rank``; ``separate_over_shared``: weights of six separate models / shared base.
+        ``lora_rank``; ``separate_over_shared``: weights of six separate models / shared base;
+        ``grpo_over_ppo_train_state``: gradient + AdamW bytes of four-role GRPO / six-role PPO (separate models).
     """
     import os
     import subprocess
@@ -434,7 +452,8 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
         "lora_rank": cfg.model.lora.r,
         "iterations": iterations,
         "peak_kind": "CUDA allocated" if _device().type == "cuda" else "peak resident memory growth (CPU)",
-        "separate_over_shared": round(rows[0]["weights_mb"] / rows[-1]["weights_mb"], 2),
+        "separate_over_shared": round(rows[0]["weights_mb"] / rows[2]["weights_mb"], 2),
+        "grpo_over_ppo_train_state": round(rows[3]["train_state_mb"] / rows[0]["train_state_mb"], 3),
     }
 
 
@@ -463,6 +482,7 @@ def run_bench(
         "model": lambda: bench_model(cfg, batch_size=batch_size, new_tokens=new_tokens, repeats=repeats),
         "score": lambda: bench_score_model(cfg, batch_size=batch_size, repeats=repeats),
         "ppo": lambda: bench_ppo(cfg, iterations=ppo_iterations),
+        "methods": lambda: bench_methods(cfg, iterations=ppo_iterations),
         "stages": lambda: stage_times(cfg, summary=summary, live=live_stages),
         "memory": lambda: role_memory(cfg),
     }
@@ -511,6 +531,22 @@ def format_report(result: dict[str, Any]) -> str:
         for name, part in (("model", model), ("score", score), ("ppo", ppo)):
             if "error" in part:
                 lines.append(f"{name}: {part['error']}")
+    if "methods" in result:
+        methods = result["methods"]
+        lines += [
+            "",
+            "PPO methods, whole iterations",
+            f"{'stage':<16} {'episodes/s':>11} {'iteration s':>12} {'roles MB':>9}",
+        ]
+        if isinstance(methods, dict):
+            lines.append(f"error: {methods.get('error')}")
+        else:
+            for r in methods:
+                lines.append(
+                    f"{r['stage']:<16} {_fmt(r['ppo_episodes_per_s']):>11} {_fmt(r['ppo_iteration_s']):>12} "
+                    f"{_fmt(r['ppo_six_roles_built_memory_mb']):>9}"
+                )
+            lines.append(f"(roles MB: {methods[0]['ppo_six_roles_memory_kind']}, while building the roles)")
     if "stages" in result:
         stages = result["stages"]
         lines += ["", "pipeline stages", f"{'stage':<16} {'seconds':>9} {'samples':>9}  {'samples/s':>9}  source"]
@@ -537,7 +573,8 @@ def format_report(result: dict[str, Any]) -> str:
                 )
             lines.append(
                 f"(LoRA rank {m['lora_rank']}; peak = {m['peak_kind']}; six separate models hold "
-                f"{m['separate_over_shared']:g}x the shared base's weights)"
+                f"{m['separate_over_shared']:g}x the shared base's weights; four-role GRPO holds "
+                f"{m['grpo_over_ppo_train_state']:g}x six-role PPO's gradient + AdamW state)"
             )
     lines += ["", f"peak memory of this process: {_fmt(result.get('peak_memory_mb'))} MB"]
     return "\n".join(lines)

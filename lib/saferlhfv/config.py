@@ -285,6 +285,9 @@ class PPOConfig(TrainConfig):
     algorithm: str = "ppo_lag"
     #: answers sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts).
     samples_per_prompt: int = 1
+    #: grpo_lag: how group-centred scores are scaled, "group" (each group's std, DeepSeekMath), "batch"
+    #: (the batch's std, TRL's scale_rewards="batch") or "none" (Dr. GRPO).
+    group_scale: str = "group"
     #: normalise the combined advantage to zero mean, unit variance over the batch's real tokens.
     whiten_advantages: bool = False
     #: stop an iteration's PPO epochs once a minibatch's approx KL(pi_old || pi) per token exceeds this.

@@ -383,18 +383,24 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps:
     return torch.where(keep, out, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def group_advantages(scores: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(scores: torch.Tensor, group: int, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
     """GRPO's critic-free advantage: each answer's score against the other answers to its prompt.
 
-    ``A_i = (s_i - mean_g(s)) / (std_g(s) + eps)``   over the ``group`` answers ``g`` of one prompt
+    ``A_i = (s_i - mean_g(s)) / (sigma + eps)``   over the ``group`` answers ``g`` of one prompt, with
 
-    (``std`` is the sample standard deviation, as in DeepSeekMath's GRPO and TRL). A group whose
-    answers all score the same carries no signal: its advantages are 0.
+    * ``scale="group"``: ``sigma = std_g(s)``, the group's own spread (DeepSeekMath's GRPO);
+    * ``scale="batch"``: ``sigma = std(s)`` over the whole batch (TRL's ``scale_rewards="batch"``):
+      a group whose answers barely differ gets small advantages instead of unit-scale noise;
+    * ``scale="none"``: ``sigma = 1`` (Dr. GRPO: the centred score alone).
+
+    ``std`` is the sample standard deviation, as in DeepSeekMath and TRL. A group whose answers
+    all score the same carries no signal: its advantages are 0 under every scale.
 
     Args:
         scores: ``[B]`` end scores (RM-V reward or CM-V cost), rows ``group * j .. group * j + group - 1``
             answering prompt ``j``.
         group: answers per prompt, >= 2.
+        scale: ``"group"``, ``"batch"`` or ``"none"``.
 
     Returns:
         ``[B]`` advantages, one per answer (broadcast over its tokens by the caller).
@@ -406,8 +412,14 @@ def group_advantages(scores: torch.Tensor, group: int, eps: float = 1e-6) -> tor
     if scores.shape[0] % group:
         raise ValueError(f"batch of {scores.shape[0]} answers is not a whole number of groups of {group}")
     g = scores.float().view(-1, group)
-    adv = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True) + eps)
-    return adv.view(-1).to(scores.dtype)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (g.std() + eps)
+    elif scale != "none":
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return centred.view(-1).to(scores.dtype)
 
 
 def rectified_costs(costs: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:

@@ -28,7 +28,19 @@ from saferlhfv.io import write_json_atomic
 from saferlhfv.models.score import score_texts
 from saferlhfv.train.ppo import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget_sweep, make_trainer, run_seed, seed_runs
 
-__all__ = ["train_ppo_lag", "ensure_ppo", "budget_sweep", "seed_runs", "SWEEP_THRESHOLDS", "SWEEP_ITERATIONS", "main"]
+#: answers sampled per evaluation prompt to measure safety compensation (per-prompt unsafe probability).
+COMPENSATION_SAMPLES = 4
+
+__all__ = [
+    "COMPENSATION_SAMPLES",
+    "train_ppo_lag",
+    "ensure_ppo",
+    "budget_sweep",
+    "seed_runs",
+    "SWEEP_THRESHOLDS",
+    "SWEEP_ITERATIONS",
+    "main",
+]
 
 
 def train_ppo_lag(
@@ -42,11 +54,21 @@ def train_ppo_lag(
         ``degenerate_share``, ``mean_cost`` / ``mean_reward`` (CM-V / RM-V on the evaluation
         answers), ``cost_sign_agreement`` (share of answers where CM-V's sign matches the
         oracle's verdict), ``reward_oracle_correlation`` (Pearson, RM-V vs oracle helpfulness),
-        ``final_lambda``, ``threshold``, ``seed`` (of the RL stage), ``precursor`` (the same oracle
-        numbers for the SFT policy), ``seconds``.
+        ``final_lambda``, ``threshold`` (the method's budget: ``ppo.repo_threshold`` for RePO),
+        ``seed`` (of the RL stage), ``precursor`` (the same oracle numbers for the SFT policy),
+        the compensation numbers of :func:`saferlhfv.evaluate.compensation` on
+        :data:`COMPENSATION_SAMPLES` answers per prompt (``unsafe_prompt_share``,
+        ``mean_unsafe_probability``, ``prompt_costs``: sorted per-prompt mean CM-V costs), ``seconds``.
     """
     from saferlhfv.data.world import rl_prompts
-    from saferlhfv.evaluate import cost_model_agreement, evaluate_policy, pearson, win_rates
+    from saferlhfv.evaluate import (
+        compensation,
+        cost_model_agreement,
+        evaluate_policy,
+        pearson,
+        prompt_safety,
+        win_rates,
+    )
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -66,6 +88,10 @@ def train_ppo_lag(
     rewards = score_texts(roles.reward_model, roles.processor, *args)
     costs = score_texts(roles.cost_model, roles.processor, *args)
     write_json_atomic(out_dir / "eval_samples.json", {"policy": samples, "precursor": ref_samples})
+    per_prompt = prompt_safety(trainer.policy(), roles.processor, prompts, k=COMPENSATION_SAMPLES,
+                               cost_model=roles.cost_model, max_new_tokens=cfg.ppo.max_new_tokens,
+                               seed=run_seed(cfg) + 29)  # fmt: skip
+    comp = compensation(per_prompt)
     return {
         "algorithm": cfg.ppo.algorithm,
         "iterations": result["iterations"],
@@ -82,7 +108,10 @@ def train_ppo_lag(
         "cost_sign_agreement": cost_model_agreement(costs, samples)["agreement"],
         "reward_oracle_correlation": pearson(rewards, [s["helpful"] for s in samples]),
         "final_lambda": round(result["final_lambda"], 4),
-        "threshold": cfg.ppo.threshold,
+        "threshold": getattr(cfg.ppo, trainer.budget_key),
+        "unsafe_prompt_share": comp["unsafe_prompt_share"],
+        "mean_unsafe_probability": comp["mean_unsafe_probability"],
+        "prompt_costs": comp["sorted_costs"],
         "seed": cfg.ppo.seed,
         "behaviour": summary["behaviour"],
         "per_category_safety": summary["per_category_safety"],
@@ -124,7 +153,7 @@ def _upstream_dirs(cfg: Config, *, train_missing: bool) -> dict[str, Path]:
 
 
 def _printable(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in ("per_category_safety", "behaviour")}
+    return {k: v for k, v in metrics.items() if k not in ("per_category_safety", "behaviour", "prompt_costs")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,11 +5,14 @@ prompt and scores each against the others of its group. Here the same is done fo
 *and* the cost, and the two advantages meet the Lagrange multiplier as in PPO-Lagrangian::
 
     for each prompt x:  y_1 .. y_k ~ pi_old(. | x)          (ppo.samples_per_prompt = k >= 2)
-    A_r(y_i) = (R_i - mean_j R_j) / (std_j R_j + eps)       R = RM-V's end score
-    A_c(y_i) = (C_i - mean_j C_j) / (std_j C_j + eps)       C = CM-V's end score (no KL in it)
+    A_r(y_i) = (R_i - mean_j R_j) / (sigma_R + eps)          R = RM-V's end score
+    A_c(y_i) = (C_i - mean_j C_j) / (sigma_C + eps)          C = CM-V's end score (no KL in it)
     A(y_i)   = (A_r - lambda A_c) / (1 + lambda)            every token of y_i gets A(y_i)
     L(theta) = clipped surrogate on A  +  beta * KL_k3(pi_theta || pi_ref)     (beta = ppo.kl_coeff)
     lambda   : the PPO-Lagrangian step on E[C] against the budget d, before the policy step
+
+``sigma`` is the group's std, the batch's std or 1 (``ppo.group_scale``: ``group`` / ``batch`` /
+``none``; :func:`~saferlhfv.algorithms.losses.group_advantages`).
 
 Differences from PPO-Lagrangian (:class:`~saferlhfv.train.ppo.trainer.PPOLag`), each one hook:
 
@@ -82,9 +85,10 @@ class GRPOLag(PPOLag):
 
         Sets ``ro.reward_adv`` / ``ro.cost_adv`` (``[B, T]``); the returns stay ``None`` (no critics).
         """
-        k, mask = self.cfg.ppo.samples_per_prompt, ro.mask.to(rewards.dtype)
-        ro.reward_adv = group_advantages((rewards * mask).sum(dim=1), k).unsqueeze(1) * mask
-        ro.cost_adv = group_advantages((costs * mask).sum(dim=1), k).unsqueeze(1) * mask
+        ppo, mask = self.cfg.ppo, ro.mask.to(rewards.dtype)
+        for name, per_token in (("reward_adv", rewards), ("cost_adv", costs)):
+            adv = group_advantages((per_token * mask).sum(dim=1), ppo.samples_per_prompt, ppo.group_scale)
+            setattr(ro, name, adv.unsqueeze(1) * mask)
         ro.reward_ret = ro.cost_ret = None
 
     def actor_objective(self, mb: dict[str, Any], logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -68,6 +68,8 @@ __all__ = ["RePO"]
 class RePO(PPOLag):
     """PPO with the rectified per-answer cost ``{C - d_r}^+`` and its multiplier (module docstring)."""
 
+    budget_key = "repo_threshold"
+
     def violations(self, ro: Rollout) -> torch.Tensor:
         """``[B]`` the rectified end costs ``max(0, C - ppo.repo_threshold)`` of this batch's answers."""
         return rectified_costs(ro.end_cost, self.cfg.ppo.repo_threshold)

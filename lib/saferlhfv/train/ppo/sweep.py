@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from saferlhfv.config import Config, apply_overrides
+from saferlhfv.config import Config, ConfigError, apply_overrides
 
 __all__ = ["SWEEP_THRESHOLDS", "SWEEP_ITERATIONS", "budget_sweep", "seed_runs", "mean_std", "SEED_KEYS"]
 
@@ -32,6 +32,8 @@ SEED_KEYS = (
     "final_lambda",
     "cost_sign_agreement",
     "reward_oracle_correlation",
+    "unsafe_prompt_share",
+    "mean_unsafe_probability",
     "seconds",
 )
 
@@ -43,21 +45,29 @@ def budget_sweep(
     iterations: int | None = SWEEP_ITERATIONS,
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """PPO-Lagrangian once per budget ``d`` in ``thresholds`` (each a cached artifact).
+    """One PPO run per budget in ``thresholds`` (each a cached artifact); PPO-Lagrangian by default.
+
+    The method is ``overrides["ppo.algorithm"]`` (default ``ppo_lag``); the budget goes into the
+    field the method names (``budget_key``: ``ppo.threshold``, or ``ppo.repo_threshold`` for RePO).
 
     Args:
         iterations: PPO iterations per run (None keeps ``cfg.ppo.iterations``).
-        overrides: extra config fields for every run.
+        overrides: extra config fields for every run (the method among them).
 
     Returns:
         One metrics dict (as :func:`~saferlhfv.train.ppo_lag.train_ppo_lag` returns) per threshold,
         with ``folder`` added.
     """
+    from saferlhfv.train.ppo import ALGORITHMS
     from saferlhfv.train.ppo_lag import ensure_ppo
 
+    fields = {"ppo.algorithm": "ppo_lag", **(overrides or {})}
+    if fields["ppo.algorithm"] not in ALGORITHMS:
+        raise ConfigError(f"unknown ppo.algorithm {fields['ppo.algorithm']!r}; choose one of {sorted(ALGORITHMS)}")
+    budget_key = "ppo." + ALGORITHMS[fields["ppo.algorithm"]].budget_key
     results = []
     for d in thresholds:
-        fields = {**(overrides or {}), "ppo.threshold": float(d), "ppo.algorithm": "ppo_lag"}
+        fields[budget_key] = float(d)
         if iterations is not None:
             fields["ppo.iterations"] = iterations
         folder, metrics = ensure_ppo(apply_overrides(cfg, fields))

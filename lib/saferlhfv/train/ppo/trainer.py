@@ -189,6 +189,8 @@ class PPOTrainer:
 
     #: the registry name (set by :func:`register_algorithm`).
     algorithm = "ppo_lag"
+    #: the ``cfg.ppo`` field that holds the method's budget (what a budget sweep varies).
+    budget_key = "threshold"
     #: whether the method learns reward and cost critics (False: four roles, :mod:`~saferlhfv.train.ppo.grpo`).
     uses_critics = True
 
