@@ -8,7 +8,7 @@ import torch
 from saferlhfv.algorithms.losses import clipped_surrogate, group_advantages, rectified_costs, reference_kl
 from saferlhfv.config import ConfigError, load_config
 from saferlhfv.plotting import read_metrics
-from saferlhfv.train.ppo import GRPOLag, RePO, make_trainer
+from saferlhfv.train.ppo import GRPOLag, GRPORePO, RePO, make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, run_ppo_two_processes, upstream_artifacts
 from tests.test_ppo_hooks import _bare, _rollout
 
@@ -90,6 +90,18 @@ def test_grpo_hooks_by_hand():
     expected = surrogate + 0.1 * reference_kl(logp, ro.ref_logp, ro.mask)
     torch.testing.assert_close(loss, expected)
     assert stats["reference_kl"] > 0
+
+
+def test_rectified_grpo_gives_a_safe_group_no_cost_advantage():
+    trainer = _bare(GRPORePO, GRPO)
+    ro = _rollout()
+    ro.end_cost = torch.tensor([-3.0, -0.5])  # both answers within C <= 0: no violation in the group
+    trainer.compute_advantages(ro, trainer.shape_rewards(ro), trainer.shape_costs(ro))
+    assert torch.all(ro.cost_adv == 0) and ro.reward_adv.abs().sum() > 0
+    ro.end_cost = torch.tensor([2.0, -0.5])  # the first violates by 2: it alone carries cost
+    torch.testing.assert_close(trainer.shape_costs(ro), torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert trainer.multiplier_step(ro)["Jc"] == pytest.approx(1.0)  # mean violation (2 + 0) / 2
+    assert GRPORePO.budget_key == RePO.budget_key == "repo_threshold"
 
 
 # --------------------------------------------------------------------------- end to end

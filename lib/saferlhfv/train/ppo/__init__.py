@@ -8,15 +8,16 @@
   ``ppo_lag``, ``reward_only``, ``fixed_lambda`` (and the diagnostic ``oracle_ppo_lag``). A new
   method is one subclass and one :func:`register_algorithm` line.
 * :mod:`~saferlhfv.train.ppo.repo`: RePO, the rectified per-answer constraint (``repo``).
-* :mod:`~saferlhfv.train.ppo.grpo`: safe GRPO, critic-free with group baselines (``grpo_lag``).
+* :mod:`~saferlhfv.train.ppo.grpo`: safe GRPO, critic-free with group baselines (``grpo_lag``), and
+  with RePO's rectified constraint (``grpo_repo``).
 * :mod:`~saferlhfv.train.ppo.sweep`: budget sweeps and seeds (mean +- std).
 
 The stage around it (train, evaluate against the precursor, cache, command line) is
 :mod:`saferlhfv.train.ppo_lag`.
 """
 
-from saferlhfv.train.ppo.grpo import GRPOLag
-from saferlhfv.train.ppo.repo import RePO
+from saferlhfv.train.ppo.grpo import GRPOLag, GRPORePO
+from saferlhfv.train.ppo.repo import RectifiedConstraint, RePO
 from saferlhfv.train.ppo.roles import Roles, SeparateRoles, SharedRoles, build_roles
 from saferlhfv.train.ppo.rollout import Rollout, make_rollout, response_mask, token_logprobs
 from saferlhfv.train.ppo.sweep import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget_sweep, mean_std, seed_runs
@@ -37,10 +38,12 @@ __all__ = [
     "ALGORITHMS",
     "FixedLambda",
     "GRPOLag",
+    "GRPORePO",
     "OracleScores",
     "PPOLag",
     "PPOTrainer",
     "RePO",
+    "RectifiedConstraint",
     "RewardOnly",
     "Roles",
     "Rollout",

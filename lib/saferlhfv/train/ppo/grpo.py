@@ -45,10 +45,11 @@ from saferlhfv.algorithms.losses import (
     reference_kl,
 )
 from saferlhfv.config import ConfigError
+from saferlhfv.train.ppo.repo import RectifiedConstraint
 from saferlhfv.train.ppo.rollout import Rollout
 from saferlhfv.train.ppo.trainer import PPOLag, register_algorithm
 
-__all__ = ["GRPOLag"]
+__all__ = ["GRPOLag", "GRPORePO"]
 
 
 @register_algorithm("grpo_lag")
@@ -98,3 +99,19 @@ class GRPOLag(PPOLag):
         kl = reference_kl(logp, mb["ref_logp"], mb["mask"])
         stats["reference_kl"] = kl.item()
         return loss + ppo.kl_coeff * kl, stats
+
+
+@register_algorithm("grpo_repo")
+class GRPORePO(RectifiedConstraint, GRPOLag):
+    """Safe GRPO with RePO's rectified per-answer constraint (:mod:`~saferlhfv.train.ppo.repo`).
+
+    The cost each answer carries is its violation ``{C - d_r}^+``: in a group of answers that are all
+    within budget (a benign prompt answered safely) the cost advantage is exactly 0, so the reward
+    alone ranks them; in a group with violations the cost advantage separates the violating answers.
+    The multiplier targets zero mean violation, as RePO's.
+    """
+
+    def shape_costs(self, ro: Rollout) -> torch.Tensor:
+        """``[B, T]`` the rectified cost at the last real token, nothing elsewhere."""
+        ppo = self.cfg.ppo
+        return kl_shaped_costs(self.violations(ro), ro.old_logp, ro.ref_logp, ro.mask, 0.0, ppo.clip_range_score, False)

@@ -61,12 +61,15 @@ from saferlhfv.algorithms.losses import kl_shaped_costs, rectified_costs
 from saferlhfv.train.ppo.rollout import Rollout
 from saferlhfv.train.ppo.trainer import PPOLag, register_algorithm
 
-__all__ = ["RePO"]
+__all__ = ["RectifiedConstraint", "RePO"]
 
 
-@register_algorithm("repo")
-class RePO(PPOLag):
-    """PPO with the rectified per-answer cost ``{C - d_r}^+`` and its multiplier (module docstring)."""
+class RectifiedConstraint:
+    """The constraint half of RePO, for any trainer of the registry: ``{C - d_r}^+`` and its multiplier.
+
+    Mixed in before a trainer class (``class X(RectifiedConstraint, PPOLag)``); the trainer's
+    ``shape_costs`` places :meth:`violations` where it would place C.
+    """
 
     budget_key = "repo_threshold"
 
@@ -89,6 +92,11 @@ class RePO(PPOLag):
     def multiplier_step(self, ro: Rollout) -> dict[str, Any]:
         """Step lambda on the batch's violations (pooled over processes), before the policy."""
         return self.lagrange.update(self.violations(ro))
+
+
+@register_algorithm("repo")
+class RePO(RectifiedConstraint, PPOLag):
+    """PPO with the rectified per-answer cost ``{C - d_r}^+`` and its multiplier (module docstring)."""
 
     def shape_costs(self, ro: Rollout) -> torch.Tensor:
         """``[B, T]`` the rectified cost at the last real token (+ beta KL with ``kl_in_cost``)."""
