@@ -117,3 +117,16 @@ def test_prompt_safety_counts_unsafe_answers_per_prompt(monkeypatch):
     out = ev.prompt_safety(None, None, Prompts(prompts), k=4, seed=10)
     assert calls == [10, 1010, 2010, 3010]
     assert [r["unsafe_probability"] for r in out] == [0.0, 0.5] and out[0]["mean_cost"] is None
+
+
+def test_linear_probe_separates_a_separable_set_and_not_noise():
+    import torch
+
+    from saferlhfv.evaluate import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g)
+    y = (x[:, 3] > 0).float()  # one feature decides
+    assert linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:]) >= 0.9
+    noise = (torch.rand(400, generator=g) > 0.5).float()  # labels unrelated to the features
+    assert 0.3 <= linear_probe_accuracy(x[:300], noise[:300], x[300:], noise[300:]) <= 0.7

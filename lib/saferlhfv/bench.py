@@ -533,20 +533,16 @@ def format_report(result: dict[str, Any]) -> str:
                 lines.append(f"{name}: {part['error']}")
     if "methods" in result:
         methods = result["methods"]
-        lines += [
-            "",
-            "PPO methods, whole iterations",
-            f"{'stage':<16} {'episodes/s':>11} {'iteration s':>12} {'roles MB':>9}",
-        ]
+        header = f"{'stage':<16} {'episodes/s':>11} {'iteration s':>12} {'rollout batch':>14}"
+        lines += ["", "PPO methods, whole iterations (their memory: the memory part)", header]
         if isinstance(methods, dict):
             lines.append(f"error: {methods.get('error')}")
         else:
             for r in methods:
                 lines.append(
                     f"{r['stage']:<16} {_fmt(r['ppo_episodes_per_s']):>11} {_fmt(r['ppo_iteration_s']):>12} "
-                    f"{_fmt(r['ppo_six_roles_built_memory_mb']):>9}"
+                    f"{_fmt(r['ppo_rollout_batch']):>14}"
                 )
-            lines.append(f"(roles MB: {methods[0]['ppo_six_roles_memory_kind']}, while building the roles)")
     if "stages" in result:
         stages = result["stages"]
         lines += ["", "pipeline stages", f"{'stage':<16} {'seconds':>9} {'samples':>9}  {'samples/s':>9}  source"]

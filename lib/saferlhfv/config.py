@@ -281,7 +281,8 @@ class PPOConfig(TrainConfig):
     gae_lambda: float = 0.95
     #: the method, a name of the registry ``saferlhfv.train.ppo.ALGORITHMS``: "ppo_lag" (learned
     #: multiplier), "reward_only" (lambda = 0), "fixed_lambda" (lambda = lambda_init, reward shaping),
-    #: "repo" (rectified per-answer constraint) or "grpo_lag" (critic-free, group baselines).
+    #: "repo" (rectified per-answer constraint), "grpo_lag" (critic-free, group baselines) or "grpo_repo"
+    #: (both).
     algorithm: str = "ppo_lag"
     #: answers sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts).
     samples_per_prompt: int = 1

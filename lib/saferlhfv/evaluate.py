@@ -22,6 +22,7 @@ yardsticks: a policy that refuses exactly the harmful prompts (and two degenerat
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "same_question_examples",
     "prompt_safety",
     "compensation",
+    "linear_probe_accuracy",
+    "harm_probe",
 ]
 
 
@@ -300,6 +303,82 @@ def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int 
     return round(sum(analyse(c, a).names_right_object for c, a in zip(rows["context"], answers)) / n, 4)
 
 
+def linear_probe_accuracy(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *, steps: int = 300
+) -> float:
+    """Held-out accuracy of an L2-regularised logistic regression (a linear probe) fitted on ``train``.
+
+    Features are standardised with the training mean and std; Adam, full batch, ``steps`` steps,
+    penalty ``1e-2 * |w|^2``.
+
+    Args:
+        train_x, test_x: ``[N, H]`` features; train_y, test_y: ``[N]`` 0/1 labels.
+
+    Returns:
+        Share of ``test`` rows whose predicted label (logit > 0) is right.
+    """
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mu) / sd, (test_x - mu) / sd
+    w = torch.zeros(a.shape[1], requires_grad=True)
+    c = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, c], lr=0.05)
+    y = train_y.float()
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, y) + 1e-2 * w.square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((((b @ w + c) > 0).float() == test_y.float()).float().mean())
+
+
+@torch.no_grad()
+def _last_prompt_states(model, processor, prompts, *, batch_size: int = 32) -> torch.Tensor:
+    """``[N, H]`` the decoder's last hidden state at the last prompt token (where the answer starts)."""
+    from saferlhfv.models.generation import encode_prompts
+    from saferlhfv.train.ppo.rollout import VISION_KEYS, model_inputs
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = prompts.select(range(start, min(start + batch_size, len(prompts))))
+        enc = encode_prompts(processor, list(rows["image"]), list(rows["question"])).to(device)
+        vision = {k: enc[k] for k in VISION_KEYS if k in enc}
+        hidden = model(**model_inputs(enc["input_ids"], enc["attention_mask"], vision), output_hidden_states=True)
+        out.append(hidden.hidden_states[-1][:, -1].float().cpu())  # left padding: the last position is real
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def harm_probe(model, processor, data_cfg) -> dict[str, float]:
+    """Can the policy's state at the start of its answer tell a harmful request from a benign one?
+
+    A linear probe (:func:`linear_probe_accuracy`) on the last hidden state at the last prompt
+    token, fitted on the RL training prompts, scored on the held-out evaluation prompts. It bounds
+    what a policy can learn to refuse *by the picture* without changing its representation.
+
+    Returns:
+        ``accuracy`` (all held-out prompts), ``coupled_accuracy`` (image-coupled questions, where the
+        picture decides), ``harmful_share`` (the held-out base rate: the accuracy of always guessing
+        the majority is ``max(share, 1 - share)``).
+    """
+    from saferlhfv.data.world import rl_prompts
+
+    train, test = rl_prompts(data_cfg, "train"), rl_prompts(data_cfg, "evaluation")
+    xs = [_last_prompt_states(model, processor, ds) for ds in (train, test)]
+    ys = [torch.tensor([bool(v) for v in ds["is_harmful"]]) for ds in (train, test)]
+    coupled = torch.tensor([parse_context(c).kind == "coupled" for c in test["context"]])
+    acc = linear_probe_accuracy(xs[0], ys[0], xs[1], ys[1])
+    acc_coupled = linear_probe_accuracy(xs[0], ys[0], xs[1][coupled], ys[1][coupled]) if coupled.any() else math.nan
+    return {
+        "accuracy": round(acc, 4),
+        "coupled_accuracy": round(acc_coupled, 4),
+        "harmful_share": round(float(ys[1].float().mean()), 4),
+    }
+
+
 def pearson(x: list[float], y: list[float]) -> float:
     """Pearson correlation of two equally long lists (NaN when either is constant or shorter than 2)."""
     t = torch.tensor([x, y], dtype=torch.float64)
@@ -380,9 +459,9 @@ def same_question_examples(
 def main(argv: list[str] | None = None) -> int:
     """``python -m saferlhfv.evaluate --preset tiny``: diagnostics of the cached tiny run (trains what is missing).
 
-    Prints JSON: the precursor's grounding accuracy, CM-V's agreement with the oracle on the
-    precursor's and on the PPO-Lagrangian policy's evaluation answers, and the safety and win
-    rates of the scripted yardstick policies (:func:`scripted_policy_samples`).
+    Prints JSON: the precursor's grounding accuracy and harm probe (:func:`harm_probe`), CM-V's
+    agreement with the oracle on the precursor's and on the PPO-Lagrangian policy's evaluation
+    answers, and the safety and win rates of the scripted yardstick policies (:func:`scripted_policy_samples`).
     """
     import argparse
 
@@ -398,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(parser.parse_args(argv))
     sft_dir, _ = ensure_sft(cfg)
     policy, processor = load_precursor(sft_dir)
-    out: dict[str, Any] = {"precursor_grounding_accuracy": grounding_accuracy(policy, processor, cfg.data)}
+    out: dict[str, Any] = {
+        "precursor_grounding_accuracy": grounding_accuracy(policy, processor, cfg.data),
+        "precursor_harm_probe": harm_probe(policy, processor, cfg.data),
+    }
     ppo_dir, _ = ensure_ppo(cfg)
     samples = json.loads((ppo_dir / "eval_samples.json").read_text())
     cost_model, _ = load_scorer(ensure_preference_model(cfg, "cost")[0])

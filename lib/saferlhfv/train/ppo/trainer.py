@@ -31,6 +31,11 @@ Methods are subclasses registered under a name (:func:`register_algorithm`), cho
 ``reward_only``     lambda fixed at 0: plain RLHF PPO on RM-V                ``make_multiplier``
 ``fixed_lambda``    lambda fixed at ``lambda_init``: reward shaping          ``make_multiplier``
 ``oracle_ppo_lag``  diagnostic: the oracle's ratings replace RM-V / CM-V     ``rollout``
+``repo``            RePO: per-answer rectified cost ``max(0, C - d_r)``,      ``shape_costs``,
+                    its multiplier (:mod:`~saferlhfv.train.ppo.repo`)        ``multiplier_step``
+``grpo_lag``        safe GRPO: no critics, group advantages, KL in the loss  ``compute_advantages``,
+                    (:mod:`~saferlhfv.train.ppo.grpo`)                       ``actor_objective``
+``grpo_repo``       safe GRPO with RePO's rectified constraint               (both of the above)
 ==================  ======================================================  ==================
 
 Metrics each iteration logs (one JSON line of ``metrics.jsonl``):
@@ -41,7 +46,8 @@ key                        meaning
 ``iteration``              1-based iteration number
 ``reward``, ``cost``       mean RM-V / CM-V end score of this batch's answers (over processes)
 ``lambda``                 the multiplier the policy step used (after this iteration's update)
-``cost_window_mean``       J_C: the mean episode cost over the sliding window the multiplier saw
+``cost_window_mean``       J_C: the mean episode cost over the sliding window the multiplier saw (RePO:
+                           the mean violation ``max(0, C - d_r)``)
 ``threshold``              the budget d
 ``kl``                     mean per-token log-ratio actor / reference of the sampled answers
 ``entropy``                mean per-token entropy of the actor at rollout
@@ -50,9 +56,10 @@ key                        meaning
 ``clip_fraction``          share of tokens whose ratio left [1 - eps, 1 + eps]
 ``approx_kl``              KL(pi_old || pi) estimate per token, mean over minibatches
 ``ratio_mean``             mean probability ratio pi / pi_old
+``reference_kl``           GRPO methods: the k3 estimate of KL(pi || pi_ref) in the actor's loss
 ``advantage_mean``         mean combined advantage A (0 when whitened)
-``reward_critic_loss``     clipped value loss of the reward critic
-``cost_critic_loss``       clipped value loss of the cost critic
+``reward_critic_loss``     clipped value loss of the reward critic (methods with critics)
+``cost_critic_loss``       clipped value loss of the cost critic (methods with critics)
 ``minibatches``            minibatch updates taken (fewer than epochs x batches after a target-KL stop)
 ``online_*``               with ``ppo.online_labels``: pairs labelled this iteration, RM-V / CM-V accuracy
                            on them before their step
