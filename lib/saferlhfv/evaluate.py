@@ -303,6 +303,27 @@ def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int 
     return round(sum(analyse(c, a).names_right_object for c, a in zip(rows["context"], answers)) / n, 4)
 
 
+def _fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, *, steps: int = 300):
+    """Fit an L2-regularised logistic regression: ``predict(x) -> [N]`` 0/1 (see :func:`linear_probe_accuracy`)."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a = (train_x - mu) / sd
+    w = torch.zeros(a.shape[1], requires_grad=True)
+    c = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, c], lr=0.05)
+    y = train_y.float()
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, y) + 1e-2 * w.square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return (((x - mu) / sd @ w + c) > 0).float()
+
+    return predict
+
+
 def linear_probe_accuracy(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *, steps: int = 300
 ) -> float:
@@ -317,19 +338,8 @@ def linear_probe_accuracy(
     Returns:
         Share of ``test`` rows whose predicted label (logit > 0) is right.
     """
-    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    a, b = (train_x - mu) / sd, (test_x - mu) / sd
-    w = torch.zeros(a.shape[1], requires_grad=True)
-    c = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([w, c], lr=0.05)
-    y = train_y.float()
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, y) + 1e-2 * w.square().sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return float((((b @ w + c) > 0).float() == test_y.float()).float().mean())
+    predict = _fit_probe(train_x, train_y, steps=steps)
+    return float((predict(test_x) == test_y.float()).float().mean())
 
 
 @torch.no_grad()
@@ -370,8 +380,9 @@ def harm_probe(model, processor, data_cfg) -> dict[str, float]:
     xs = [_last_prompt_states(model, processor, ds) for ds in (train, test)]
     ys = [torch.tensor([bool(v) for v in ds["is_harmful"]]) for ds in (train, test)]
     coupled = torch.tensor([parse_context(c).kind == "coupled" for c in test["context"]])
-    acc = linear_probe_accuracy(xs[0], ys[0], xs[1], ys[1])
-    acc_coupled = linear_probe_accuracy(xs[0], ys[0], xs[1][coupled], ys[1][coupled]) if coupled.any() else math.nan
+    right = (_fit_probe(xs[0], ys[0])(xs[1]) == ys[1].float()).float()  # one probe for both numbers
+    acc = float(right.mean())
+    acc_coupled = float(right[coupled].mean()) if coupled.any() else math.nan
     return {
         "accuracy": round(acc, 4),
         "coupled_accuracy": round(acc_coupled, 4),
