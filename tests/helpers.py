@@ -63,17 +63,16 @@ def upstream_artifacts(folder: Path, overrides: list[str]) -> Iterator[dict[str,
     ``SAFERLHFV_ARTIFACTS`` points at ``folder`` while the block runs.
     """
     from saferlhfv.config import load_config
-    from saferlhfv.train.preference import ensure_preference_model
-    from saferlhfv.train.sft import ensure_sft
+    from saferlhfv.stages import ensure
 
     old = os.environ.get("SAFERLHFV_ARTIFACTS")
     os.environ["SAFERLHFV_ARTIFACTS"] = str(folder)
     try:
         cfg = load_config("tiny", overrides=overrides)
         yield {
-            "sft_dir": ensure_sft(cfg)[0],
-            "reward_dir": ensure_preference_model(cfg, "reward")[0],
-            "cost_dir": ensure_preference_model(cfg, "cost")[0],
+            "sft_dir": ensure("sft", cfg)[0],
+            "reward_dir": ensure("reward", cfg)[0],
+            "cost_dir": ensure("cost", cfg)[0],
         }
     finally:
         if old is None:
@@ -87,7 +86,7 @@ def run_ppo_two_processes(artifacts: Path, out: Path, overrides: list[str]) -> d
     from saferlhfv.artifacts import RESULT
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "saferlhfv.train.ppo_lag", "--preset", "tiny", "--out", str(out)]
+    cmd += ["-m", "saferlhfv.run", "ppo", "--preset", "tiny", "--out", str(out)]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, SAFERLHFV_ARTIFACTS=str(artifacts), OMP_NUM_THREADS="1")

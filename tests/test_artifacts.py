@@ -3,8 +3,14 @@
 import multiprocessing as mp
 import time
 
-from saferlhfv.artifacts import artifact_dir, ensure_artifact
+from saferlhfv.artifacts import cached
 from saferlhfv.config import load_config
+from saferlhfv.stages import artifact_dir, config_sections
+
+
+def ensure_artifact(cfg, stage, build):
+    """The cache as :func:`saferlhfv.stages.ensure` uses it for ``stage``, with a fake build."""
+    return cached(cfg, stage, cfg.fingerprint(*config_sections(stage)), build)
 
 
 def _counting_build(counter):
@@ -34,6 +40,8 @@ def test_key_follows_the_sections_a_stage_depends_on(tmp_path, monkeypatch):
     assert artifact_dir(base, "sft") != artifact_dir(load_config("tiny", {"sft.epochs": 9}), "sft")
     assert artifact_dir(base, "reward") != artifact_dir(load_config("tiny", {"sft.epochs": 9}), "reward")
     assert artifact_dir(base, "reward") == artifact_dir(load_config("tiny", {"cost.reg": 0.5}), "reward")
+    assert config_sections("ppo") == ("seed", "model", "data", "sft", "reward", "cost", "ppo")
+    assert config_sections("guard") == ("seed", "model", "data", "sft", "guard")
 
 
 def _worker(art, counter):

@@ -7,13 +7,13 @@ import torch
 
 from saferlhfv.bench import (
     MEMORY_LAYOUTS,
-    STAGE_ARTIFACTS,
     format_report,
     main,
     role_memory,
     stage_times,
 )
 from saferlhfv.config import apply_overrides, load_config
+from saferlhfv.stages import PIPELINE
 from tests.helpers import SMALL_MODEL_AND_WORLD
 
 SMALL = SMALL_MODEL_AND_WORLD
@@ -35,7 +35,7 @@ def test_cli_json_has_every_part(capsys, artifacts):
     assert out["model"]["train_samples_per_s"] > 0 and out["model"]["generate_tokens_per_s"] > 0
     assert out["score"]["score_train_pairs_per_s"] > 0 and out["score"]["score_batch_pairs"] == 4
     assert out["ppo"]["ppo_episodes_per_s"] > 0 and out["ppo"]["ppo_upstream"].startswith("untrained")
-    assert [r["stage"] for r in out["stages"]] == [s for s, _, _ in STAGE_ARTIFACTS]
+    assert [r["stage"] for r in out["stages"]] == list(PIPELINE)
     assert all(r["source"] == "missing" for r in out["stages"])  # nothing trained in this folder
     assert [r["algorithm"] for r in out["methods"]] == ["ppo_lag", "reward_only", "repo", "grpo_lag"]
     assert all(r["ppo_episodes_per_s"] > 0 for r in out["methods"])
@@ -48,7 +48,7 @@ def test_cli_json_has_every_part(capsys, artifacts):
 
 
 def test_stage_times_from_artifacts_and_summary(artifacts, tmp_path):
-    from saferlhfv.artifacts import artifact_dir
+    from saferlhfv.stages import artifact_dir
 
     cfg = load_config("tiny", overrides=SMALL)
     sft = artifact_dir(cfg, "sft")

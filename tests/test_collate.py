@@ -2,7 +2,7 @@
 
 import torch
 
-from saferlhfv.data.collate import IGNORE_INDEX, blank_like, pair_batch, sft_batch
+from saferlhfv.models.collate import IGNORE_INDEX, blank_like, pair_batch, sft_batch
 from saferlhfv.models.factory import build_tiny_vlm
 from tests.helpers import CORPUS, picture, tiny_model_config
 

@@ -122,6 +122,7 @@ def test_train_guard_end_to_end(small_cfg, tmp_path):
 def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):
     import saferlhfv.train.guard as guard_stage
     import saferlhfv.train.sft as sft_stage
+    from saferlhfv.stages import ensure
 
     calls = {"sft": 0, "guard": 0}
 
@@ -136,8 +137,8 @@ def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):
 
     monkeypatch.setattr(sft_stage, "train_sft", fake_sft)
     monkeypatch.setattr(guard_stage, "train_guard", fake_guard)
-    folder, metrics = guard_stage.ensure_guard(small_cfg)
-    again, _ = guard_stage.ensure_guard(small_cfg)
+    folder, metrics = ensure("guard", small_cfg)
+    again, _ = ensure("guard", small_cfg)
     assert folder == again and metrics == {"output_unsafe_f1": 1.0} and calls == {"sft": 1, "guard": 1}
     assert folder.name.startswith("guard-")
 

@@ -8,6 +8,7 @@ import torch
 from saferlhfv.algorithms.losses import actor_loss, clipped_surrogate, combine_advantages, whiten
 from saferlhfv.config import ConfigError, load_config
 from saferlhfv.plotting import read_metrics
+from saferlhfv.sweep import mean_std
 from saferlhfv.train.ppo import (
     ALGORITHMS,
     FixedLambda,
@@ -16,7 +17,6 @@ from saferlhfv.train.ppo import (
     RewardOnly,
     Rollout,
     make_trainer,
-    mean_std,
     register_algorithm,
 )
 from tests.helpers import SMALL_MODEL_AND_WORLD, upstream_artifacts
@@ -174,7 +174,7 @@ def test_target_kl_stops_the_epochs_early(upstream, tmp_path):
 
 
 def test_seed_runs_report_mean_and_std(upstream):
-    from saferlhfv.train.ppo import seed_runs
+    from saferlhfv.sweep import seed_runs
 
     cfg = load_config("tiny", overrides=SMALL + ["ppo.iterations=1"])
     report = seed_runs(cfg, (0, 1))

@@ -4,9 +4,9 @@ import torch
 
 from saferlhfv.config import Config
 from saferlhfv.models.factory import build_tiny_vlm
-from saferlhfv.models.generation import encode_prompts
+from saferlhfv.models.generation import encode_prompts, response_mask, token_logprobs
 from saferlhfv.models.score import ScoreModel
-from saferlhfv.train.ppo import make_rollout, response_mask, token_logprobs
+from saferlhfv.train.ppo import make_rollout
 from tests.helpers import CORPUS, picture, tiny_model_config
 
 

@@ -6,10 +6,10 @@ import torch
 from saferlhfv.config import ConfigError, load_config
 from saferlhfv.data.world import rl_prompts
 from saferlhfv.models.factory import load_saved_vlm
-from saferlhfv.models.generation import encode_prompts
+from saferlhfv.models.generation import encode_prompts, token_logprobs
 from saferlhfv.models.score import ADAPTER_DIR, load_score_model
 from saferlhfv.models.shared import SharedBase
-from saferlhfv.train.ppo import make_trainer, token_logprobs
+from saferlhfv.train.ppo import make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 
 SMALL = SMALL_MODEL_AND_WORLD + [

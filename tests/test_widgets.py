@@ -11,28 +11,22 @@ import numpy as np
 import pytest
 
 from saferlhfv.algorithms.lagrange import Lagrange
-from saferlhfv.widgets import (
-    DualDynamicsExplorer,
+from saferlhfv.dual import (
     DualSettings,
-    LiveModels,
-    LiveSampleExplorer,
-    RolloutTable,
-    TradeoffExplorer,
     dynamics_summary,
     equilibrium,
     frontier_from_runs,
-    live_sample,
-    plot_dual,
     policy_expectations,
-    question_choices,
     response_curve,
     simulate_dual,
     stationary_response,
-    synthetic_rollout_table,
     tradeoff_at,
     training_trajectory,
-    verdict_rows,
 )
+from saferlhfv.live import LiveModels, live_sample, question_choices, verdict_rows
+from saferlhfv.plotting import plot_dual
+from saferlhfv.rollout_table import RolloutTable, synthetic_rollout_table
+from saferlhfv.widgets import DualDynamicsExplorer, LiveSampleExplorer, TradeoffExplorer
 
 
 @pytest.fixture(scope="module")

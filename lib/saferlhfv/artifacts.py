@@ -1,9 +1,10 @@
 """The artifact cache: train a stage once, reuse it from notebooks and later stages.
 
-An artifact is a folder ``artifacts/<preset>/<stage>-<key>/`` where ``key`` hashes
-every config section the stage depends on (its own and its upstream stages'),
-plus the package version. Change any of them and the key changes, so the stage
-trains again; change an unrelated section (say ``ppo``) and SFT is reused.
+An artifact is a folder ``artifacts/<preset>/<stage>-<key>-v<version>/`` where ``key`` hashes
+every config section the stage depends on (its own and its upstream stages', from the
+stage table :mod:`saferlhfv.stages`). Change any of them and the key changes, so the stage
+trains again; change an unrelated section (say ``ppo``) and SFT is reused. The widgets'
+rollout tables are cached the same way (:func:`cached` with their own key).
 
 A stage is complete when its ``result.json`` exists (written last, atomically).
 A file lock (``fcntl.flock``) makes two processes asking for the same artifact
@@ -26,26 +27,14 @@ from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
 from saferlhfv.paths import artifacts_dir
 
-__all__ = ["STAGE_SECTIONS", "artifact_dir", "ensure_artifact", "RESULT"]
+__all__ = ["RESULT", "artifact_folder", "cached"]
 
 RESULT = "result.json"
 
-#: the config sections each stage's artifact depends on (its own and upstream ones).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "sft": ("seed", "model", "data", "sft"),
-    "reward": ("seed", "model", "data", "sft", "reward"),
-    "cost": ("seed", "model", "data", "sft", "cost"),
-    "guard": ("seed", "model", "data", "sft", "guard"),
-    "ppo": ("seed", "model", "data", "sft", "reward", "cost", "ppo"),
-}
 
-
-def artifact_dir(cfg: Config, stage: str) -> Path:
-    """Folder of ``stage``'s artifact for ``cfg`` (not created)."""
-    if stage not in STAGE_SECTIONS:
-        raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGE_SECTIONS)}")
-    key = cfg.fingerprint(*STAGE_SECTIONS[stage])
-    return artifacts_dir() / cfg.preset / f"{stage}-{key}-v{__version__}"
+def artifact_folder(cfg: Config, name: str, key: str) -> Path:
+    """``artifacts/<preset>/<name>-<key>-v<version>``: the folder of product ``name`` under cache key ``key``."""
+    return artifacts_dir() / cfg.preset / f"{name}-{key}-v{__version__}"
 
 
 @contextmanager
@@ -59,17 +48,21 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_artifact(
-    cfg: Config, stage: str, build: Callable[[Path], dict[str, Any]], *, force: bool = False
+def cached(
+    cfg: Config, name: str, key: str, build: Callable[[Path], dict[str, Any]], *, force: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """Return ``(folder, result)`` of ``stage``, running ``build(folder)`` first if needed.
+    """Return ``(folder, result)`` of the product ``name`` / ``key``, running ``build(folder)`` first if needed.
+
+    The stages' artifacts (:func:`saferlhfv.stages.ensure`) and the widgets' rollout tables both
+    live here. ``key`` must hash everything the product depends on (for a stage: the config
+    sections of :func:`saferlhfv.stages.config_sections`).
 
     Args:
-        build: trains the stage into the folder it is given and returns its metrics
+        build: builds the product into the folder it is given and returns its metrics
             (JSON-serialisable); it may resume from a checkpoint it finds there.
         force: rebuild even if a complete artifact exists.
     """
-    folder = artifact_dir(cfg, stage)
+    folder = artifact_folder(cfg, name, key)
     with _locked(folder.parent / f".{folder.name}.lock"):
         result_file = folder / RESULT
         if result_file.is_file() and not force:

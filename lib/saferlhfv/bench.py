@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from saferlhfv.config import Config, add_config_arguments, apply_overrides, config_from_args
-from saferlhfv.pipeline import PPO_STAGES
+from saferlhfv.stages import PIPELINE, PPO_METHODS, artifact_dir, resolve
 
 __all__ = [
     "PARTS",
@@ -157,7 +157,7 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
 def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> dict[str, Any]:
     """One RM-V optimiser step on ``batch_size`` preference pairs (``2 x batch_size`` sequences): pairs/s."""
     from saferlhfv.algorithms.losses import reward_loss
-    from saferlhfv.data.collate import pair_batch
+    from saferlhfv.models.collate import pair_batch
     from saferlhfv.models.factory import load_vlm
     from saferlhfv.models.score import ScoreModel
     from saferlhfv.train.preference import load_pairs, pair_view
@@ -221,7 +221,7 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
     Uses the cached SFT / RM-V / CM-V artifacts of ``cfg`` when all three exist and ``use_artifacts``,
     otherwise untrained copies of the preset's model (every answer then runs to ``ppo.max_new_tokens``).
     """
-    from saferlhfv.artifacts import RESULT, artifact_dir
+    from saferlhfv.artifacts import RESULT
     from saferlhfv.train.ppo import make_trainer
 
     device = _device()
@@ -264,20 +264,10 @@ def bench_methods(cfg: Config, *, iterations: int = 2) -> list[dict[str, Any]]:
     """:func:`bench_ppo` for the method of every PPO stage of the pipeline (PPO-Lagrangian, reward-only,
     RePO, safe GRPO), each with the overrides its stage uses: one row per method."""
     rows = []
-    for stage, overrides in PPO_STAGES.items():
+    for stage, overrides in PPO_METHODS.items():
         r = bench_ppo(apply_overrides(cfg, overrides), iterations=iterations)
         rows.append({"stage": stage, "algorithm": overrides["ppo.algorithm"], **r})
     return rows
-
-
-#: (pipeline stage name, artifact stage, config overrides); the order of the pipeline.
-STAGE_ARTIFACTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("sft", "sft", {}),
-    ("reward", "reward", {}),
-    ("cost", "cost", {}),
-    ("guard", "guard", {}),
-    *((name, "ppo", overrides) for name, overrides in PPO_STAGES.items()),
-)
 
 
 def _last_step(folder: Path) -> int | None:
@@ -316,7 +306,7 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
         ``missing``). The seconds of trained stages include their evaluation, so samples/s is a lower
         bound on the training loop's throughput (the ``model`` / ``score`` / ``ppo`` parts measure it).
     """
-    from saferlhfv.artifacts import RESULT, artifact_dir
+    from saferlhfv.artifacts import RESULT
     from saferlhfv.pipeline import STAGES
 
     rows: list[dict[str, Any]] = []
@@ -331,8 +321,9 @@ def stage_times(cfg: Config, *, summary: str | Path | None = None, live: bool = 
                 seconds = time.perf_counter() - start
                 rows.append({"stage": name, "seconds": round(seconds, 2), "samples": None, "unit": "",
                              "samples_per_s": None, "source": "measured now"})  # fmt: skip
-    for name, stage, overrides in STAGE_ARTIFACTS:
-        run_cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    for name in PIPELINE:  # the trained entries of the stage table, in the pipeline's order
+        entry, run_cfg = resolve(name, cfg)
+        stage = entry.name
         folder = artifact_dir(run_cfg, stage)
         result = json.loads((folder / RESULT).read_text()) if (folder / RESULT).is_file() else None
         source = "artifact result.json" if result is not None else "missing"

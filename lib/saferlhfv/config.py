@@ -261,7 +261,7 @@ class GuardConfig(TrainConfig):
 
 @dataclass
 class PPOConfig(TrainConfig):
-    """PPO-Lagrangian (Safe RLHF-V); defaults are the paper code's (DESIGN.md section 4)."""
+    """PPO-Lagrangian (Safe RLHF-V); defaults are the paper code's (``docs/algorithms.md``)."""
 
     learning_rate: float = 1e-5
     critic_learning_rate: float = 5e-6

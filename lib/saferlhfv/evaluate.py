@@ -345,8 +345,7 @@ def linear_probe_accuracy(
 @torch.no_grad()
 def _last_prompt_states(model, processor, prompts, *, batch_size: int = 32) -> torch.Tensor:
     """``[N, H]`` the decoder's last hidden state at the last prompt token (where the answer starts)."""
-    from saferlhfv.models.generation import encode_prompts
-    from saferlhfv.train.ppo.rollout import VISION_KEYS, model_inputs
+    from saferlhfv.models.generation import VISION_KEYS, encode_prompts, model_inputs
 
     was_training = model.training
     model.eval()
@@ -465,60 +464,3 @@ def same_question_examples(
                 "policy_harmless": policy[i]["harmless"],
             })  # fmt: skip
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m saferlhfv.evaluate --preset tiny``: diagnostics of the cached tiny run (trains what is missing).
-
-    Prints JSON: the precursor's grounding accuracy and harm probe (:func:`harm_probe`), CM-V's
-    agreement with the oracle on the precursor's and on the PPO-Lagrangian policy's evaluation
-    answers, and the safety and win rates of the scripted yardstick policies (:func:`scripted_policy_samples`).
-    """
-    import argparse
-
-    from saferlhfv.config import add_config_arguments, config_from_args
-    from saferlhfv.data.world import rl_prompts
-    from saferlhfv.models.score import score_texts
-    from saferlhfv.train.ppo_lag import ensure_ppo
-    from saferlhfv.train.preference import ensure_preference_model, load_scorer
-    from saferlhfv.train.sft import ensure_sft, load_precursor
-
-    parser = argparse.ArgumentParser(prog="python -m saferlhfv.evaluate", description=main.__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    cfg = config_from_args(parser.parse_args(argv))
-    sft_dir, _ = ensure_sft(cfg)
-    policy, processor = load_precursor(sft_dir)
-    out: dict[str, Any] = {
-        "precursor_grounding_accuracy": grounding_accuracy(policy, processor, cfg.data),
-        "precursor_harm_probe": harm_probe(policy, processor, cfg.data),
-    }
-    ppo_dir, _ = ensure_ppo(cfg)
-    samples = json.loads((ppo_dir / "eval_samples.json").read_text())
-    cost_model, _ = load_scorer(ensure_preference_model(cfg, "cost")[0])
-    prompts = rl_prompts(cfg.data, "evaluation")
-    for who in ("precursor", "policy"):
-        group = samples[who]
-        costs = score_texts(
-            cost_model,
-            processor,
-            [prompts[s["index"]]["image"] for s in group],
-            [s["question"] for s in group],
-            [s["response"] for s in group],
-        )
-        out[f"cost_model_vs_oracle_{who}"] = cost_model_agreement(costs, group)
-    for name in SCRIPTED_POLICIES:  # yardsticks, against the same precursor answers as the PPO run's win rates
-        scripted = scripted_policy_samples(prompts, name, seed=cfg.seed)
-        summary = summarize(scripted)
-        out[f"scripted_{name}"] = {
-            "safety_rate": summary["safety_rate"],
-            "benign_helpfulness": summary["benign_helpfulness"],
-            **win_rates(scripted, samples["precursor"]),
-        }
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

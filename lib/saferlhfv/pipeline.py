@@ -12,13 +12,12 @@ Stages, in order:
   evaluation prompts (image + question) and scores the answers at their last
   real token: proof that the model, processor, generation and score paths work
   end to end before anything is trained.
-* ``sft``: the precursor policy (:mod:`saferlhfv.train.sft`) and its oracle evaluation.
-* ``reward`` / ``cost``: RM-V and CM-V (:mod:`saferlhfv.train.preference`).
-* ``guard``: Beaver-Guard-V (:mod:`saferlhfv.train.guard`): moderation quality, the rounds of
-  filter-and-regenerate on the precursor, adversarial probes.
-* ``ppo_lag`` / ``ppo_reward_only``: Safe RLHF-V's PPO-Lagrangian and the reward-only
-  baseline (:mod:`saferlhfv.train.ppo_lag`), evaluated against the precursor with the oracle;
-  ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage.
+* then every trained entry of the stage table (:mod:`saferlhfv.stages`), in its order:
+  ``sft`` (the precursor and its oracle evaluation), ``reward`` / ``cost`` (RM-V and CM-V),
+  ``guard`` (Beaver-Guard-V: moderation quality, the rounds of filter-and-regenerate on the
+  precursor, adversarial probes), and the PPO methods of :data:`saferlhfv.stages.PPO_METHODS`
+  (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``), each evaluated against the
+  precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed.
@@ -35,10 +34,11 @@ from typing import Any
 
 import torch
 
-from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.config import Config, add_config_arguments, apply_overrides, config_from_args
 from saferlhfv.io import write_json_atomic
+from saferlhfv.stages import PIPELINE, PPO_METHODS
 
-__all__ = ["STAGES", "PPO_STAGES", "run_pipeline", "main"]
+__all__ = ["STAGES", "run_pipeline", "main"]
 
 
 def stage_data(cfg: Config, out: Path) -> dict[str, Any]:
@@ -83,60 +83,22 @@ def stage_smoke(cfg: Config, out: Path, *, n_prompts: int = 4, max_new_tokens: i
     }
 
 
-def stage_sft(cfg: Config, out: Path) -> dict[str, Any]:
-    """The precursor policy (cached artifact; trained if missing)."""
-    from saferlhfv.train.sft import ensure_sft
+def _stage(name: str) -> Callable[[Config, Path], dict[str, Any]]:
+    def run(cfg: Config, out: Path) -> dict[str, Any]:
+        from saferlhfv.stages import ensure
 
-    return dict(ensure_sft(cfg)[1])
+        return dict(ensure(name, cfg)[1])
 
-
-def _stage_preference(kind: str):
-    def stage(cfg: Config, out: Path) -> dict[str, Any]:
-        from saferlhfv.train.preference import ensure_preference_model
-
-        return dict(ensure_preference_model(cfg, kind)[1])
-
-    stage.__doc__ = f"{'RM-V' if kind == 'reward' else 'CM-V'} on the SFT backbone (cached artifact)."
-    return stage
+    run.__doc__ = f"The cached {name!r} entry of the stage table (trained if missing)."
+    return run
 
 
-def stage_guard(cfg: Config, out: Path) -> dict[str, Any]:
-    """Beaver-Guard-V: moderation metrics, the 5-round filter-and-regenerate curve, probes (cached)."""
-    from saferlhfv.train.guard import ensure_guard
-
-    return dict(ensure_guard(cfg)[1])
-
-
-#: the PPO stages and the overrides of the method each trains (``--seeds`` repeats these). Safe GRPO
-#: scores every answer against the others to its prompt: 4 answers per prompt.
-PPO_STAGES: dict[str, dict[str, Any]] = {
-    "ppo_lag": {"ppo.algorithm": "ppo_lag"},
-    "ppo_reward_only": {"ppo.algorithm": "reward_only"},
-    "ppo_repo": {"ppo.algorithm": "repo"},
-    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4},
-}
-
-
-def _stage_ppo(overrides: dict[str, Any]):
-    def stage(cfg: Config, out: Path) -> dict[str, Any]:
-        from saferlhfv.config import apply_overrides
-        from saferlhfv.train.ppo_lag import ensure_ppo
-
-        return dict(ensure_ppo(apply_overrides(cfg, overrides))[1])
-
-    stage.__doc__ = f"PPO with {overrides} (cached artifact), evaluated against the precursor."
-    return stage
-
-
-#: stage name -> function(cfg, out_dir) -> metrics; run in this order.
+#: step name -> function(cfg, out_dir) -> metrics; run in this order: the two untrained checks,
+#: then every trained entry of the stage table (:data:`saferlhfv.stages.PIPELINE`).
 STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
     "data": stage_data,
     "smoke": stage_smoke,
-    "sft": stage_sft,
-    "reward": _stage_preference("reward"),
-    "cost": _stage_preference("cost"),
-    "guard": stage_guard,
-    **{name: _stage_ppo(overrides) for name, overrides in PPO_STAGES.items()},
+    **{name: _stage(name) for name in PIPELINE},
 }
 
 
@@ -164,11 +126,10 @@ def run_pipeline(
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         start = time.perf_counter()
         metrics = STAGES[name](cfg, out)
-        if seeds and name in PPO_STAGES:
-            from saferlhfv.config import apply_overrides
-            from saferlhfv.train.ppo import seed_runs
+        if seeds and name in PPO_METHODS:
+            from saferlhfv.sweep import seed_runs
 
-            report = seed_runs(apply_overrides(cfg, PPO_STAGES[name]), seeds)
+            report = seed_runs(apply_overrides(cfg, PPO_METHODS[name]), seeds)
             metrics["seeds"] = {k: report[k] for k in ("seeds", "mean", "std")}
         # a cached stage reports the seconds it took to train; this run's wall time is separate
         metrics.setdefault("seconds", round(time.perf_counter() - start, 2))

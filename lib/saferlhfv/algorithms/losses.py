@@ -6,7 +6,7 @@ Plain functions on tensors, each with its equation beside the code. Shapes use
 padding (and on prompt tokens, if the tensors span the whole sequence). Every
 mean over tokens is a :func:`masked_mean`, never a plain ``.mean()``: the public
 Safe RLHF-V code uses an all-ones mask, so padding enters every mean (see
-``/work/shared/BEAVERTAILS_V.md``, "Known traps").
+``docs/beavertails_v.md``, "Traps in the public training code").
 
 Sign convention: **positive cost = harmful**. A cost sign ``s`` is +1 for an
 unsafe response and -1 for a safe one.
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from saferlhfv.masks import last_real_index
 
 __all__ = [
     "masked_mean",
@@ -63,28 +65,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     total = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=dim)
     count = keep.sum(dim=dim).to(total.dtype)
     return total / count.clamp(min=1)
-
-
-def last_real_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position of the last real (mask == 1) token of each row, whatever the layout.
-
-    Args:
-        mask: ``[B, T]`` of 0/1; real tokens anywhere (right padding, left padding,
-            prompt masked out).
-
-    Returns:
-        ``(index, nonempty)``: ``[B]`` long positions in ``0 .. T-1`` and a ``[B]``
-        bool that is False for rows with no real token (their index is 0 and must
-        not be used).
-    """
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
-    keep = mask.bool()
-    T = keep.shape[1]
-    # the first True of the reversed row is the last True of the row
-    index = T - 1 - keep.flip(dims=[1]).int().argmax(dim=1)
-    nonempty = keep.any(dim=1)
-    return torch.where(nonempty, index, torch.zeros_like(index)), nonempty
 
 
 def _check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
@@ -309,7 +289,7 @@ def kl_shaped_costs(
     ``c_t = [t = last real token] * clip(C, -c, c)                      (kl_in_cost=False, default)``
     ``c_t = +beta * (log pi - log pi_ref)_t + [t = last] * clip(C, -c, c)  (kl_in_cost=True)``
 
-    ``c_t = 0`` on padding. The default follows the paper (DESIGN.md section 4):
+    ``c_t = 0`` on padding. The default follows the paper (``docs/algorithms.md``):
     the KL penalty belongs to the reward only, and it already enters the
     combined advantage ``(A_r - lambda A_c) / (1 + lambda)`` once. The public code
     also adds ``+beta * KL`` to the cost (``kl_in_cost=True``, ``PPOConfig.kl_in_cost``):
@@ -344,7 +324,7 @@ def combine_advantages(
     The division by ``1 + lambda`` keeps the advantage's scale fixed as lambda grows (it
     interpolates between "reward only" at lambda = 0 and "cost only" as lambda -> inf). The
     one place this combination is written: the PPO trainer, :func:`actor_loss` and the fast
-    dual-dynamics model of :mod:`saferlhfv.widgets` (on NumPy arrays) all call it.
+    dual-dynamics model of :mod:`saferlhfv.dual` (on NumPy arrays) all call it.
 
     Args:
         reward_adv, cost_adv: advantages (or rewards, costs) of any one shape: tensors, arrays or floats.

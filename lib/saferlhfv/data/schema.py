@@ -1,6 +1,6 @@
 """The paired BeaverTails-V schema and record validation with clear, complete reports.
 
-The hub's paired layout (``saferlhf-v/BeaverTails-V``; see ``BEAVERTAILS_V.md``):
+The hub's paired layout (``saferlhf-v/BeaverTails-V``; see ``docs/beavertails_v.md``):
 
 ==================================================  ==========================================
 field                                               type

@@ -439,3 +439,17 @@ def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) ->
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+@contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bars from transformers while several models load (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -8,12 +8,24 @@ same code drives a tiny model on a CPU and a 7B model on a GPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-__all__ = ["render_prompts", "encode_prompts", "media_token_ids", "generate_responses"]
+from saferlhfv.masks import position_ids_from_mask
+
+__all__ = [
+    "VISION_KEYS",
+    "render_prompts",
+    "encode_prompts",
+    "media_token_ids",
+    "generate_responses",
+    "model_inputs",
+    "token_logprobs",
+    "response_mask",
+]
 
 
 def render_prompts(
@@ -121,3 +133,45 @@ def generate_responses(
     finally:
         model.train(was_training)
     return [t.strip() for t in processor.batch_decode(out[:, n_prompt:], skip_special_tokens=True)]
+
+
+#: the processor outputs that carry the image (whichever a family produces).
+VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
+
+
+def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Keyword arguments of a forward pass: ids ``[B, L]``, mask ``[B, L]``, the processor's image tensors,
+    and for LLaVA-style models position ids that count real tokens only (left padding safe)."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **vision}
+    if "image_grid_thw" not in vision:  # LLaVA: positions count real tokens only (left padding safe)
+        inputs["position_ids"] = position_ids_from_mask(attention_mask)
+    return inputs
+
+
+def token_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability (and entropy) of each next token under ``model``.
+
+    Returns:
+        ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``.
+    """
+    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1].float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def response_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on the real tokens of generated responses: up to and including the first EOS.
+
+    Args:
+        generated: ``[B, R]`` the tokens ``generate`` appended after the prompts.
+
+    Returns:
+        ``[B, R]`` long mask (tokens after the first EOS are padding).
+    """
+    is_eos = (generated == eos_token_id).long()
+    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
+    return (~after_eos).long()

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
-from saferlhfv.algorithms.losses import last_real_index
 from saferlhfv.io import atomic_directory
+from saferlhfv.masks import last_real_index, position_ids_from_mask
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
 
 __all__ = [
@@ -60,11 +60,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
         empty = (~nonempty).nonzero().flatten().tolist()
         raise ValueError(f"rows {empty} of the attention mask have no real token")
     return index
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions 0, 1, 2, ... counted over real tokens only (pads get 0); shape ``[B, T]``."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 @dataclass

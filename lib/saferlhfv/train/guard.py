@@ -1,4 +1,4 @@
-"""Stage 4: Beaver-Guard-V, the moderation model, and what filtering with it buys.
+"""The guard stage: Beaver-Guard-V, the moderation model, and what filtering with it buys.
 
 The guard is the SFT backbone (it already reads the pictures and the world's language)
 plus three heads on the last real token (:class:`~saferlhfv.models.guard.GuardModel`),
@@ -19,25 +19,23 @@ After training the stage measures, on data the guard never trained on:
 3. **adversarial probes** (:mod:`saferlhfv.data.probes`): detection and false-positive
    rates per family (typographic, role-play, benign look-alikes).
 
-``python -m saferlhfv.train.guard --preset tiny`` (trains the SFT precursor first if it is not cached).
+``python -m saferlhfv.run guard --preset tiny`` (trains the SFT precursor first if it is not cached).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import random
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.config import Config
 from saferlhfv.data.content import CATEGORIES, OBJECTS, SEVERITY_NAMES
 from saferlhfv.guardrail import (
     REFUSAL,
@@ -67,11 +65,9 @@ __all__ = [
     "judge_rounds",
     "round_curves",
     "train_guard",
-    "ensure_guard",
     "load_guard",
     "load_guard_results",
     "describe",
-    "main",
 ]
 
 #: Safe RLHF-V: five rounds of Beaver-Guard-V filtering raised safety by 40.9 % on average.
@@ -103,7 +99,7 @@ def guard_rows(cfg: Config, split: str, *, hold_out_typographic: bool | None = N
     if cfg.data.source != "mini":
         raise NotImplementedError(
             "guard labels come from the mini world here; the real single-response BeaverTails-V "
-            "(PKU-Alignment/BeaverTails-V, see BEAVERTAILS_V.md) would need a loader into the same columns"
+            "(PKU-Alignment/BeaverTails-V, see docs/beavertails_v.md) would need a loader into the same columns"
         )
     data_cfg = cfg.data
     if split == "train" and cfg.guard.rows_per_category is not None:
@@ -621,15 +617,6 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     }
 
 
-def ensure_guard(cfg: Config) -> tuple[Path, dict[str, Any]]:
-    """The guard artifact for ``cfg`` (training the SFT precursor first if it is not cached)."""
-    from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.sft import ensure_sft
-
-    sft_dir, _ = ensure_sft(cfg)
-    return ensure_artifact(cfg, "guard", lambda folder: train_guard(cfg, folder, sft_dir))
-
-
 def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "float32") -> Guard:
     """The :class:`~saferlhfv.guardrail.Guard` of a guard artifact folder (thresholds from ``cfg.guard``)."""
     thresholds = Thresholds.from_config(cfg.guard) if cfg is not None else None
@@ -731,28 +718,3 @@ def describe(metrics: dict[str, Any], part: str) -> str:
     else:
         raise ValueError(f"part must be moderation, rounds, overblocking or probes, got {part!r}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.guard", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: the artifact cache)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.out:
-        from saferlhfv.train.sft import ensure_sft
-
-        sft_dir, _ = ensure_sft(cfg)
-        folder, metrics = Path(args.out), train_guard(cfg, args.out, sft_dir, resume=not args.no_resume)
-        write_json_atomic(folder / "result.json", metrics)
-    else:
-        folder, metrics = ensure_guard(cfg)
-    brief = {k: v for k, v in metrics.items() if k not in ("output", "input")}
-    print(json.dumps(brief, indent=2))
-    print(f"artifact: {folder}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,46 +1,34 @@
-r"""Stage 4, Safe RLHF-V: PPO-Lagrangian (and its baselines) trained, evaluated and cached.
+r"""The PPO stage of Safe RLHF-V: PPO-Lagrangian (and the other methods) trained and evaluated.
 
 The trainer lives in :mod:`saferlhfv.train.ppo` (rollout, the two role layouts, the trainer
-with its hooks and the ``ppo.algorithm`` registry, sweeps). This module is the stage: it
-trains the method the config names from the cached SFT / RM-V / CM-V artifacts, evaluates the
-policy against the precursor with the oracle on the held-out prompts, and caches the result.
+with its hooks and the ``ppo.algorithm`` registry). This module is the stage's build
+(:func:`train_ppo_lag`, the ``ppo`` entry of :mod:`saferlhfv.stages`): it trains the method the
+config names from the SFT / RM-V / CM-V artifacts and evaluates the policy against the precursor
+with the oracle on the held-out prompts.
 
-``python -m saferlhfv.train.ppo_lag --preset tiny`` (``--set ppo.algorithm=reward_only`` for the
-baseline; ``--seeds 0 1 2`` for one run per seed of the RL stage and their mean +- std); many GPUs::
+``python -m saferlhfv.run ppo --preset tiny`` (``--set ppo.algorithm=reward_only`` for the
+baseline, or the method's name: ``python -m saferlhfv.run ppo_repo``; ``--seeds 0 1 2`` for one
+run per seed of the RL stage and their mean +- std); many GPUs::
 
     accelerate launch --config_file lib/saferlhfv/presets/accelerate/zero2.yaml \
-        -m saferlhfv.train.ppo_lag --preset paper
+        -m saferlhfv.run ppo --preset paper
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from saferlhfv.config import Config, add_config_arguments, config_from_args
+from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.score import score_texts
-from saferlhfv.train.ppo import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget_sweep, make_trainer, run_seed, seed_runs
+from saferlhfv.train.ppo import make_trainer, run_seed
 
 #: answers sampled per evaluation prompt to measure safety compensation (per-prompt unsafe probability).
 COMPENSATION_SAMPLES = 4
 
-__all__ = [
-    "COMPENSATION_SAMPLES",
-    "train_ppo_lag",
-    "ensure_ppo",
-    "budget_sweep",
-    "seed_runs",
-    "SWEEP_THRESHOLDS",
-    "SWEEP_ITERATIONS",
-    "main",
-]
+__all__ = ["COMPENSATION_SAMPLES", "train_ppo_lag"]
 
 
 def train_ppo_lag(
@@ -118,86 +106,3 @@ def train_ppo_lag(
         "precursor": {k: ref_summary[k] for k in ("safety_rate", "harmful_safety_rate", "benign_helpfulness")},
         "seconds": round(time.perf_counter() - start, 2),
     }
-
-
-def ensure_ppo(cfg: Config) -> tuple[Path, dict[str, Any]]:
-    """The PPO artifact for ``cfg`` (training SFT, RM-V and CM-V first if they are not cached)."""
-    from saferlhfv.artifacts import ensure_artifact
-
-    dirs = _upstream_dirs(cfg, train_missing=True)
-    return ensure_artifact(cfg, "ppo", lambda folder: train_ppo_lag(cfg, folder, **dirs))
-
-
-def _upstream_dirs(cfg: Config, *, train_missing: bool) -> dict[str, Path]:
-    """Artifact folders of SFT, RM-V and CM-V; trains missing ones only in a single process."""
-    from saferlhfv.artifacts import RESULT, artifact_dir
-    from saferlhfv.train.preference import ensure_preference_model
-    from saferlhfv.train.sft import ensure_sft
-
-    if train_missing:
-        return {
-            "sft_dir": ensure_sft(cfg)[0],
-            "reward_dir": ensure_preference_model(cfg, "reward")[0],
-            "cost_dir": ensure_preference_model(cfg, "cost")[0],
-        }
-    dirs = {f"{s}_dir": artifact_dir(cfg, s) for s in ("sft", "reward", "cost")}
-    missing = [str(d) for d in dirs.values() if not (d / RESULT).is_file()]
-    if missing:
-        raise SystemExit(
-            "PPO under several processes needs the SFT, RM-V and CM-V artifacts first (missing: "
-            + ", ".join(missing)
-            + f"). Train them once in a single process: python -m saferlhfv.pipeline --preset {cfg.preset} "
-            "--stages sft reward cost (with the same --set overrides)."
-        )
-    return dirs
-
-
-def _printable(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in ("per_category_safety", "behaviour", "prompt_costs")}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from accelerate import PartialState
-
-    from saferlhfv.artifacts import RESULT, artifact_dir
-
-    parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.ppo_lag", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: the artifact cache)")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", help="one cached run per seed of the RL stage (ppo.seed), then mean +- std"
-    )
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    state = PartialState(cpu=not torch.cuda.is_available())
-    try:
-        if args.seeds:
-            if state.num_processes > 1 or args.out:
-                raise SystemExit("--seeds runs in a single process, into the artifact cache (no --out)")
-            report = seed_runs(cfg, args.seeds)
-            print(json.dumps({**report, "runs": [_printable(r) for r in report["runs"]]}, indent=2))
-            print("mean +- std over seeds " + " ".join(map(str, args.seeds)) + ":")
-            for key, mean in report["mean"].items():
-                print(f"  {key:<26} {mean:8.4f} +- {report['std'][key]:.4f}")
-            return 0
-        if state.num_processes == 1 and not args.out:
-            folder, metrics = ensure_ppo(cfg)
-        else:
-            dirs = _upstream_dirs(cfg, train_missing=state.num_processes == 1)
-            folder = Path(args.out) if args.out else artifact_dir(cfg, "ppo")
-            metrics = train_ppo_lag(cfg, folder, **dirs)
-            if state.is_main_process:
-                write_json_atomic(folder / RESULT, metrics)
-        if state.is_main_process:
-            print(json.dumps(_printable(metrics), indent=2))
-            print(f"artifact: {folder}")
-    finally:
-        # gloo process groups can abort at exit unless they are torn down explicitly
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            state.wait_for_everyone()
-            torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,12 +18,11 @@ own answers to held-out prompts (out of the training distribution, as in PPO),
 the correlation of the RM score with the oracle's helpfulness and of the CM
 score with the oracle's harmlessness.
 
-``python -m saferlhfv.train.reward --preset tiny`` / ``python -m saferlhfv.train.cost --preset tiny``
+``python -m saferlhfv.run reward --preset tiny`` / ``python -m saferlhfv.run cost --preset tiny``
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
@@ -33,8 +32,8 @@ from typing import Any
 import torch
 
 from saferlhfv.algorithms.losses import cost_loss, cost_signs, reward_loss
-from saferlhfv.config import Config, add_config_arguments, config_from_args
-from saferlhfv.data.collate import blank_like, pair_batch
+from saferlhfv.config import Config
+from saferlhfv.models.collate import blank_like, pair_batch
 from saferlhfv.models.factory import apply_lora, load_saved_vlm
 from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model, score_texts
 from saferlhfv.train.loop import Trainer
@@ -47,8 +46,6 @@ __all__ = [
     "train_preference_model",
     "score_pairs",
     "load_scorer",
-    "ensure_preference_model",
-    "cli",
 ]
 
 #: "reward" trains RM-V, "cost" trains CM-V.
@@ -329,30 +326,3 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
 def load_scorer(folder: str | Path, *, dtype: str = "float32"):
     """``(ScoreModel, processor)`` of a trained reward or cost artifact folder."""
     return load_score_model(Path(folder) / "model", dtype=dtype)
-
-
-def ensure_preference_model(cfg: Config, kind: str) -> tuple[Path, dict[str, Any]]:
-    """The cached RM-V / CM-V artifact for ``cfg`` (training the SFT precursor first if needed)."""
-    from saferlhfv.artifacts import ensure_artifact
-    from saferlhfv.train.sft import ensure_sft
-
-    sft_dir, _ = ensure_sft(cfg)
-    return ensure_artifact(cfg, kind, lambda folder: train_preference_model(cfg, kind, folder, sft_dir))
-
-
-def cli(kind: str, argv: list[str] | None = None) -> int:
-    """Command line of ``python -m saferlhfv.train.reward`` / ``...cost``: trains SFT first if it is not cached."""
-    from saferlhfv.train.sft import ensure_sft
-
-    parser = argparse.ArgumentParser(prog=f"python -m saferlhfv.train.{kind}", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: the artifact cache)")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.out:
-        sft_dir, _ = ensure_sft(cfg)
-        metrics = train_preference_model(cfg, kind, args.out, sft_dir)
-    else:
-        _, metrics = ensure_preference_model(cfg, kind)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "per_category_accuracy"}, indent=2))
-    return 0

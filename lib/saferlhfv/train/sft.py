@@ -1,4 +1,4 @@
-"""Stage 1, SFT: train the *precursor* policy on the mini world's SFT mixture.
+"""The SFT stage: train the *precursor* policy on the mini world's SFT mixture.
 
 With ``sft.vision_steps`` set (the tiny preset does), the tiny model's vision
 tower and projector are first pretrained to name the object in a picture
@@ -25,27 +25,25 @@ With ``model.lora.enabled`` a pretrained family trains a LoRA adapter, saved mer
 precursor (a plain model: the PPO reference and the base of every later adapter). The tiny
 family has no pretrained weights, so its SFT always trains every weight.
 
-``python -m saferlhfv.train.sft --preset tiny [--out DIR]``
+``python -m saferlhfv.run sft --preset tiny [--out DIR]``
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saferlhfv.config import Config, add_config_arguments, config_from_args
-from saferlhfv.data.collate import sft_batch
+from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
+from saferlhfv.models.collate import sft_batch
 from saferlhfv.models.factory import load_saved_vlm, load_vlm, save_vlm
 from saferlhfv.train.loop import Trainer
 
-__all__ = ["train_sft", "ensure_sft", "load_precursor", "sft_collate", "ObjectProbe", "pretrain_vision", "main"]
+__all__ = ["train_sft", "load_precursor", "sft_collate", "ObjectProbe", "pretrain_vision"]
 
 PRECURSOR_SAMPLES = "precursor_samples.json"
 
@@ -90,7 +88,7 @@ class ObjectProbe(torch.nn.Module):
 
 
 def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: bool = True) -> dict[str, float]:
-    """Stage 0 for the tiny family: teach the vision tower and projector to tell the world's objects apart.
+    """A first step for the tiny family: teach the vision tower and projector to tell the world's objects apart.
 
     A real VLM starts from a pretrained vision encoder; the tiny one starts from random weights,
     and captions teach it to see only slowly (one object word per answer). This stage stands in
@@ -212,32 +210,6 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
     }
 
 
-def ensure_sft(cfg: Config) -> tuple[Path, dict[str, Any]]:
-    """The cached precursor artifact for ``cfg`` (trained on first use): ``(folder, metrics)``."""
-    from saferlhfv.artifacts import ensure_artifact
-
-    return ensure_artifact(cfg, "sft", lambda folder: train_sft(cfg, folder))
-
-
 def load_precursor(folder: str | Path):
     """``(model, processor)`` of a trained SFT artifact folder."""
     return load_saved_vlm(Path(folder) / "model")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m saferlhfv.train.sft", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: the artifact cache)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.out:
-        metrics = train_sft(cfg, args.out, resume=not args.no_resume)
-    else:
-        _, metrics = ensure_sft(cfg)
-    print(metrics)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

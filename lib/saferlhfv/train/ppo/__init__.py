@@ -10,17 +10,15 @@
 * :mod:`~saferlhfv.train.ppo.repo`: RePO, the rectified per-answer constraint (``repo``).
 * :mod:`~saferlhfv.train.ppo.grpo`: safe GRPO, critic-free with group baselines (``grpo_lag``), and
   with RePO's rectified constraint (``grpo_repo``).
-* :mod:`~saferlhfv.train.ppo.sweep`: budget sweeps and seeds (mean +- std).
-
-The stage around it (train, evaluate against the precursor, cache, command line) is
-:mod:`saferlhfv.train.ppo_lag`.
+The stage's build around it (train, then evaluate against the precursor) is
+:mod:`saferlhfv.train.ppo_lag`; budget sweeps and seeds (mean +- std) over cached runs are
+:mod:`saferlhfv.sweep`.
 """
 
 from saferlhfv.train.ppo.grpo import GRPOLag, GRPORePO
 from saferlhfv.train.ppo.repo import RectifiedConstraint, RePO
 from saferlhfv.train.ppo.roles import Roles, SeparateRoles, SharedRoles, build_roles
-from saferlhfv.train.ppo.rollout import Rollout, make_rollout, response_mask, token_logprobs
-from saferlhfv.train.ppo.sweep import SWEEP_ITERATIONS, SWEEP_THRESHOLDS, budget_sweep, mean_std, seed_runs
+from saferlhfv.train.ppo.rollout import Rollout, make_rollout
 from saferlhfv.train.ppo.trainer import (
     ALGORITHMS,
     FixedLambda,
@@ -28,6 +26,7 @@ from saferlhfv.train.ppo.trainer import (
     PPOLag,
     PPOTrainer,
     RewardOnly,
+    algorithm_class,
     annotate_pairs,
     make_trainer,
     register_algorithm,
@@ -45,21 +44,15 @@ __all__ = [
     "RePO",
     "RectifiedConstraint",
     "RewardOnly",
+    "algorithm_class",
     "Roles",
     "Rollout",
-    "SWEEP_ITERATIONS",
-    "SWEEP_THRESHOLDS",
     "SeparateRoles",
     "SharedRoles",
     "annotate_pairs",
-    "budget_sweep",
     "build_roles",
     "make_rollout",
     "make_trainer",
-    "mean_std",
     "register_algorithm",
-    "response_mask",
     "run_seed",
-    "seed_runs",
-    "token_logprobs",
 ]

@@ -2,10 +2,10 @@
 
 :func:`make_rollout` is step 1 of an iteration (see :mod:`saferlhfv.train.ppo.trainer`): it samples
 responses for a batch of (image, question) prompts with the KV cache, cuts each at its first EOS
-(:func:`response_mask`), and reads the actor's and the reference's per-token log-probabilities
-(:func:`token_logprobs`), the reward and cost critics' per-token values and RM-V's / CM-V's end
-scores at the last real token. The result is a :class:`Rollout`, whose ``[B, L-1]`` tensors are
-indexed by the *predicted* token.
+(:func:`~saferlhfv.models.generation.response_mask`), and reads the actor's and the reference's
+per-token log-probabilities (:func:`~saferlhfv.models.generation.token_logprobs`), the reward and
+cost critics' per-token values and RM-V's / CM-V's end scores at the last real token. The result
+is a :class:`Rollout`, whose ``[B, L-1]`` tensors are indexed by the *predicted* token.
 """
 
 from __future__ import annotations
@@ -16,48 +16,17 @@ from typing import Any
 import torch
 
 from saferlhfv.config import Config
-from saferlhfv.models.generation import encode_prompts, media_token_ids
-from saferlhfv.models.score import ScoreModel, position_ids_from_mask
+from saferlhfv.models.generation import (
+    VISION_KEYS,
+    encode_prompts,
+    media_token_ids,
+    model_inputs,
+    response_mask,
+    token_logprobs,
+)
+from saferlhfv.models.score import ScoreModel
 
-__all__ = ["VISION_KEYS", "Rollout", "token_logprobs", "response_mask", "make_rollout", "model_inputs"]
-
-VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
-
-
-def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> dict[str, Any]:
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **vision}
-    if "image_grid_thw" not in vision:  # LLaVA: positions count real tokens only (left padding safe)
-        inputs["position_ids"] = position_ids_from_mask(attention_mask)
-    return inputs
-
-
-def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability (and entropy) of each next token under ``model``.
-
-    Returns:
-        ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``.
-    """
-    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
-def response_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 on the real tokens of generated responses: up to and including the first EOS.
-
-    Args:
-        generated: ``[B, R]`` the tokens ``generate`` appended after the prompts.
-
-    Returns:
-        ``[B, R]`` long mask (tokens after the first EOS are padding).
-    """
-    is_eos = (generated == eos_token_id).long()
-    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
-    return (~after_eos).long()
+__all__ = ["Rollout", "make_rollout"]
 
 
 @dataclass

@@ -100,13 +100,15 @@ from saferlhfv.algorithms.losses import (
     whiten,
 )
 from saferlhfv.config import Config, ConfigError
+from saferlhfv.models.generation import token_logprobs
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 from saferlhfv.train.ppo.roles import build_roles
-from saferlhfv.train.ppo.rollout import Rollout, make_rollout, token_logprobs
+from saferlhfv.train.ppo.rollout import Rollout, make_rollout
 
 __all__ = [
     "ALGORITHMS",
     "register_algorithm",
+    "algorithm_class",
     "make_trainer",
     "PPOTrainer",
     "PPOLag",
@@ -134,16 +136,21 @@ def register_algorithm(name: str):
     return decorate
 
 
-def make_trainer(cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
-    """The trainer of the method ``cfg.ppo.algorithm`` names.
+def algorithm_class(name: str) -> type[PPOTrainer]:
+    """The trainer class registered as ``ppo.algorithm=name``.
 
     Raises:
         ConfigError: an unknown algorithm (the message lists the registered ones).
     """
-    name = cfg.ppo.algorithm
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown ppo.algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
-    return ALGORITHMS[name](cfg, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir, out_dir=out_dir)
+    return ALGORITHMS[name]
+
+
+def make_trainer(cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
+    """The trainer of the method ``cfg.ppo.algorithm`` names (:func:`algorithm_class`)."""
+    cls = algorithm_class(cfg.ppo.algorithm)
+    return cls(cfg, sft_dir=sft_dir, reward_dir=reward_dir, cost_dir=cost_dir, out_dir=out_dir)
 
 
 def run_seed(cfg: Config) -> int:

@@ -1,20 +1,33 @@
 """Many PPO runs from one config: a budget sweep (notebooks 04 and 05) and seeds (mean +- std).
 
-Every run is a cached artifact (:func:`saferlhfv.train.ppo_lag.ensure_ppo`), so notebooks, the
+Every run is a cached ``ppo`` artifact (:func:`saferlhfv.stages.ensure`), so notebooks, the
 pipeline and the command line share them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from saferlhfv.config import Config, ConfigError, apply_overrides
+from saferlhfv.config import Config, apply_overrides
+from saferlhfv.stages import ensure
+from saferlhfv.train.ppo import algorithm_class
 
-__all__ = ["SWEEP_THRESHOLDS", "SWEEP_ITERATIONS", "budget_sweep", "seed_runs", "mean_std", "SEED_KEYS"]
+__all__ = [
+    "SWEEP_THRESHOLDS",
+    "SWEEP_ITERATIONS",
+    "budget_sweep",
+    "seed_runs",
+    "mean_std",
+    "SEED_KEYS",
+    "load_budget_runs",
+]
 
 #: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs), on CM-V's
-#: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.evaluate``).
+#: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.diagnostics``).
 SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
 #: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).
 SWEEP_ITERATIONS = 30
@@ -58,19 +71,14 @@ def budget_sweep(
         One metrics dict (as :func:`~saferlhfv.train.ppo_lag.train_ppo_lag` returns) per threshold,
         with ``folder`` added.
     """
-    from saferlhfv.train.ppo import ALGORITHMS
-    from saferlhfv.train.ppo_lag import ensure_ppo
-
     fields = {"ppo.algorithm": "ppo_lag", **(overrides or {})}
-    if fields["ppo.algorithm"] not in ALGORITHMS:
-        raise ConfigError(f"unknown ppo.algorithm {fields['ppo.algorithm']!r}; choose one of {sorted(ALGORITHMS)}")
-    budget_key = "ppo." + ALGORITHMS[fields["ppo.algorithm"]].budget_key
+    budget_key = "ppo." + algorithm_class(fields["ppo.algorithm"]).budget_key
     results = []
     for d in thresholds:
         fields[budget_key] = float(d)
         if iterations is not None:
             fields["ppo.iterations"] = iterations
-        folder, metrics = ensure_ppo(apply_overrides(cfg, fields))
+        folder, metrics = ensure("ppo", apply_overrides(cfg, fields))
         results.append({**metrics, "folder": str(folder)})
     return results
 
@@ -96,14 +104,31 @@ def seed_runs(cfg: Config, seeds=(0, 1, 2), *, overrides: dict[str, Any] | None 
         ``seeds``, ``runs`` (one metrics dict per seed, in order, ``folder`` added), ``mean`` and
         ``std`` (per key of :data:`SEED_KEYS` present in the runs; sample std, ddof = 1).
     """
-    from saferlhfv.train.ppo_lag import ensure_ppo
-
     runs = []
     for seed in seeds:
-        folder, metrics = ensure_ppo(apply_overrides(cfg, {**(overrides or {}), "ppo.seed": int(seed)}))
+        folder, metrics = ensure("ppo", apply_overrides(cfg, {**(overrides or {}), "ppo.seed": int(seed)}))
         runs.append({**metrics, "folder": str(folder)})
     mean, std = {}, {}
     for key in SEED_KEYS:
         if all(key in r for r in runs):
             mean[key], std[key] = (round(v, 4) for v in mean_std([r[key] for r in runs]))
     return {"seeds": [int(s) for s in seeds], "runs": runs, "mean": mean, "std": std}
+
+
+def load_budget_runs(cfg, thresholds: Sequence[float], *, overrides: Mapping[str, Any] | None = None):
+    """The budget sweep's runs (trained if missing, via ``budget_sweep``) and the precursor's reference point.
+
+    Returns:
+        ``(runs, precursor)``: ``precursor`` has ``safety_rate``, ``harmful_safety_rate``,
+        ``benign_helpfulness`` and ``per_category_safety`` of the precursor's answers on the same
+        evaluation prompts (from the first run's ``eval_samples.json``).
+    """
+    from saferlhfv.evaluate import summarize
+
+    runs = budget_sweep(cfg, list(thresholds), overrides=dict(overrides or {}))
+    samples = json.loads((Path(runs[0]["folder"]) / "eval_samples.json").read_text())
+    ref = summarize(samples["precursor"])
+    precursor = {k: ref[k] for k in ("safety_rate", "harmful_safety_rate", "benign_helpfulness")}
+    precursor["per_category_safety"] = ref["per_category_safety"]
+    precursor["helpful_winrate"] = 0.5
+    return runs, precursor

@@ -1,0 +1,118 @@
+"""One command line for every stage: ``python -m saferlhfv.run STAGE [flags]``.
+
+``STAGE`` is a stage of :mod:`saferlhfv.stages` (``sft``, ``reward``, ``cost``, ``guard``,
+``ppo``) or one of the PPO methods the pipeline compares (``ppo_lag``, ``ppo_reward_only``,
+``ppo_repo``, ``ppo_grpo_lag``). Every stage takes the same flags:
+
+==================  =========================================================================
+``--preset P``      tiny | small | paper, or a YAML path (default tiny)
+``--set K=V``       override one config field (repeatable), e.g. ``--set ppo.threshold=-3``
+``--out DIR``       train into ``DIR`` instead of the artifact cache (upstream stages still
+                    come from the cache); ``DIR/result.json`` is written either way
+``--no-resume``     start over: ignore a checkpoint or a cached result of this stage
+``--json``          print only the full result as JSON (for scripts)
+``--seeds S ...``   ``ppo`` only: one cached run per seed of the RL stage, then mean +- std
+==================  =========================================================================
+
+Without ``--json`` it prints the result without its long per-item tables, then the folder.
+PPO also runs under several processes (the upstream artifacts must be cached first)::
+
+    accelerate launch --config_file lib/saferlhfv/presets/accelerate/zero2.yaml \\
+        -m saferlhfv.run ppo --preset paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saferlhfv.artifacts import RESULT
+from saferlhfv.config import add_config_arguments, config_from_args
+from saferlhfv.io import write_json_atomic
+from saferlhfv.stages import PPO_METHODS, STAGES, artifact_dir, ensure, resolve, upstream_dirs
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    names = [*STAGES, *PPO_METHODS]
+    parser = argparse.ArgumentParser(
+        prog="python -m saferlhfv.run",
+        description=__doc__.splitlines()[0],
+        epilog="stages: " + "; ".join(f"{s.name}: {s.help}" for s in STAGES.values()),
+    )
+    parser.add_argument("stage", choices=names, metavar="STAGE", help=f"one of {', '.join(names)}")
+    add_config_arguments(parser)
+    parser.add_argument("--out", help="train into this folder instead of the artifact cache")
+    parser.add_argument("--no-resume", action="store_true", help="start over, ignoring a checkpoint or cached result")
+    parser.add_argument("--json", action="store_true", help="print only the full result as JSON")
+    parser.add_argument("--seeds", type=int, nargs="+", help="ppo only: one cached run per seed, then mean +- std")
+    return parser
+
+
+def _print(result: dict[str, Any], hidden: tuple[str, ...], *, full: bool) -> None:
+    print(json.dumps(result if full else {k: v for k, v in result.items() if k not in hidden}, indent=2))
+
+
+def _seeds(args: argparse.Namespace, stage, cfg) -> int:
+    from saferlhfv.sweep import seed_runs
+
+    if stage.name != "ppo":
+        raise SystemExit("--seeds repeats the RL stage: use it with ppo or a PPO method")
+    if args.out or args.no_resume:
+        raise SystemExit("--seeds trains into the artifact cache (no --out, no --no-resume)")
+    report = seed_runs(cfg, args.seeds)
+    hide = stage.hidden
+    print(json.dumps({**report, "runs": [{k: v for k, v in r.items() if k not in hide} for r in report["runs"]]},
+                     indent=2))  # fmt: skip
+    if not args.json:
+        print("mean +- std over seeds " + " ".join(map(str, args.seeds)) + ":")
+        for key, mean in report["mean"].items():
+            print(f"  {key:<26} {mean:8.4f} +- {report['std'][key]:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    from accelerate import PartialState
+
+    args = _parser().parse_args(argv)
+    stage, cfg = resolve(args.stage, config_from_args(args))
+    if args.seeds:
+        return _seeds(args, stage, cfg)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and not stage.processes:
+        raise SystemExit(f"{stage.name} runs in a single process; only {[s for s in STAGES if STAGES[s].processes]} "
+                         "run under accelerate launch / torchrun")  # fmt: skip
+    try:
+        if state.num_processes == 1 and not args.out:
+            folder, result = ensure(stage.name, cfg, force=args.no_resume)
+        else:
+            dirs = upstream_dirs(cfg, stage.name, train_missing=state.num_processes == 1)
+            folder = Path(args.out) if args.out else artifact_dir(cfg, stage.name)
+            if state.is_main_process:
+                folder.mkdir(parents=True, exist_ok=True)
+                cfg.save(folder / "config.yaml")
+            state.wait_for_everyone()
+            result = stage.build(cfg, folder, dirs, not args.no_resume)
+            if state.is_main_process:
+                write_json_atomic(folder / RESULT, result)
+        if state.is_main_process:
+            _print(result, stage.hidden, full=args.json)
+            if not args.json:
+                print(f"artifact: {folder}")
+    finally:
+        # gloo process groups can abort at exit unless they are torn down explicitly
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            state.wait_for_everyone()
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The stage table: every trained stage of the reproduction, what it builds on, and its cache key.
+
+=========  ===================  ====================  ==========================================
+stage      upstream             own config sections   what it trains (module)
+=========  ===================  ====================  ==========================================
+``sft``    (none)               seed, model, data,    the precursor policy (:mod:`saferlhfv.train.sft`)
+                                sft
+``reward`` sft                  reward                RM-V (:mod:`saferlhfv.train.preference`)
+``cost``   sft                  cost                  CM-V (:mod:`saferlhfv.train.preference`)
+``guard``  sft                  guard                 Beaver-Guard-V (:mod:`saferlhfv.train.guard`)
+``ppo``    sft, reward, cost    ppo                   the RL stage (:mod:`saferlhfv.train.ppo_lag`)
+=========  ===================  ====================  ==========================================
+
+A stage's artifact key hashes its own sections and those of every stage upstream of it, so a
+change to ``ppo`` retrains only PPO, while a change to ``sft`` retrains everything. The ``ppo``
+stage has *variants*: the methods the pipeline compares (:data:`PPO_METHODS`), each the same
+stage under a few config overrides. Everything that needs a trained model (the pipeline, the
+bench, the widgets, the notebooks, the diagnostics) asks :func:`ensure` for it, which trains
+what is missing upstream first, then caches (:func:`saferlhfv.artifacts.cached`).
+
+Adding a stage is one :class:`Stage` entry here and its build function in ``train/``; adding a
+PPO method to the pipeline is one line of :data:`PPO_METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saferlhfv.artifacts import RESULT, artifact_folder, cached
+from saferlhfv.config import Config, apply_overrides
+
+__all__ = [
+    "Stage",
+    "STAGES",
+    "PPO_METHODS",
+    "PIPELINE",
+    "stage",
+    "resolve",
+    "config_sections",
+    "artifact_dir",
+    "upstream_dirs",
+    "ensure",
+]
+
+#: build(cfg, folder, upstream folders by stage name, resume) -> JSON-serialisable metrics.
+Build = Callable[[Config, Path, dict[str, Path], bool], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One trained, cached stage.
+
+    Attributes:
+        name: the stage's name (and its artifact folder's prefix).
+        help: one line, for ``--help`` and tables.
+        build: trains the stage into the folder it is given (resuming from a checkpoint there
+            when ``resume``) from its upstream artifacts, and returns its metrics.
+        upstream: stages whose artifacts the build reads (trained first when missing).
+        sections: the config sections the stage itself reads (its key adds the upstream ones').
+        variants: named config overrides of this stage that the pipeline runs as separate entries.
+        hidden: metrics left out of the command line's short print (long per-item tables).
+        processes: whether the build runs under several processes (``accelerate launch``).
+    """
+
+    name: str
+    help: str
+    build: Build
+    upstream: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()
+    processes: bool = False
+
+
+def _build_sft(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.sft import train_sft
+
+    return train_sft(cfg, folder, resume=resume)
+
+
+def _build_preference(kind: str) -> Build:
+    def build(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+        from saferlhfv.train.preference import train_preference_model
+
+        return train_preference_model(cfg, kind, folder, upstream["sft"], resume=resume)
+
+    return build
+
+
+def _build_guard(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.guard import train_guard
+
+    return train_guard(cfg, folder, upstream["sft"], resume=resume)
+
+
+def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.ppo_lag import train_ppo_lag
+
+    return train_ppo_lag(
+        cfg, folder, sft_dir=upstream["sft"], reward_dir=upstream["reward"], cost_dir=upstream["cost"], resume=resume
+    )
+
+
+#: the PPO methods the pipeline trains, each the ``ppo`` stage under these overrides (``--seeds``
+#: repeats them). Safe GRPO scores every answer against the others to its prompt: 4 per prompt.
+PPO_METHODS: dict[str, dict[str, Any]] = {
+    "ppo_lag": {"ppo.algorithm": "ppo_lag"},
+    "ppo_reward_only": {"ppo.algorithm": "reward_only"},
+    "ppo_repo": {"ppo.algorithm": "repo"},
+    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4},
+}
+
+#: stage name -> :class:`Stage`, in training order (every stage after its upstream ones).
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("sft", "the precursor policy (SFT) and its oracle evaluation", _build_sft,
+              sections=("seed", "model", "data", "sft")),
+        Stage("reward", "RM-V, the reward model", _build_preference("reward"), ("sft",), ("reward",),
+              hidden=("per_category_accuracy",)),
+        Stage("cost", "CM-V, the cost model", _build_preference("cost"), ("sft",), ("cost",),
+              hidden=("per_category_accuracy",)),
+        Stage("guard", "Beaver-Guard-V: moderation, filter-and-regenerate rounds, probes", _build_guard,
+              ("sft",), ("guard",), hidden=("output", "input")),
+        Stage("ppo", "the RL stage (ppo.algorithm), evaluated against the precursor", _build_ppo,
+              ("sft", "reward", "cost"), ("ppo",), variants=PPO_METHODS,
+              hidden=("per_category_safety", "behaviour", "prompt_costs"), processes=True),
+    )
+}  # fmt: skip
+
+#: the trained entries of the pipeline, in order: each stage, or its variants where it has some.
+PIPELINE: tuple[str, ...] = tuple(v for s in STAGES.values() for v in (s.variants or [s.name]))
+
+
+def stage(name: str) -> Stage:
+    """The :class:`Stage` called ``name``; a clear error naming the known ones otherwise."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; known: {list(STAGES)} (and the PPO methods {list(PPO_METHODS)})")
+    return STAGES[name]
+
+
+def resolve(name: str, cfg: Config) -> tuple[Stage, Config]:
+    """A stage or a stage's variant (``ppo_repo``...) by name: ``(stage, cfg with its overrides)``."""
+    for s in STAGES.values():
+        if name in s.variants:
+            return s, apply_overrides(cfg, s.variants[name])
+    return stage(name), cfg
+
+
+def config_sections(name: str) -> tuple[str, ...]:
+    """Every config section ``name``'s artifact depends on: upstream stages' first, then its own."""
+    out: list[str] = []
+    s = stage(name)
+    for up in s.upstream:
+        out += [sec for sec in config_sections(up) if sec not in out]
+    return tuple(out + [sec for sec in s.sections if sec not in out])
+
+
+def artifact_dir(cfg: Config, name: str) -> Path:
+    """Folder of stage ``name``'s artifact for ``cfg`` (not created)."""
+    return artifact_folder(cfg, name, cfg.fingerprint(*config_sections(name)))
+
+
+def upstream_dirs(cfg: Config, name: str, *, train_missing: bool = True) -> dict[str, Path]:
+    """Artifact folders of ``name``'s upstream stages, by stage name.
+
+    Args:
+        train_missing: train (and cache) the missing ones; when False (several processes, where
+            each would train its own copy) a missing one is an error that says how to train it.
+    """
+    s = stage(name)
+    if train_missing:
+        return {up: ensure(up, cfg)[0] for up in s.upstream}
+    dirs = {up: artifact_dir(cfg, up) for up in s.upstream}
+    missing = [str(d) for d in dirs.values() if not (d / RESULT).is_file()]
+    if missing:
+        raise SystemExit(
+            f"{name} under several processes needs its upstream artifacts first (missing: {', '.join(missing)}). "
+            f"Train them once in a single process: python -m saferlhfv.pipeline --preset {cfg.preset} "
+            f"--stages {' '.join(s.upstream)} (with the same --set overrides)."
+        )
+    return dirs
+
+
+def ensure(name: str, cfg: Config, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """``(folder, metrics)`` of stage ``name`` (or a variant) for ``cfg``: cached, else trained.
+
+    Upstream stages are ensured first (trained if missing, never forced). With ``force`` the
+    stage itself trains again from scratch.
+    """
+    s, cfg = resolve(name, cfg)
+    dirs = upstream_dirs(cfg, s.name)
+    key = cfg.fingerprint(*config_sections(s.name))
+    return cached(cfg, s.name, key, lambda folder: s.build(cfg, folder, dirs, not force), force=force)
