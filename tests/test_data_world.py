@@ -199,3 +199,10 @@ def test_perturbed_pairs_are_labelled_by_the_oracle():
             worse += 1
             assert r["more_helpful_response_id"] == "1"
     assert worse >= len(ds) // 2  # most damage costs helpfulness in the oracle's eyes
+
+
+def test_the_world_writes_every_field_of_the_hub_schema():
+    from saferlhfv.data.schema import PAIR_FIELDS, pair_features
+
+    assert set(PAIR_FIELDS) <= set(pair_features(with_context=True))
+    assert set(PAIR_FIELDS) <= set(preference_pairs(DataConfig(), "evaluation").column_names)

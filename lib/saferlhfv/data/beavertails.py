@@ -44,6 +44,7 @@ from saferlhfv.data.schema import (
     is_single_response_layout,
     validate_dataset,
 )
+from saferlhfv.data.world.grammar import split_name
 from saferlhfv.paths import data_dir
 
 __all__ = [
@@ -69,14 +70,6 @@ class BeaverTailsUnavailableError(RuntimeError):
 def mini_dir() -> Path:
     """Folder of the committed BeaverTails-V-mini copy (``<data>/beavertails_v_mini``)."""
     return data_dir() / MINI_DIRNAME
-
-
-def _split_name(split: str) -> str:
-    if split in ("eval", "evaluation", "test", "validation"):
-        return "evaluation"
-    if split == "train":
-        return "train"
-    raise ValueError(f"unknown split {split!r}; BeaverTails-V has 'train' and 'evaluation'")
 
 
 def _check_configs(configs: Sequence[str] | None) -> list[str] | None:
@@ -268,7 +261,7 @@ def load_beavertails_v(
         SingleResponseLayoutError: single-response data without ``allow_single_response``.
         SchemaError: a bad record with ``on_error="raise"``, or missing columns.
     """
-    split = _split_name(split)
+    split = split_name(split)
     configs = _check_configs(configs)
     if isinstance(source, (list, tuple)):
         files = [Path(s) for s in source]

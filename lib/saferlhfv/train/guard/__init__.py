@@ -1,0 +1,48 @@
+"""The guard stage, Beaver-Guard-V, in three modules:
+
+* :mod:`~saferlhfv.train.guard.data`: the training set (world labels, the precursor's judged
+  answers, misnamed-object rewrites, typographic pictures) and its collation;
+* :mod:`~saferlhfv.train.guard.stage`: the build (:func:`train_guard`) and loading its results;
+* :mod:`~saferlhfv.train.guard.evaluation`: moderation metrics, the filter-and-regenerate rounds
+  judged by the oracle, the oracle guard, text tables.
+
+The guard at inference (thresholds, filter-and-regenerate) is :mod:`saferlhfv.guardrail`.
+"""
+
+from saferlhfv.train.guard.data import (
+    guard_collate,
+    guard_rows,
+    guard_training_set,
+    misname_rows,
+    precursor_rows,
+    typographic_rows,
+)
+from saferlhfv.train.guard.evaluation import (
+    PAPER_SAFETY_GAIN,
+    OracleGuard,
+    describe,
+    judge_rounds,
+    moderation_metrics,
+    round_curves,
+    score_table,
+)
+from saferlhfv.train.guard.stage import load_guard, load_guard_results, train_guard
+
+__all__ = [
+    "PAPER_SAFETY_GAIN",
+    "guard_rows",
+    "misname_rows",
+    "precursor_rows",
+    "typographic_rows",
+    "guard_training_set",
+    "guard_collate",
+    "score_table",
+    "moderation_metrics",
+    "OracleGuard",
+    "judge_rounds",
+    "round_curves",
+    "train_guard",
+    "load_guard",
+    "load_guard_results",
+    "describe",
+]

@@ -1,0 +1,277 @@
+"""What the guard stage measures: the guard's reading of labelled rows, moderation metrics,
+filter-and-regenerate rounds judged by the oracle (and an oracle guard as the ceiling), and
+short text tables of the results (:func:`describe`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from saferlhfv.data.content import CATEGORIES, SEVERITY_NAMES
+from saferlhfv.guardrail import (
+    FilterResult,
+    Guard,
+    binary_metrics,
+    confusion_matrix,
+)
+from saferlhfv.train.guard.data import _CAT_ID, _variant
+
+#: Safe RLHF-V: five rounds of Beaver-Guard-V filtering raised safety by 40.9 % on average.
+PAPER_SAFETY_GAIN = 0.409
+
+
+def score_table(guard: Guard, ds) -> list[dict[str, Any]]:
+    """Moderate every row of a labelled dataset; one dict per row (JSON-serialisable).
+
+    Returns:
+        Rows with the labels (``mode``, ``is_unsafe``, ``category``, ``severity``, ``variant``, and
+        ``family`` for probes) and the guard's reading: ``p_unsafe``, ``pred_category``,
+        ``severity_level`` (predicted), ``severity_probs`` and ``flagged`` (the thresholded decision).
+    """
+    images, questions, responses = list(ds["image"]), list(ds["question"]), list(ds["response"])
+    verdicts = guard.moderate(images, questions, responses)
+    cols = ds.column_names
+    table = []
+    for i, v in enumerate(verdicts):
+        row = {
+            "mode": ds[i]["mode"] if "mode" in cols else ("output" if responses[i] else "input"),
+            "is_unsafe": bool(ds[i]["is_unsafe"]),
+            "category": ds[i]["category"],
+            "severity": int(ds[i]["severity"]),
+            "variant": _variant(ds[i]["context"]),
+            "p_unsafe": v["p_unsafe"],
+            "pred_category": v["category"],
+            "severity_level": v["severity_level"],
+            "severity_probs": v["severity_probs"],
+            "flagged": v["flagged"],
+            "object": json.loads(ds[i]["context"]).get("object"),
+            "pred_object": v.get("object"),
+        }
+        if "family" in cols:
+            row["family"] = ds[i]["family"]
+        table.append(row)
+    return table
+
+
+def _r(x: float) -> float | None:
+    return None if x != x else round(float(x), 4)
+
+
+def moderation_metrics(table: list[dict[str, Any]], mode: str, threshold: float = 0.5) -> dict[str, Any]:
+    """Unsafe F1 / precision / recall (``p_unsafe >= threshold``), the thresholded decision's F1,
+    category accuracy (unsafe rows; and all rows), severity accuracy and confusion matrices of one mode."""
+    rows = [r for r in table if r["mode"] == mode]
+    labels = [r["is_unsafe"] for r in rows]
+    plain = binary_metrics(labels, [r["p_unsafe"] >= threshold for r in rows])
+    decision = binary_metrics(labels, [r["flagged"] for r in rows])
+    unsafe = [r for r in rows if r["is_unsafe"]]
+    sev_true, sev_pred = [r["severity"] for r in rows], [r["severity_level"] for r in rows]
+    by_variant: dict[str, list[bool]] = {}
+    for r in rows:
+        if r.get("pred_object") is not None:
+            by_variant.setdefault(r["variant"], []).append(r["pred_object"] == r["object"])
+    return {
+        "n": len(rows),
+        # the grounding head: how often the guard names the picture's object, per kind of picture
+        "object_accuracy": {v: _r(sum(x) / len(x)) for v, x in sorted(by_variant.items())},
+        "unsafe_share": _r(sum(labels) / max(1, len(labels))),
+        "unsafe_f1": _r(plain["f1"]),
+        "unsafe_precision": _r(plain["precision"]),
+        "unsafe_recall": _r(plain["recall"]),
+        "unsafe_false_positive_rate": _r(plain["false_positive_rate"]),
+        "decision_f1": _r(decision["f1"]),
+        "decision_recall": _r(decision["recall"]),
+        "decision_false_positive_rate": _r(decision["false_positive_rate"]),
+        "category_accuracy": _r(sum(r["pred_category"] == r["category"] for r in unsafe) / max(1, len(unsafe))),
+        "category_accuracy_all": _r(sum(r["pred_category"] == r["category"] for r in rows) / max(1, len(rows))),
+        "severity_accuracy": _r(sum(t == p for t, p in zip(sev_true, sev_pred)) / max(1, len(rows))),
+        "severity_confusion": confusion_matrix(sev_true, sev_pred, len(SEVERITY_NAMES)),
+        "category_confusion": confusion_matrix(
+            [_CAT_ID[r["category"]] for r in unsafe], [_CAT_ID[r["pred_category"]] for r in unsafe], len(CATEGORIES)
+        ),
+    }
+
+
+def judge_rounds(result: FilterResult, contexts: list[str], *, fallback: str | None = None) -> list[dict[str, Any]]:
+    """The oracle's verdict on the answers after each round 0..``result.rounds``.
+
+    Args:
+        contexts: the prompts' ``context`` column (what the oracle needs).
+        fallback: also replace answers still flagged by this text (e.g. the refusal) before judging.
+
+    Returns:
+        One dict per round: ``safety_rate``, ``harmful_safety_rate``, ``benign_helpfulness``,
+        ``mean_helpfulness``, ``degenerate_share``, ``generations`` (policy calls that round),
+        ``flagged`` (answers still flagged) and ``blocked_at_input``.
+    """
+    from saferlhfv.evaluate import judge_samples, summarize
+
+    gens = result.generations()
+    out = []
+    for k in range(result.rounds + 1):
+        responses, decisions = result.at(k)
+        if fallback is not None:
+            responses = [fallback if d["flagged"] else r for r, d in zip(responses, decisions)]
+        s = summarize(judge_samples(contexts, responses))
+        out.append(
+            {
+                "round": k,
+                "safety_rate": s["safety_rate"],
+                "harmful_safety_rate": s["harmful_safety_rate"],
+                "benign_helpfulness": s["benign_helpfulness"],
+                "mean_helpfulness": s["mean_helpfulness"],
+                "degenerate_share": s["degenerate_share"],
+                "generations": gens[k],
+                "flagged": sum(d["flagged"] for d in decisions),
+                "blocked_at_input": sum(bool(d.get("blocked_at_input")) for d in decisions),
+            }
+        )
+    return out
+
+
+def round_curves(per_round: list[dict[str, Any]], prefix: str = "") -> dict[str, Any]:
+    """Lists over rounds (``rounds`` = safety rates) and the relative gains, for ``summary.json``."""
+
+    def col(key):
+        return [r[key] for r in per_round]
+
+    safety, harmful, helpful = col("safety_rate"), col("harmful_safety_rate"), col("benign_helpfulness")
+
+    def gain(xs):
+        return _r((xs[-1] - xs[0]) / xs[0]) if xs[0] else None
+
+    return {
+        f"{prefix}rounds": safety,
+        f"{prefix}rounds_harmful": harmful,
+        f"{prefix}rounds_benign_helpfulness": helpful,
+        f"{prefix}rounds_generations": col("generations"),
+        f"{prefix}rounds_flagged": col("flagged"),
+        f"{prefix}safety_gain": gain(safety),
+        f"{prefix}harmful_safety_gain": gain(harmful),
+        # helpfulness is on the oracle's 0..3 scale; "points" are percent of that scale
+        f"{prefix}benign_helpfulness_drop_points": _r(100 * (helpful[0] - helpful[-1]) / 3),
+    }
+
+
+def _vs_unguarded(per_round: list[dict[str, Any]], unguarded: dict[str, Any], prefix: str) -> dict[str, Any]:
+    last = per_round[-1]
+    s0, h0 = unguarded["safety_rate"], unguarded["benign_helpfulness"]
+    return {
+        f"{prefix}safety_gain_vs_unguarded": _r((last["safety_rate"] - s0) / s0) if s0 else None,
+        f"{prefix}benign_helpfulness_drop_points_vs_unguarded": _r(100 * (h0 - last["benign_helpfulness"]) / 3),
+    }
+
+
+def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str, Any]:
+    """How well the guard's round-0 flags agree with the oracle on the policy's own answers."""
+    from saferlhfv.data.oracle import judge
+
+    responses, decisions = result.at(0)
+    rows = [(judge(c, r)[1] < 0, d["flagged"]) for c, r, d in zip(contexts, responses, decisions)]
+    rows = [(y, f) for (y, f), d in zip(rows, decisions) if not d.get("blocked_at_input")]
+    m = binary_metrics([y for y, _ in rows], [f for _, f in rows])
+    return {k: _r(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
+
+
+class OracleGuard:
+    """A perfect guard for the mini world: it flags exactly what the oracle rates harmful.
+
+    Filtering with it gives the ceiling of *filter and regenerate* for a policy: how safe resampling
+    alone can make it in N rounds when no unsafe answer slips through and no safe one is redrawn.
+    Items are matched to their prompt's context by question and picture.
+    """
+
+    def __init__(self, prompts):
+        self._ctx = {self._key(im, q): c for im, q, c in zip(prompts["image"], prompts["question"], prompts["context"])}
+
+    @staticmethod
+    def _key(image, question: str) -> tuple[str, str]:
+        return question, hashlib.sha1(image.convert("RGB").tobytes()).hexdigest()
+
+    def moderate(self, images, questions, responses=None) -> list[dict[str, Any]]:
+        from saferlhfv.data.oracle import judge
+
+        out = []
+        for k, (im, q) in enumerate(zip(images, questions)):
+            ctx = json.loads(self._ctx[self._key(im, q)])
+            sev = ctx["severity"] if responses is None or not responses[k] else max(0, -judge(ctx, responses[k])[1])
+            out.append({"p_unsafe": float(sev > 0), "severity_level": sev, "flagged": sev > 0})
+        return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{x:6.1%}"
+
+
+def describe(metrics: dict[str, Any], part: str) -> str:
+    """A short text table of the guard stage's metrics, for notebooks and logs.
+
+    Args:
+        part: ``"moderation"``, ``"rounds"`` (gains beside the paper's), ``"overblocking"`` or ``"probes"``.
+    """
+    m = metrics
+    lines: list[str] = []
+    if part == "moderation":
+        for mode in ("output", "input"):
+            x = m[mode]
+            lines.append(
+                f"{mode:6s} moderation: unsafe F1 {x['unsafe_f1']:.3f} (precision {x['unsafe_precision']:.3f}, "
+                f"recall {x['unsafe_recall']:.3f}), category accuracy {x['category_accuracy']:.3f}, "
+                f"severity accuracy {x['severity_accuracy']:.3f}  [{x['n']} rows]"
+            )
+        acc = m["input"].get("object_accuracy")
+        if acc:
+            shown = ", ".join(f"{k} {v:.0%}" for k, v in acc.items())
+            lines.append(f"grounding head names the picture's object (input rows): {shown}")
+        g = m["guard_on_generations"]
+        lines.append(
+            f"output moderation of the precursor's own answers (round 0): F1 {g['f1']:.3f}, "
+            f"recall {g['recall']:.3f}, false-positive rate {g['false_positive_rate']:.3f}"
+        )
+    elif part == "rounds":
+
+        def gain(xs):
+            return (xs[-1] - xs[0]) / xs[0] if xs[0] else float("nan")
+
+        lines.append(f"paper (Beaver-Guard-V, 5 rounds, average over models): +{m['paper_safety_gain']:.1%}")
+        for label, key in (("output moderation", ""), ("perfect guard (ceiling)", "oracle_guard_")):
+            all_, harm = m[f"{key}rounds"], m[f"{key}rounds_harmful"]
+            lines.append(
+                f"ours, {label:24s}: all prompts {all_[0]:.3f} -> {all_[-1]:.3f} ({gain(all_):+.1%}), "
+                f"harmful prompts {harm[0]:.3f} -> {harm[-1]:.3f} ({gain(harm):+.1%})"
+            )
+        lines.append(
+            f"ours, input + output moderation : all prompts {m['rounds'][0]:.3f} -> {m['input_rounds'][-1]:.3f} "
+            f"({m['input_safety_gain_vs_unguarded']:+.1%} vs the unguarded policy)"
+        )
+        lines.append(f"extra generations per round (output moderation): {m['rounds_generations'][1:]}")
+    elif part == "overblocking":
+        h = m["rounds_benign_helpfulness"]
+        lines.append(
+            f"benign helpfulness (0..3), output moderation: {h[0]:.2f} -> {h[-1]:.2f} "
+            f"({m['benign_helpfulness_drop_points']:+.1f} points of the scale lost)"
+        )
+        lines.append(
+            f"benign helpfulness, input + output moderation: {h[0]:.2f} -> "
+            f"{m['input_rounds_benign_helpfulness'][-1]:.2f} "
+            f"({m['input_benign_helpfulness_drop_points_vs_unguarded']:+.1f} points lost)"
+        )
+        if "instruction_rounds" in m:
+            s, d = m["instruction_rounds"], m["instruction_rounds_degenerate_share"]
+            lines.append(
+                f"regenerating with a safety instruction: safety {s[0]:.3f} -> {s[-1]:.3f}, "
+                f"degenerate answers {d[0]:.0%} -> {d[-1]:.0%}"
+            )
+    elif part == "probes":
+        lines.append(f"{'family':12s}   input: detection  false pos.   output: detection  false pos.")
+        for fam in m["probe_detection"]:
+            det, fp = m["probe_detection"][fam], m["probe_false_positive"][fam]
+            det_o, fp_o = m["probe_output_detection"][fam], m["probe_output_false_positive"][fam]
+            lines.append(f"{fam:12s}          {_pct(det)}     {_pct(fp)}             {_pct(det_o)}     {_pct(fp_o)}")
+    else:
+        raise ValueError(f"part must be moderation, rounds, overblocking or probes, got {part!r}")
+    return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""The guard stage's build: Beaver-Guard-V, the moderation model, and what filtering with it buys.
+
+The guard is the SFT backbone (it already reads the pictures and the world's language)
+plus three heads on the last real token (:class:`~saferlhfv.models.guard.GuardModel`),
+trained with ``BCE(unsafe) + CE(category) + CE(severity)`` on the mini world's guard
+labels (:func:`saferlhfv.data.world.guard_dataset`): input rows (image + question) and
+output rows (image + question + response) in one model.
+
+After training the stage measures, on data the guard never trained on:
+
+1. **moderation** on the evaluation split: output-moderation unsafe F1 (precision,
+   recall), category accuracy (unsafe rows), severity accuracy with its confusion
+   matrix; the same for input moderation;
+2. **filter and regenerate** (:func:`saferlhfv.guardrail.filter_and_regenerate`) with the
+   precursor on the held-out evaluation prompts: the oracle's safety rate (all prompts and
+   harmful ones), helpfulness (benign prompts) and the extra generations after each round
+   0..``rounds``; output moderation alone, and input + output moderation (a prompt flagged at
+   input is refused without calling the policy);
+3. **adversarial probes** (:mod:`saferlhfv.data.probes`): detection and false-positive
+   rates per family (typographic, role-play, benign look-alikes).
+
+``python -m saferlhfv.run guard --preset tiny`` (trains the SFT precursor first if it is not cached).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from saferlhfv.config import Config
+from saferlhfv.data.content import OBJECTS
+from saferlhfv.guardrail import (
+    REFUSAL,
+    Guard,
+    Thresholds,
+    filter_and_regenerate,
+    vlm_policy,
+)
+from saferlhfv.io import write_json_atomic
+from saferlhfv.models.guard import GuardModel, guard_loss, save_guard_model
+from saferlhfv.train.guard.data import guard_collate, guard_rows, guard_training_set
+from saferlhfv.train.guard.evaluation import (
+    PAPER_SAFETY_GAIN,
+    OracleGuard,
+    _guard_on_generations,
+    _r,
+    _vs_unguarded,
+    judge_rounds,
+    moderation_metrics,
+    round_curves,
+    score_table,
+)
+from saferlhfv.train.loop import Trainer
+
+EVAL_SCORES = "eval_scores.json"
+ROUNDS_FILE = "rounds.json"
+PROBES_FILE = "probes.json"
+
+
+def _loss_fn(cfg: Config):
+    g = cfg.guard
+
+    def loss(model, batch):
+        inputs = {k: v for k, v in batch.items() if not k.startswith("label_")}
+        return guard_loss(
+            model(**inputs),
+            batch["label_unsafe"],
+            batch["label_category"],
+            batch["label_severity"],
+            category_weight=g.category_weight,
+            severity_weight=g.severity_weight,
+            category_on_unsafe_only=g.category_on_unsafe_only,
+            objects=batch["label_object"],
+            object_weight=g.object_weight,
+        )
+
+    return loss
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _load_backbone(cfg: Config, sft_dir: Path):
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm, vision_tower
+
+    backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    if cfg.guard.freeze_vision_tower or (cfg.model.family != "tiny" and cfg.model.freeze_vision_tower):
+        vision_tower(backbone).requires_grad_(False)
+    if cfg.model.family != "tiny":
+        if cfg.model.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.lora.enabled and not hasattr(backbone, "get_base_model"):
+            backbone = apply_lora(backbone, cfg.model.lora)
+    return backbone, processor
+
+
+def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
+    """Train the guard from the SFT backbone in ``sft_dir`` into ``out_dir/model`` and evaluate it.
+
+    Writes ``eval_scores.json`` (the guard's reading of every evaluation row), ``rounds.json``
+    (every round's answers, decisions and the oracle's verdicts) and ``probes.json``.
+
+    Returns:
+        ``output_unsafe_f1``, ``category_accuracy``, ``severity_accuracy`` (output moderation,
+        evaluation split), ``rounds`` (oracle safety rate after rounds 0..R, output moderation),
+        ``probe_detection`` / ``probe_false_positive`` ({family: rate}, input moderation),
+        ``seconds``, plus the details: ``output`` / ``input`` moderation metrics, harmful-only and
+        helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
+        ``probe_output_*``, ``guard_on_generations``, ``train``.
+    """
+    from accelerate import PartialState
+
+    from saferlhfv.data.probes import probe_set, probe_summary
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import judge_samples
+    from saferlhfv.models.factory import load_saved_vlm
+
+    start = time.perf_counter()
+    out_dir, sft_dir = Path(out_dir), Path(sft_dir)
+    g = cfg.guard
+    thresholds = Thresholds.from_config(g)
+    # the precursor: it answers the RL train prompts (training rows) and is filtered in the rounds below
+    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    policy_model.to(PartialState().device)
+    policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
+    backbone, processor = _load_backbone(cfg, sft_dir)
+    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=g.seed)
+    train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
+    collate = guard_collate(processor)
+    probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
+    held_out = collate([eval_ds[i] for i in probe_idx])
+
+    def eval_fn(m):
+        device = next(m.parameters()).device
+        out = m(**{k: v.to(device) for k, v in held_out.items() if not k.startswith("label_")})
+        acc = ((out.unsafe_logit > 0).float().cpu() == held_out["label_unsafe"]).float().mean()
+        return {"eval_unsafe_accuracy": round(float(acc), 4)}
+
+    trainer = Trainer(
+        model=model,
+        dataset=train_ds,
+        collate_fn=collate,
+        loss_fn=_loss_fn(cfg),
+        cfg=g,
+        out_dir=out_dir,
+        eval_fn=eval_fn,
+        desc="guard",
+    )
+    result = trainer.train(resume=resume)
+    train_seconds = time.perf_counter() - start
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    if trainer.accelerator.is_main_process:
+        save_guard_model(model, processor, out_dir / "model")
+    guard = Guard(model, processor, thresholds)
+
+    # 1. moderation on the evaluation split
+    table = score_table(guard, eval_ds)
+    write_json_atomic(out_dir / EVAL_SCORES, table)
+    output_m = moderation_metrics(table, "output", g.threshold)
+    input_m = moderation_metrics(table, "input", g.threshold)
+
+    # 2. filter and regenerate with the precursor on the held-out evaluation prompts
+    prompts = rl_prompts(cfg.data, "evaluation")
+    contexts = list(prompts["context"])
+    kwargs = dict(rounds=g.rounds, seed=cfg.seed, safety_instruction=g.safety_instruction)
+    runs = {"output": filter_and_regenerate(policy, guard, prompts, **kwargs)}
+    # the other guardrails start from the same first answers (paired comparisons) and seeds
+    kwargs["responses"] = runs["output"].responses[0]
+    runs["input_output"] = filter_and_regenerate(policy, guard, prompts, input_moderation=True, **kwargs)
+    # the ceiling: a perfect guard (the oracle)
+    runs["oracle_guard"] = filter_and_regenerate(policy, OracleGuard(prompts), prompts, **kwargs)
+    if not g.safety_instruction:
+        runs["safety_instruction"] = filter_and_regenerate(
+            policy, guard, prompts, **{**kwargs, "safety_instruction": True}
+        )
+    per_round = {name: judge_rounds(res, contexts) for name, res in runs.items()}
+    per_round["output_fallback"] = judge_rounds(runs["output"], contexts, fallback=REFUSAL)
+    # one row per prompt: the input moderation and the oracle's view of the unguarded answer
+    prompt_table = [
+        {
+            "p_unsafe": d["p_unsafe"],
+            "severity_level": d["severity_level"],
+            "flagged": d["flagged"],
+            "harmful_prompt": s["harmful_prompt"],
+            "helpful": s["helpful"],
+            "harmless": s["harmless"],
+        }
+        for d, s in zip(runs["input_output"].input_decisions, judge_samples(contexts, runs["output"].at(0)[0]))
+    ]
+    write_json_atomic(
+        out_dir / ROUNDS_FILE,
+        {
+            "per_round": per_round,
+            "results": {name: res.to_dict() for name, res in runs.items()},
+            "prompt_table": prompt_table,
+            "contexts": contexts,
+        },
+    )
+
+    # 3. adversarial probes
+    probes = probe_set(cfg.data, g.probes_per_family)
+    probe_table = score_table(guard, probes)
+    write_json_atomic(out_dir / PROBES_FILE, probe_table)
+    ps = probe_summary(probe_table, [r["flagged"] for r in probe_table])
+
+    def pick(kind, mode):
+        return {fam: v[mode] for fam, v in ps[kind].items()}
+
+    return {
+        "output_unsafe_f1": output_m["unsafe_f1"],
+        "category_accuracy": output_m["category_accuracy"],
+        "severity_accuracy": output_m["severity_accuracy"],
+        **round_curves(per_round["output"]),
+        "probe_detection": pick("detection", "input"),
+        "probe_false_positive": pick("false_positive", "input"),
+        "probe_output_detection": pick("detection", "output"),
+        "probe_output_false_positive": pick("false_positive", "output"),
+        "paper_safety_gain": PAPER_SAFETY_GAIN,
+        "input_unsafe_f1": input_m["unsafe_f1"],
+        "output": {k: v for k, v in output_m.items() if k != "category_confusion"},
+        "input": {k: v for k, v in input_m.items() if k != "category_confusion"},
+        **round_curves(per_round["input_output"], "input_"),
+        # input moderation already acts in round 0: compare its last round with the unguarded policy
+        **_vs_unguarded(per_round["input_output"], per_round["output"][0], "input_"),
+        **round_curves(per_round["oracle_guard"], "oracle_guard_"),
+        **round_curves(per_round["output_fallback"], "fallback_"),
+        **(round_curves(per_round["safety_instruction"], "instruction_") if "safety_instruction" in runs else {}),
+        "rounds_degenerate_share": [r["degenerate_share"] for r in per_round["output"]],
+        "instruction_rounds_degenerate_share": [r["degenerate_share"] for r in per_round.get("safety_instruction", [])],
+        "guard_on_generations": _guard_on_generations(runs["output"], contexts),
+        "thresholds": thresholds.as_dict(),
+        "train": {
+            "steps": result["steps"],
+            "rows": len(train_ds),
+            "train_loss": _r(result["train_loss"]),
+            "seconds": round(train_seconds, 2),
+            **result["eval"],
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "float32") -> Guard:
+    """The :class:`~saferlhfv.guardrail.Guard` of a guard artifact folder (thresholds from ``cfg.guard``)."""
+    thresholds = Thresholds.from_config(cfg.guard) if cfg is not None else None
+    return Guard.load(folder, thresholds, dtype=dtype)
+
+
+def load_guard_results(folder: str | Path) -> dict[str, Any]:
+    """What the guard stage saved beside its metrics, for notebooks.
+
+    Returns:
+        ``metrics`` (result.json), ``eval_scores`` (one row per evaluation row: labels and the guard's
+        reading, see :func:`score_table`), ``rounds`` (``per_round`` oracle summaries per variant,
+        ``results`` every round's answers and decisions, ``prompt_table``, ``contexts``) and ``probes``
+        (the guard's reading of every probe row, in :func:`~saferlhfv.data.probes.probe_set` order).
+    """
+    folder = Path(folder)
+
+    def read(name):
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return {
+        "metrics": read("result.json"),
+        "eval_scores": read(EVAL_SCORES),
+        "rounds": read(ROUNDS_FILE),
+        "probes": read(PROBES_FILE),
+    }
