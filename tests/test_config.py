@@ -71,3 +71,11 @@ def test_command_line_flags():
 def test_fingerprint_tracks_sections():
     a, b = load_config("tiny"), load_config("tiny", overrides={"ppo.lambda_lr": 0.2})
     assert a.fingerprint("sft") == b.fingerprint("sft") and a.fingerprint("ppo") != b.fingerprint("ppo")
+
+
+def test_ppo_declares_only_what_it_reads():
+    # PPO counts iterations, not epochs: a dataset-epoch field there used to be accepted and ignored
+    for key in ("epochs", "max_steps", "warmup_ratio", "eval_every", "gradient_accumulation_steps"):
+        with pytest.raises(ConfigError, match=f"unknown config key 'ppo.{key}'"):
+            load_config("tiny", {f"ppo.{key}": 1})
+    assert load_config("tiny", {"ppo.batch_size": 4}).ppo.batch_size == 4

@@ -7,7 +7,7 @@ import torch
 
 from saferlhfv.algorithms.losses import actor_loss, clipped_surrogate, combine_advantages, whiten
 from saferlhfv.config import ConfigError, load_config
-from saferlhfv.plotting import read_metrics
+from saferlhfv.io import read_metrics
 from saferlhfv.sweep import mean_std
 from saferlhfv.train.ppo import (
     ALGORITHMS,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saferlhfv.config import load_config
-from saferlhfv.plotting import read_metrics
+from saferlhfv.io import read_metrics
 from saferlhfv.train.ppo import make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, interrupt_and_resume, run_ppo_two_processes, upstream_artifacts
 

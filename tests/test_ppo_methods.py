@@ -7,7 +7,7 @@ import torch
 
 from saferlhfv.algorithms.losses import clipped_surrogate, group_advantages, rectified_costs, reference_kl
 from saferlhfv.config import ConfigError, load_config
-from saferlhfv.plotting import read_metrics
+from saferlhfv.io import read_metrics
 from saferlhfv.train.ppo import GRPOLag, GRPORePO, RePO, make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, run_ppo_two_processes, upstream_artifacts
 from tests.test_ppo_hooks import _bare, _rollout

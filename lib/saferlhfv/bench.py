@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from saferlhfv.config import Config, add_config_arguments, apply_overrides, config_from_args
+from saferlhfv.io import read_metrics
 from saferlhfv.stages import PIPELINE, PPO_METHODS, artifact_dir, resolve
 
 __all__ = [
@@ -157,15 +158,16 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
 def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> dict[str, Any]:
     """One RM-V optimiser step on ``batch_size`` preference pairs (``2 x batch_size`` sequences): pairs/s."""
     from saferlhfv.algorithms.losses import reward_loss
+    from saferlhfv.data import load_preference_data
     from saferlhfv.models.collate import pair_batch
     from saferlhfv.models.factory import load_vlm
     from saferlhfv.models.score import ScoreModel
-    from saferlhfv.train.preference import load_pairs, pair_view
+    from saferlhfv.train.preference import pair_view
 
     device = _device()
     backbone, processor = load_vlm(cfg.model, _corpus(cfg))
     model = ScoreModel(backbone, seed=cfg.seed).to(device).train()
-    pairs = load_pairs(cfg, "train")
+    pairs = load_preference_data(cfg.data, "train")
     views = [pair_view(pairs[i], "reward") for i in range(min(batch_size, len(pairs)))]
     batch = pair_batch(
         processor, [v["image"] for v in views], [v["question"] for v in views], [v["a"] for v in views],
@@ -275,7 +277,7 @@ def _last_step(folder: Path) -> int | None:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return None
-    steps = [json.loads(line).get("step") for line in path.read_text().splitlines() if line.strip()]
+    steps = [record.get("step") for record in read_metrics(path)]
     steps = [s for s in steps if isinstance(s, int)]
     return max(steps) if steps else None
 

@@ -260,10 +260,23 @@ class GuardConfig(TrainConfig):
 
 
 @dataclass
-class PPOConfig(TrainConfig):
-    """PPO-Lagrangian (Safe RLHF-V); defaults are the paper code's (``docs/algorithms.md``)."""
+class PPOConfig:
+    """PPO-Lagrangian (Safe RLHF-V); defaults are the paper code's (``docs/algorithms.md``).
+
+    Not a :class:`TrainConfig`: PPO counts ``iterations`` of rollouts, not epochs or steps over a
+    dataset, so it declares only the optimiser fields it reads (no ``epochs``, ``max_steps``,
+    ``warmup_ratio``, ``eval_every`` or ``gradient_accumulation_steps`` to set by mistake).
+    """
 
     learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    #: minibatch size of the PPO update (episodes).
+    batch_size: int = 8
+    max_grad_norm: float = 1.0
+    #: checkpoint every this many iterations.
+    save_every: int = 100
+    #: the seed of the RL stage (``--seeds`` varies it; :func:`~saferlhfv.train.ppo.run_seed`).
+    seed: int = 0
     critic_learning_rate: float = 5e-6
     iterations: int = 100
     rollout_batch_size: int = 16

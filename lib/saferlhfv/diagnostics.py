@@ -22,11 +22,11 @@ from saferlhfv.evaluate import (
     cost_model_agreement,
     grounding_accuracy,
     harm_probe,
+    score_samples,
     scripted_policy_samples,
     summarize,
     win_rates,
 )
-from saferlhfv.models.score import score_texts
 from saferlhfv.stages import ensure
 from saferlhfv.train.preference import load_scorer
 from saferlhfv.train.sft import load_precursor
@@ -50,15 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     cost_model, _ = load_scorer(ensure("cost", cfg)[0])
     prompts = rl_prompts(cfg.data, "evaluation")
     for who in ("precursor", "policy"):
-        group = samples[who]
-        costs = score_texts(
-            cost_model,
-            processor,
-            [prompts[s["index"]]["image"] for s in group],
-            [s["question"] for s in group],
-            [s["response"] for s in group],
-        )
-        out[f"cost_model_vs_oracle_{who}"] = cost_model_agreement(costs, group)
+        costs = score_samples(cost_model, processor, prompts, samples[who])
+        out[f"cost_model_vs_oracle_{who}"] = cost_model_agreement(costs, samples[who])
     for name in SCRIPTED_POLICIES:  # yardsticks, against the same precursor answers as the PPO run's win rates
         scripted = scripted_policy_samples(prompts, name, seed=cfg.seed)
         summary = summarize(scripted)

@@ -272,7 +272,7 @@ def training_trajectory(records: Sequence[Mapping[str, Any]] | str | Path) -> di
     ``harmful_safety`` the oracle's safety on the batch's harmful prompts.
     """
     if isinstance(records, (str, Path)):
-        from saferlhfv.plotting import read_metrics
+        from saferlhfv.io import read_metrics
 
         records = read_metrics(records)
     rows = [r for r in records if "lambda" in r]

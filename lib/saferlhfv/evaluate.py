@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from saferlhfv.data.oracle import BEHAVIOURS, analyse, parse_context
-from saferlhfv.models.generation import generate_responses
+from saferlhfv.models.generation import generate_answers, generate_responses
 
 __all__ = [
     "judge_samples",
@@ -43,6 +43,7 @@ __all__ = [
     "pearson",
     "same_question_examples",
     "prompt_safety",
+    "score_samples",
     "compensation",
     "linear_probe_accuracy",
     "harm_probe",
@@ -122,24 +123,31 @@ def evaluate_policy(
     Returns:
         :func:`summarize`'s dict, or ``(summary, samples)`` with ``return_samples``.
     """
-    samples: list[dict[str, Any]] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = prompts.select(range(start, min(start + batch_size, len(prompts))))
-        responses = generate_responses(
-            model,
-            processor,
-            list(rows["image"]),
-            list(rows["question"]),
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            seed=seed + start,
-        )
-        judged = judge_samples(list(rows["context"]), responses)
-        for offset, (question, verdict) in enumerate(zip(rows["question"], judged)):
-            samples.append({"index": start + offset, "question": question, **verdict})
+    questions = list(prompts["question"])
+    responses = generate_answers(model, processor, list(prompts["image"]), questions, batch_size=batch_size,
+                                 seed=seed, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature)  # fmt: skip
+    judged = judge_samples(list(prompts["context"]), responses)
+    samples = [{"index": i, "question": q, **verdict} for i, (q, verdict) in enumerate(zip(questions, judged))]
     summary = summarize(samples)
     return (summary, samples) if return_samples else summary
+
+
+def score_samples(score_model, processor, prompts, samples: list[dict[str, Any]]) -> list[float]:
+    """RM-V / CM-V end scores of judged answers (:func:`evaluate_policy`'s samples) to their prompts.
+
+    Args:
+        prompts: the dataset the samples answered; each sample's ``index`` picks its image.
+        samples: dicts with ``index``, ``question`` and ``response``.
+
+    Returns:
+        One score per sample, in order.
+    """
+    from saferlhfv.models.score import score_texts
+
+    images = [prompts[s["index"]]["image"] for s in samples]
+    return score_texts(score_model, processor, images, [s["question"] for s in samples],
+                       [s["response"] for s in samples])  # fmt: skip
 
 
 def prompt_safety(
@@ -168,7 +176,6 @@ def prompt_safety(
         One dict per prompt, in order: ``index``, ``harmful_prompt``, ``category``, ``unsafe_probability``
         (share of the k answers with oracle harmless < 0) and ``mean_cost`` (or None).
     """
-    from saferlhfv.models.score import score_texts
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -189,10 +196,7 @@ def prompt_safety(
         for s in samples:
             unsafe[s["index"]] += int(s["harmless"] < 0)
         if cost_model is not None:
-            images = [prompts[s["index"]]["image"] for s in samples]
-            scored = score_texts(cost_model, processor, images, [s["question"] for s in samples],
-                                 [s["response"] for s in samples])  # fmt: skip
-            for s, c in zip(samples, scored, strict=True):
+            for s, c in zip(samples, score_samples(cost_model, processor, prompts, samples), strict=True):
                 costs[s["index"]] += c / k
     return [
         {

@@ -229,22 +229,20 @@ def vlm_policy(
     Batches of ``batch_size`` are seeded ``seed + start`` (as :func:`saferlhfv.evaluate.evaluate_policy`
     does), so round 0 of a filter run reproduces the precursor's evaluation answers.
     """
-    from saferlhfv.models.generation import generate_responses
+    from saferlhfv.models.generation import generate_answers
 
     def policy(images: Sequence, questions: Sequence[str], *, seed: int = 0) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(questions), batch_size):
-            out += generate_responses(
-                model,
-                processor,
-                list(images[start : start + batch_size]),
-                list(questions[start : start + batch_size]),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature,
-                seed=seed + start,
-            )
-        return out
+        return generate_answers(
+            model,
+            processor,
+            images,
+            questions,
+            batch_size=batch_size,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+        )
 
     return policy
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written checkpoint, model or summary."""
+"""Files: atomic writes (a crash never leaves a half-written checkpoint, model or summary) and the
+trainers' metrics logs (``metrics.jsonl``: one JSON record a line)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_directory", "write_json_atomic"]
+__all__ = ["atomic_directory", "write_json_atomic", "read_metrics", "append_metrics", "truncate_metrics"]
 
 
 @contextmanager
@@ -45,3 +46,22 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` written by a trainer (one dict per line, blank lines skipped)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record to a metrics log (the main process of a run calls this)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: str | Path, keep) -> None:
+    """Keep only the records for which ``keep(record)`` is true (on resume: drop what will be logged again)."""
+    path = Path(path)
+    if path.is_file():
+        path.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(path) if keep(r)))

@@ -1,4 +1,4 @@
-"""Figures: the helper every notebook saves with, the metrics-log reader, and the notebooks' plots
+"""Figures: the helper every notebook saves with, and the notebooks' plots
 (learning curves; the dual-dynamics, response-curve and trade-off figures of notebook 05).
 
 Every plot takes plain dicts / arrays and returns a ``matplotlib.figure.Figure``.
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from saferlhfv.io import read_metrics
 from saferlhfv.paths import figures_dir
 
 __all__ = [
     "save_figure",
-    "read_metrics",
     "plot_learning_curves",
     "plot_dual",
     "plot_response_curve",
@@ -48,14 +48,6 @@ def save_figure(fig, name: str, *, formats: tuple[str, ...] = ("png",), dpi: int
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         paths.append(path)
     return paths
-
-
-def read_metrics(path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` written by a trainer (one dict per line)."""
-    import json
-
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def plot_learning_curves(runs: dict, *, keys: tuple[str, ...] = ("loss",), x: str = "step", smooth: int = 10):

@@ -164,7 +164,7 @@ def build_rollout_table(
     import time
 
     from saferlhfv.evaluate import judge_samples
-    from saferlhfv.models.generation import generate_responses
+    from saferlhfv.models.generation import generate_answers
     from saferlhfv.models.score import score_texts
 
     start = time.perf_counter()
@@ -172,18 +172,8 @@ def build_rollout_table(
     images = [r["image"] for r in rows for _ in range(k)]
     questions = [r["question"] for r in rows for _ in range(k)]
     contexts = [r["context"] for r in rows for _ in range(k)]
-    responses: list[str] = []
-    for s in range(0, len(questions), batch_size):
-        responses += generate_responses(
-            policy,
-            processor,
-            images[s : s + batch_size],
-            questions[s : s + batch_size],
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            seed=seed * 1_000_003 + s,
-        )
+    responses = generate_answers(policy, processor, images, questions, batch_size=batch_size, seed=seed * 1_000_003,
+                                 max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)  # fmt: skip
     rewards = score_texts(reward_model, processor, images, questions, responses, batch_size=batch_size)
     costs = score_texts(cost_model, processor, images, questions, responses, batch_size=batch_size)
     judged = judge_samples(contexts, responses)

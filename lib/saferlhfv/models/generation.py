@@ -22,6 +22,7 @@ __all__ = [
     "encode_prompts",
     "media_token_ids",
     "generate_responses",
+    "generate_answers",
     "model_inputs",
     "token_logprobs",
     "response_mask",
@@ -133,6 +134,37 @@ def generate_responses(
     finally:
         model.train(was_training)
     return [t.strip() for t in processor.batch_decode(out[:, n_prompt:], skip_special_tokens=True)]
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    **kwargs: Any,
+) -> list[str]:
+    """:func:`generate_responses` over batches of ``batch_size``, the batch starting at item ``s``
+    seeded ``seed + s``: the same answers whatever calls it (evaluation, the guardrail, the rollout
+    table), and reproducible one batch at a time.
+
+    Args:
+        kwargs: :func:`generate_responses`'s keywords (``max_new_tokens``, ``do_sample``, ``temperature``...).
+
+    Returns:
+        One answer per (image, question), in order.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    answers: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        stop = start + batch_size
+        answers += generate_responses(
+            model, processor, list(images[start:stop]), list(questions[start:stop]), seed=seed + start, **kwargs
+        )
+    return answers
 
 
 #: the processor outputs that carry the image (whichever a family produces).

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from saferlhfv.config import TrainConfig
+from saferlhfv.io import append_metrics, read_metrics, truncate_metrics
 
 __all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "make_accelerator", "save_checkpoint", "load_checkpoint"]
 
@@ -203,16 +204,12 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after ``step`` (they will be logged again)."""
-        path = self.out_dir / METRICS
-        if not path.is_file() or not self.accelerator.is_main_process:
-            return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        if self.accelerator.is_main_process:
+            truncate_metrics(self.out_dir / METRICS, lambda record: record["step"] <= step)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(self.out_dir / METRICS, record)
 
     # ------------------------------------------------------------------ training
 
@@ -295,6 +292,6 @@ class Trainer:
         path = self.out_dir / METRICS
         if not path.is_file():
             return float("nan")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        records = read_metrics(path)
         losses = [r["loss"] for r in records if r["split"] == "train"][-self.steps_per_epoch :]
         return sum(losses) / len(losses) if losses else float("nan")

@@ -22,7 +22,6 @@ from typing import Any
 
 from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
-from saferlhfv.models.score import score_texts
 from saferlhfv.train.ppo import make_trainer, run_seed
 
 #: answers sampled per evaluation prompt to measure safety compensation (per-prompt unsafe probability).
@@ -55,6 +54,7 @@ def train_ppo_lag(
         evaluate_policy,
         pearson,
         prompt_safety,
+        score_samples,
         win_rates,
     )
 
@@ -68,13 +68,8 @@ def train_ppo_lag(
     kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=run_seed(cfg) + 17, return_samples=True)
     summary, samples = evaluate_policy(trainer.policy(), roles.processor, prompts, **kwargs)
     ref_summary, ref_samples = evaluate_policy(roles.reference, roles.processor, prompts, **kwargs)
-    args = (
-        [prompts[s["index"]]["image"] for s in samples],
-        [s["question"] for s in samples],
-        [s["response"] for s in samples],
-    )
-    rewards = score_texts(roles.reward_model, roles.processor, *args)
-    costs = score_texts(roles.cost_model, roles.processor, *args)
+    rewards = score_samples(roles.reward_model, roles.processor, prompts, samples)
+    costs = score_samples(roles.cost_model, roles.processor, prompts, samples)
     write_json_atomic(out_dir / "eval_samples.json", {"policy": samples, "precursor": ref_samples})
     per_prompt = prompt_safety(trainer.policy(), roles.processor, prompts, k=COMPENSATION_SAMPLES,
                                cost_model=roles.cost_model, max_new_tokens=cfg.ppo.max_new_tokens,

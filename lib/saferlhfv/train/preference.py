@@ -33,6 +33,7 @@ import torch
 
 from saferlhfv.algorithms.losses import cost_loss, cost_signs, reward_loss
 from saferlhfv.config import Config
+from saferlhfv.data import load_preference_data
 from saferlhfv.models.collate import blank_like, pair_batch
 from saferlhfv.models.factory import apply_lora, load_saved_vlm
 from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model, score_texts
@@ -42,7 +43,6 @@ from saferlhfv.train.sft import PRECURSOR_SAMPLES
 __all__ = [
     "KINDS",
     "pair_view",
-    "load_pairs",
     "train_preference_model",
     "score_pairs",
     "load_scorer",
@@ -90,17 +90,6 @@ def pair_view(row: dict[str, Any], kind: str) -> dict[str, Any]:
             "b_rate": int(row[f"response_{safer}_harmless_rate"]),
         }
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-
-
-def load_pairs(cfg: Config, split: str):
-    """The preference pairs of ``split`` ("train" / "evaluation") for the configured data source."""
-    from saferlhfv.data import load_beavertails_v
-
-    if cfg.data.source == "mini":
-        from saferlhfv.data.world import preference_pairs
-
-        return preference_pairs(cfg.data, split)
-    return load_beavertails_v(cfg.data.source, configs=cfg.data.configs, split=split)
 
 
 def _collate(processor, kind: str, *, graded: bool = False, blank: bool = False):
@@ -197,15 +186,14 @@ def score_pairs(model: ScoreModel, processor, pairs, kind: str, *, batch_size: i
 def _precursor_correlation(model, processor, cfg: Config, sft_dir: Path, kind: str) -> dict[str, Any]:
     """Correlate scores of the precursor's own answers with the oracle's ratings."""
     from saferlhfv.data.world import rl_prompts
-    from saferlhfv.evaluate import pearson
+    from saferlhfv.evaluate import pearson, score_samples
 
     samples_file = sft_dir / PRECURSOR_SAMPLES
     if not samples_file.is_file():
         return {}
     samples = json.loads(samples_file.read_text())
     prompts = rl_prompts(cfg.data, "evaluation")
-    images = [prompts[s["index"]]["image"] for s in samples]
-    scores = score_texts(model, processor, images, [s["question"] for s in samples], [s["response"] for s in samples])
+    scores = score_samples(model, processor, prompts, samples)
     if kind == "reward":
         return {
             "precursor_samples": len(samples),
@@ -269,7 +257,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     if cfg.model.lora.enabled:  # a LoRA adapter on the frozen SFT model (+ the head): shared-base PPO loads it
         backbone = apply_lora(backbone, cfg.model.lora)
     model = ScoreModel(backbone, seed=stage_cfg.seed)
-    train_pairs, eval_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "evaluation")
+    train_pairs, eval_pairs = load_preference_data(cfg.data, "train"), load_preference_data(cfg.data, "evaluation")
     perturbed_eval, n_perturbed = None, 0
     if stage_cfg.perturbed_pairs > 0:
         from datasets import concatenate_datasets

@@ -77,7 +77,6 @@ the world's annotators, with their label noise, when ``ppo.online_labels`` is on
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -100,6 +99,7 @@ from saferlhfv.algorithms.losses import (
     whiten,
 )
 from saferlhfv.config import Config, ConfigError
+from saferlhfv.io import append_metrics, truncate_metrics
 from saferlhfv.models.generation import token_logprobs
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 from saferlhfv.train.ppo.roles import build_roles
@@ -444,8 +444,7 @@ class PPOTrainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(self.out_dir / METRICS, record)
 
     def _state(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "lagrange": self.lagrange.state_dict()}
@@ -465,10 +464,8 @@ class PPOTrainer:
         if state is not None:
             self.iteration = state["iteration"]
             self.lagrange.load_state_dict(state["lagrange"])
-            if acc.is_main_process and (self.out_dir / METRICS).is_file():
-                lines = (self.out_dir / METRICS).read_text().splitlines()
-                keep = [ln for ln in lines if ln and json.loads(ln)["iteration"] <= self.iteration]
-                (self.out_dir / METRICS).write_text("".join(ln + "\n" for ln in keep))
+            if acc.is_main_process:
+                truncate_metrics(self.out_dir / METRICS, lambda record: record["iteration"] <= self.iteration)
         elif acc.is_main_process:
             (self.out_dir / METRICS).unlink(missing_ok=True)
         bar = tqdm(total=ppo.iterations, initial=self.iteration, desc=f"ppo ({self.algorithm})",
