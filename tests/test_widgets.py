@@ -65,8 +65,8 @@ def test_stationary_cost_falls_with_lambda_and_equilibrium_meets_budget(table):
 
 def test_simulate_dual_uses_the_library_multiplier(table):
     """Exact-expectation mode: lambda follows Lagrange.update fed the policy's E[C], step by step."""
-    s = DualSettings(threshold=-1.0, lambda_init=2.0, lambda_lr=0.05, update_delay=2, cost_window=32,
-                     batch_size=8, iterations=25, sampled=False)  # fmt: skip
+    s = DualSettings(threshold=-1.0, lambda_init=2.0, lambda_lr=0.05, lambda_update_delay_steps=2,
+                     cost_window=32, rollout_batch_size=8, iterations=25, sampled=False)  # fmt: skip
     res = simulate_dual(table, s)
     lag = Lagrange(2.0, 0.05, 20.0, threshold=-1.0, update_delay_steps=2, cost_window=32)
     for t in range(25):

@@ -59,11 +59,18 @@ __all__ = [
 ]
 
 
+#: the :class:`DualSettings` fields that are :class:`~saferlhfv.config.PPOConfig` fields of the same name.
+_FROM_PPO = ("threshold", "lambda_init", "lambda_lr", "lambda_max", "lambda_update_delay_steps", "cost_window",
+             "rollout_batch_size")  # fmt: skip
+
+
 @dataclass
 class DualSettings:
     """Everything :func:`simulate_dual` needs besides the table (the explorer's sliders).
 
-    The first six are :class:`~saferlhfv.config.PPOConfig`'s multiplier fields; ``tau`` (the KL
+    The first six are :class:`~saferlhfv.config.PPOConfig`'s multiplier fields under the same names
+    (so :meth:`Lagrange.from_config <saferlhfv.algorithms.lagrange.Lagrange.from_config>` reads them),
+    and ``rollout_batch_size`` is its batch of sampled episodes; ``tau`` (the KL
     temperature of the policy model), ``policy_lr`` (its step size) and ``sampled`` (feed the
     multiplier the costs of a sampled rollout batch, as in training, or the exact expectation)
     belong to the fast model.
@@ -73,11 +80,11 @@ class DualSettings:
     lambda_init: float = 1.0
     lambda_lr: float = 0.1
     lambda_max: float | None = 20.0
-    update_delay: int = 1
+    lambda_update_delay_steps: int = 1
     cost_window: int = 128
     tau: float = 1.0
     policy_lr: float = 0.1
-    batch_size: int = 16
+    rollout_batch_size: int = 16
     iterations: int = 200
     seed: int = 0
     sampled: bool = True
@@ -85,16 +92,7 @@ class DualSettings:
     @classmethod
     def from_ppo(cls, ppo, **overrides) -> DualSettings:
         """The multiplier settings of a :class:`~saferlhfv.config.PPOConfig` (``rollout_batch_size`` too)."""
-        base = cls(
-            threshold=ppo.threshold,
-            lambda_init=ppo.lambda_init,
-            lambda_lr=ppo.lambda_lr,
-            lambda_max=ppo.lambda_max,
-            update_delay=ppo.lambda_update_delay_steps,
-            cost_window=ppo.cost_window,
-            batch_size=ppo.rollout_batch_size,
-        )
-        return dataclasses.replace(base, **overrides)
+        return cls(**{name: getattr(ppo, name) for name in _FROM_PPO}, **overrides)
 
     def replace(self, **changes) -> DualSettings:
         return dataclasses.replace(self, **changes)
@@ -177,7 +175,7 @@ def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.n
 
     Per iteration ``t`` (as in :class:`~saferlhfv.train.ppo.PPOTrainer`):
 
-    1. the policy ``w = softmax(l)`` answers a rollout batch of ``batch_size`` (prompt, answer)
+    1. the policy ``w = softmax(l)`` answers a rollout batch of ``rollout_batch_size`` (prompt, answer)
        draws (``sampled=True``; otherwise the batch's costs are all the exact ``E_w[C]``);
     2. the multiplier steps on them (``Lagrange.update``: window, delay, lr, max);
     3. the policy steps: ``l += policy_lr / (1 + lambda) * (R - lambda * C - tau * l)``.
@@ -192,16 +190,9 @@ def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.n
         ValueError: invalid settings (e.g. ``lambda_max < lambda_init``), as ``Lagrange`` reports them.
     """
     s = settings
-    if s.tau <= 0 or s.policy_lr < 0 or s.batch_size < 1 or s.iterations < 1:
-        raise ValueError("tau must be > 0, policy_lr >= 0, batch_size and iterations >= 1")
-    lag = Lagrange(
-        s.lambda_init,
-        s.lambda_lr,
-        s.lambda_max,
-        threshold=s.threshold,
-        update_delay_steps=s.update_delay,
-        cost_window=s.cost_window,
-    )
+    if s.tau <= 0 or s.policy_lr < 0 or s.rollout_batch_size < 1 or s.iterations < 1:
+        raise ValueError("tau must be > 0, policy_lr >= 0, rollout_batch_size and iterations >= 1")
+    lag = Lagrange.from_config(s)
     rng = np.random.default_rng(s.seed)
     P, K = table.reward.shape
     logits = np.zeros((P, K))
@@ -211,12 +202,12 @@ def simulate_dual(table: RolloutTable, settings: DualSettings) -> dict[str, np.n
         w = _softmax_rows(logits)
         exp = policy_expectations(table, w)
         if s.sampled:
-            p = rng.integers(0, P, size=s.batch_size)
-            u = rng.random(s.batch_size)[:, None]
+            p = rng.integers(0, P, size=s.rollout_batch_size)
+            u = rng.random(s.rollout_batch_size)[:, None]
             k = np.minimum((np.cumsum(w[p], axis=1) < u).sum(axis=1), K - 1)
             batch = table.cost[p, k]
         else:
-            batch = np.full(s.batch_size, exp["cost"])
+            batch = np.full(s.rollout_batch_size, exp["cost"])
         stats = lag.update(batch.tolist())
         lam = lag.lambda_
         # the policy ascends the same combined advantage as PPO's actor: (R - lambda C) / (1 + lambda)

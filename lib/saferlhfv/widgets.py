@@ -115,7 +115,7 @@ class DualDynamicsExplorer(_Explorer):
 
     Args:
         table: the rollout table (:func:`~saferlhfv.rollout_table.ensure_rollout_table`).
-        settings: initial slider values (e.g. ``DualSettings.from_ppo(cfg.ppo)``); ``batch_size``,
+        settings: initial slider values (e.g. ``DualSettings.from_ppo(cfg.ppo)``); ``rollout_batch_size``,
             ``seed`` and ``sampled`` have no slider and keep these values.
 
     ``explorer.controls[name].value = x`` (or ``explorer.set(name=x)``) recomputes ``explorer.result``
@@ -151,7 +151,7 @@ class DualDynamicsExplorer(_Explorer):
             "lambda_init": ls(s.lambda_init, -2, 2, "lambda_init"),
             "lambda_lr": ls(s.lambda_lr, -3, 0.5, "lambda_lr"),
             "lambda_max": fs(s.lambda_max if s.lambda_max is not None else 100.0, 0.1, 100.0, 0.1, "lambda_max"),
-            "update_delay": ints(s.update_delay, 0, 50, "update delay"),
+            "lambda_update_delay_steps": ints(s.lambda_update_delay_steps, 0, 50, "update delay"),
             "cost_window": ints(s.cost_window, 1, 1024, "cost window"),
             "tau": ls(s.tau, -1, 1, "tau (KL temp.)"),
             "policy_lr": ls(s.policy_lr, -2, 0.3, "policy step"),
@@ -171,7 +171,7 @@ class DualDynamicsExplorer(_Explorer):
             lambda_init=float(c["lambda_init"].value),
             lambda_lr=float(c["lambda_lr"].value),
             lambda_max=float(c["lambda_max"].value),
-            update_delay=int(c["update_delay"].value),
+            lambda_update_delay_steps=int(c["lambda_update_delay_steps"].value),
             cost_window=int(c["cost_window"].value),
             tau=float(c["tau"].value),
             policy_lr=float(c["policy_lr"].value),
