@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     names = [*STAGES, *PPO_METHODS]
     parser = argparse.ArgumentParser(
         prog="python -m saferlhfv.run",
-        description=__doc__.splitlines()[0],
+        description="Train (or read from the cache) one stage of the stage table, and print its result as JSON.",
         epilog="stages: " + "; ".join(f"{s.name}: {s.help}" for s in STAGES.values()),
     )
     parser.add_argument("stage", choices=names, metavar="STAGE", help=f"one of {', '.join(names)}")
