@@ -305,3 +305,14 @@ def test_without_a_cap_a_large_start_overflows_then_collapses_to_zero(table):
     fig = plot_dual({"free": free})  # drawable despite 1e304 and 0
     assert np.isfinite(fig.axes[0].get_ylim()).all()
     assert math.isfinite(dynamics_summary(free)["lambda_log_range"])
+
+
+def test_dual_settings_from_ppo_copy_the_multiplier_fields_and_take_overrides():
+    from saferlhfv.config import load_config
+
+    ppo = load_config("tiny").ppo
+    s = DualSettings.from_ppo(ppo, threshold=-2.0, iterations=7)
+    assert (s.threshold, s.iterations) == (-2.0, 7)
+    assert (s.lambda_init, s.lambda_lr, s.lambda_max) == (ppo.lambda_init, ppo.lambda_lr, ppo.lambda_max)
+    assert (s.lambda_update_delay_steps, s.cost_window, s.rollout_batch_size) == (
+        ppo.lambda_update_delay_steps, ppo.cost_window, ppo.rollout_batch_size)  # fmt: skip

@@ -92,7 +92,7 @@ class DualSettings:
     @classmethod
     def from_ppo(cls, ppo, **overrides) -> DualSettings:
         """The multiplier settings of a :class:`~saferlhfv.config.PPOConfig` (``rollout_batch_size`` too)."""
-        return cls(**{name: getattr(ppo, name) for name in _FROM_PPO}, **overrides)
+        return cls(**{**{name: getattr(ppo, name) for name in _FROM_PPO}, **overrides})
 
     def replace(self, **changes) -> DualSettings:
         return dataclasses.replace(self, **changes)
