@@ -109,7 +109,7 @@ def run_pipeline(
 
     With ``seeds``, each PPO stage also trains one run per seed of the RL stage (``ppo.seed``;
     the stage's own numbers are those of ``cfg.ppo.seed``) and adds ``seeds``: their ``mean`` and
-    ``std`` (:func:`saferlhfv.train.ppo.seed_runs`).
+    ``std`` (:func:`saferlhfv.sweep.seed_runs`).
 
     Returns:
         The summary: ``preset``, ``config`` and one entry of metrics per stage.
