@@ -15,18 +15,19 @@ from saferlhfv.config import Config
 from saferlhfv.data.content import CATEGORIES, OBJECTS
 from saferlhfv.models.guard import encode_guard_inputs
 
-_CAT_ID = {c: i for i, c in enumerate(CATEGORIES)}
-_OBJ_ID = {k: i for i, k in enumerate(OBJECTS)}
+CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+OBJECT_INDEX = {k: i for i, k in enumerate(OBJECTS)}
 
 
 def _object_id(context: str | None) -> int:
     """Index of the picture's object (for the grounding head), -100 when unknown."""
     if not context:
         return -100
-    return _OBJ_ID.get(json.loads(context).get("object"), -100)
+    return OBJECT_INDEX.get(json.loads(context).get("object"), -100)
 
 
-def _variant(context: str) -> str:
+def row_variant(context: str) -> str:
+    """How a row's picture shows its object: ``object`` (default), ``labeled`` or ``sign`` (typographic)."""
     return json.loads(context).get("variant", "object")
 
 
@@ -45,7 +46,7 @@ def guard_rows(cfg: Config, split: str, *, hold_out_typographic: bool | None = N
     ds = guard_dataset(data_cfg, split)
     hold_out = cfg.guard.hold_out_typographic if hold_out_typographic is None else hold_out_typographic
     if hold_out and split == "train":
-        keep = [i for i, c in enumerate(ds["context"]) if _variant(c) != "sign"]
+        keep = [i for i, c in enumerate(ds["context"]) if row_variant(c) != "sign"]
         ds = ds.select(keep)
     return ds
 
@@ -182,7 +183,7 @@ def guard_collate(processor):
             processor, [r["image"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows]
         )
         batch["label_unsafe"] = torch.tensor([float(r["is_unsafe"]) for r in rows])
-        batch["label_category"] = torch.tensor([_CAT_ID[r["category"]] for r in rows])
+        batch["label_category"] = torch.tensor([CATEGORY_INDEX[r["category"]] for r in rows])
         batch["label_severity"] = torch.tensor([int(r["severity"]) for r in rows])
         batch["label_object"] = torch.tensor([_object_id(r.get("context")) for r in rows])
         return batch

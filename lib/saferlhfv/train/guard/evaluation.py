@@ -15,7 +15,7 @@ from saferlhfv.guardrail import (
     binary_metrics,
     confusion_matrix,
 )
-from saferlhfv.train.guard.data import _CAT_ID, _variant
+from saferlhfv.train.guard.data import CATEGORY_INDEX, row_variant
 
 #: Safe RLHF-V: five rounds of Beaver-Guard-V filtering raised safety by 40.9 % on average.
 PAPER_SAFETY_GAIN = 0.409
@@ -39,7 +39,7 @@ def score_table(guard: Guard, ds) -> list[dict[str, Any]]:
             "is_unsafe": bool(ds[i]["is_unsafe"]),
             "category": ds[i]["category"],
             "severity": int(ds[i]["severity"]),
-            "variant": _variant(ds[i]["context"]),
+            "variant": row_variant(ds[i]["context"]),
             "p_unsafe": v["p_unsafe"],
             "pred_category": v["category"],
             "severity_level": v["severity_level"],
@@ -54,7 +54,8 @@ def score_table(guard: Guard, ds) -> list[dict[str, Any]]:
     return table
 
 
-def _r(x: float) -> float | None:
+def round_or_none(x: float) -> float | None:
+    """``x`` to 4 decimals for JSON; None for NaN (no rows to measure on)."""
     return None if x != x else round(float(x), 4)
 
 
@@ -74,21 +75,27 @@ def moderation_metrics(table: list[dict[str, Any]], mode: str, threshold: float 
     return {
         "n": len(rows),
         # the grounding head: how often the guard names the picture's object, per kind of picture
-        "object_accuracy": {v: _r(sum(x) / len(x)) for v, x in sorted(by_variant.items())},
-        "unsafe_share": _r(sum(labels) / max(1, len(labels))),
-        "unsafe_f1": _r(plain["f1"]),
-        "unsafe_precision": _r(plain["precision"]),
-        "unsafe_recall": _r(plain["recall"]),
-        "unsafe_false_positive_rate": _r(plain["false_positive_rate"]),
-        "decision_f1": _r(decision["f1"]),
-        "decision_recall": _r(decision["recall"]),
-        "decision_false_positive_rate": _r(decision["false_positive_rate"]),
-        "category_accuracy": _r(sum(r["pred_category"] == r["category"] for r in unsafe) / max(1, len(unsafe))),
-        "category_accuracy_all": _r(sum(r["pred_category"] == r["category"] for r in rows) / max(1, len(rows))),
-        "severity_accuracy": _r(sum(t == p for t, p in zip(sev_true, sev_pred)) / max(1, len(rows))),
+        "object_accuracy": {v: round_or_none(sum(x) / len(x)) for v, x in sorted(by_variant.items())},
+        "unsafe_share": round_or_none(sum(labels) / max(1, len(labels))),
+        "unsafe_f1": round_or_none(plain["f1"]),
+        "unsafe_precision": round_or_none(plain["precision"]),
+        "unsafe_recall": round_or_none(plain["recall"]),
+        "unsafe_false_positive_rate": round_or_none(plain["false_positive_rate"]),
+        "decision_f1": round_or_none(decision["f1"]),
+        "decision_recall": round_or_none(decision["recall"]),
+        "decision_false_positive_rate": round_or_none(decision["false_positive_rate"]),
+        "category_accuracy": round_or_none(
+            sum(r["pred_category"] == r["category"] for r in unsafe) / max(1, len(unsafe))
+        ),
+        "category_accuracy_all": round_or_none(
+            sum(r["pred_category"] == r["category"] for r in rows) / max(1, len(rows))
+        ),
+        "severity_accuracy": round_or_none(sum(t == p for t, p in zip(sev_true, sev_pred)) / max(1, len(rows))),
         "severity_confusion": confusion_matrix(sev_true, sev_pred, len(SEVERITY_NAMES)),
         "category_confusion": confusion_matrix(
-            [_CAT_ID[r["category"]] for r in unsafe], [_CAT_ID[r["pred_category"]] for r in unsafe], len(CATEGORIES)
+            [CATEGORY_INDEX[r["category"]] for r in unsafe],
+            [CATEGORY_INDEX[r["pred_category"]] for r in unsafe],
+            len(CATEGORIES),
         ),
     }
 
@@ -139,7 +146,7 @@ def round_curves(per_round: list[dict[str, Any]], prefix: str = "") -> dict[str,
     safety, harmful, helpful = col("safety_rate"), col("harmful_safety_rate"), col("benign_helpfulness")
 
     def gain(xs):
-        return _r((xs[-1] - xs[0]) / xs[0]) if xs[0] else None
+        return round_or_none((xs[-1] - xs[0]) / xs[0]) if xs[0] else None
 
     return {
         f"{prefix}rounds": safety,
@@ -150,20 +157,22 @@ def round_curves(per_round: list[dict[str, Any]], prefix: str = "") -> dict[str,
         f"{prefix}safety_gain": gain(safety),
         f"{prefix}harmful_safety_gain": gain(harmful),
         # helpfulness is on the oracle's 0..3 scale; "points" are percent of that scale
-        f"{prefix}benign_helpfulness_drop_points": _r(100 * (helpful[0] - helpful[-1]) / 3),
+        f"{prefix}benign_helpfulness_drop_points": round_or_none(100 * (helpful[0] - helpful[-1]) / 3),
     }
 
 
-def _vs_unguarded(per_round: list[dict[str, Any]], unguarded: dict[str, Any], prefix: str) -> dict[str, Any]:
+def gain_over_unguarded(per_round: list[dict[str, Any]], unguarded: dict[str, Any], prefix: str) -> dict[str, Any]:
     last = per_round[-1]
     s0, h0 = unguarded["safety_rate"], unguarded["benign_helpfulness"]
     return {
-        f"{prefix}safety_gain_vs_unguarded": _r((last["safety_rate"] - s0) / s0) if s0 else None,
-        f"{prefix}benign_helpfulness_drop_points_vs_unguarded": _r(100 * (h0 - last["benign_helpfulness"]) / 3),
+        f"{prefix}safety_gain_vs_unguarded": round_or_none((last["safety_rate"] - s0) / s0) if s0 else None,
+        f"{prefix}benign_helpfulness_drop_points_vs_unguarded": round_or_none(
+            100 * (h0 - last["benign_helpfulness"]) / 3
+        ),
     }
 
 
-def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str, Any]:
+def guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str, Any]:
     """How well the guard's round-0 flags agree with the oracle on the policy's own answers."""
     from saferlhfv.data.oracle import judge
 
@@ -171,7 +180,7 @@ def _guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str
     rows = [(judge(c, r)[1] < 0, d["flagged"]) for c, r, d in zip(contexts, responses, decisions)]
     rows = [(y, f) for (y, f), d in zip(rows, decisions) if not d.get("blocked_at_input")]
     m = binary_metrics([y for y, _ in rows], [f for _, f in rows])
-    return {k: _r(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
+    return {k: round_or_none(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
 
 
 class OracleGuard:

@@ -44,12 +44,12 @@ from saferlhfv.train.guard.data import guard_collate, guard_rows, guard_training
 from saferlhfv.train.guard.evaluation import (
     PAPER_SAFETY_GAIN,
     OracleGuard,
-    _guard_on_generations,
-    _r,
-    _vs_unguarded,
+    gain_over_unguarded,
+    guard_on_generations,
     judge_rounds,
     moderation_metrics,
     round_curves,
+    round_or_none,
     score_table,
 )
 from saferlhfv.train.loop import Trainer
@@ -223,18 +223,18 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         "input": {k: v for k, v in input_m.items() if k != "category_confusion"},
         **round_curves(per_round["input_output"], "input_"),
         # input moderation already acts in round 0: compare its last round with the unguarded policy
-        **_vs_unguarded(per_round["input_output"], per_round["output"][0], "input_"),
+        **gain_over_unguarded(per_round["input_output"], per_round["output"][0], "input_"),
         **round_curves(per_round["oracle_guard"], "oracle_guard_"),
         **round_curves(per_round["output_fallback"], "fallback_"),
         **(round_curves(per_round["safety_instruction"], "instruction_") if "safety_instruction" in runs else {}),
         "rounds_degenerate_share": [r["degenerate_share"] for r in per_round["output"]],
         "instruction_rounds_degenerate_share": [r["degenerate_share"] for r in per_round.get("safety_instruction", [])],
-        "guard_on_generations": _guard_on_generations(runs["output"], contexts),
+        "guard_on_generations": guard_on_generations(runs["output"], contexts),
         "thresholds": thresholds.as_dict(),
         "train": {
             "steps": result["steps"],
             "rows": len(train_ds),
-            "train_loss": _r(result["train_loss"]),
+            "train_loss": round_or_none(result["train_loss"]),
             "seconds": round(train_seconds, 2),
             **result["eval"],
         },
