@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from saferlhfv.algorithms import Lagrange
+from saferlhfv.algorithms.lagrange import PIDLagrange
 from saferlhfv.config import PPOConfig
 
 
@@ -211,3 +212,67 @@ def test_lambda_agrees_across_ranks(tmp_path):
     # a single process fed one rank's costs would not agree: the pooling matters
     alone = Lagrange(**SETTINGS)
     assert [alone.update(c)["lambda"] for c in RANK_COSTS[0]] != pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- PID multiplier (Stooke et al. 2020)
+
+
+def test_pid_three_updates_by_hand():
+    # kp 0.5, ki 0.2, kd 1.0, d = -1, window 1 (J_C = this batch's cost), no delay.
+    lag = PIDLagrange(1.0, kp=0.5, ki=0.2, kd=1.0, lambda_max=10.0, threshold=-1.0, cost_window=1)
+    s = lag.update([1.0])  # e = 2: I = 1 + 0.4 = 1.4; P = 1.0; no previous J_C -> D = 0
+    assert (s["pid_i"], s["pid_p"], s["pid_d"]) == pytest.approx((1.4, 1.0, 0.0))
+    assert lag.lambda_ == pytest.approx(2.4)
+    s = lag.update([2.0])  # e = 3: I = 2.0; P = 1.5; D = 1.0 * (2 - 1) = 1.0
+    assert lag.lambda_ == pytest.approx(4.5) and s["pid_d"] == pytest.approx(1.0)
+    s = lag.update([-3.0])  # e = -2: I = 1.6; P = -1.0; cost fell -> D = 0
+    assert lag.lambda_ == pytest.approx(0.6) and s["pid_d"] == 0.0
+    # far under budget the proportional term switches the constraint off (lambda = 0, not negative)
+    lag.update([-20.0])
+    assert lag.lambda_ == 0.0 and lag.log_lambda == -math.inf
+
+
+def test_pid_damps_the_overshoot_of_the_plain_update():
+    # A toy plant: the cost follows lambda with a lag, c_{k+1} = c_k + 0.3 * (target(lambda) - c_k),
+    # target(lambda) = 2 - 2 lambda (more lambda, less cost); budget d = 0 is met at lambda = 1.
+    def run(lag, steps=150):
+        cost, lams = 2.0, []
+        for _ in range(steps):
+            lag.update([cost])
+            lams.append(lag.lambda_)
+            cost += 0.3 * ((2.0 - 2.0 * lag.lambda_) - cost)
+        return lams
+
+    plain = run(Lagrange(0.1, 0.3, 10.0, threshold=0.0, cost_window=1))
+    pid = run(PIDLagrange(0.1, kp=0.3, ki=0.1, kd=0.0, lambda_max=10.0, threshold=0.0, cost_window=1))
+    assert max(pid) < max(plain)  # less overshoot above the equilibrium lambda = 1
+    assert abs(pid[-1] - 1.0) < 0.05  # and it settles there
+
+
+def test_pid_integral_is_clamped_and_gains_are_checked():
+    lag = PIDLagrange(1.0, kp=0.0, ki=1.0, lambda_max=3.0, threshold=0.0, cost_window=1)
+    for _ in range(10):
+        lag.update([5.0])
+    assert lag.integral == 3.0 and lag.lambda_ == 3.0  # anti-windup: it falls as soon as the cost does
+    lag.update([-1.0])
+    assert lag.lambda_ == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        PIDLagrange(1.0, kp=-1.0, ki=0.1)
+
+
+def test_pid_from_config_and_resume_identically():
+    ppo = PPOConfig(multiplier="pid", pid_kp=0.5, pid_ki=0.05, pid_kd=0.2, lambda_init=1.0, threshold=-4.0)
+    a = Lagrange.from_config(ppo)
+    assert isinstance(a, PIDLagrange) and (a.kp, a.ki, a.kd, a.lambda_) == (0.5, 0.05, 0.2, 1.0)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, generator=g) - 3.0 for _ in range(8)]
+    for b in batches[:4]:
+        a.update(b)
+    b_ = Lagrange.from_config(ppo)
+    b_.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for b in batches[4:]:
+        assert a.update(b)["lambda"] == b_.update(b)["lambda"]
+    with pytest.raises(ValueError, match="PID"):
+        PIDLagrange(1.0, kp=1.0, ki=0.1).load_state_dict(Lagrange(1.0, 0.1).state_dict())
+    with pytest.raises(ValueError, match="plain"):
+        Lagrange(1.0, 0.1).load_state_dict(a.state_dict())

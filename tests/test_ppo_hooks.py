@@ -119,11 +119,19 @@ def test_multiplier_hooks_of_the_registered_methods():
     fixed.multiplier_step(ro)
     assert fixed.lagrange.lambda_ == 3.0
     assert {"ppo_lag", "reward_only", "fixed_lambda"} <= set(ALGORITHMS)
+    # ppo.multiplier=pid: lambda = kp e + I, I = lambda_init + ki e; e = J_C - d = 1.0
+    pid = _bare(PPOLag, ["ppo.multiplier=pid", "ppo.pid_kp=0.5", "ppo.pid_ki=0.25", "ppo.lambda_init=1",
+                         "ppo.threshold=0", "ppo.lambda_update_delay_steps=0"])  # fmt: skip
+    pid.multiplier_step(ro)
+    assert pid.lagrange.lambda_ == pytest.approx(0.5 + 1.25)
 
 
 def test_registry_errors():
     with pytest.raises(ConfigError, match="unknown ppo.algorithm 'nope'.*ppo_lag"):
         make_trainer(load_config("tiny", overrides=["ppo.algorithm=nope"]), sft_dir=".", reward_dir=".",
+                     cost_dir=".", out_dir=".")  # fmt: skip
+    with pytest.raises(ConfigError, match="ppo.multiplier must be one of"):
+        make_trainer(load_config("tiny", overrides=["ppo.multiplier=pd"]), sft_dir=".", reward_dir=".",
                      cost_dir=".", out_dir=".")  # fmt: skip
     with pytest.raises(ValueError, match="already registered"):
 
@@ -164,6 +172,26 @@ def test_a_variant_overriding_one_hook_trains(upstream, tmp_path):
     assert done["iterations"] == 2 and CostOnly.calls == 2
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert all(r["minibatches"] == 2 for r in records)  # rollout 4 / minibatch 2, one epoch
+
+
+def test_frozen_vision_tower_is_left_as_it_was(upstream, tmp_path):
+    from saferlhfv.models.factory import language_model, vision_tower
+
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.freeze_vision_tower=true", "ppo.iterations=1"])
+    trainer = make_trainer(cfg, out_dir=tmp_path, **upstream)
+    roles = trainer.roles
+    tower = vision_tower(roles.unwrap(roles.actor))
+    before = [p.detach().clone() for p in tower.parameters()]
+    decoder = [p for p in language_model(roles.unwrap(roles.actor)).parameters()]
+    decoder_before = [p.detach().clone() for p in decoder]
+    assert not any(p.requires_grad for p in tower.parameters())
+    trained = {id(p) for p in roles.params["actor"]}
+    assert trained and not trained & {id(p) for p in tower.parameters()}
+    for critic in (roles.reward_critic, roles.cost_critic):
+        assert not any(p.requires_grad for p in vision_tower(roles.unwrap(critic).backbone).parameters())
+    trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, tower.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(decoder_before, decoder, strict=True))  # the decoder learned
 
 
 def test_target_kl_stops_the_epochs_early(upstream, tmp_path):

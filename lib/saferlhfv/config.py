@@ -316,6 +316,12 @@ class PPOConfig:
     lambda_max: float | None = 20.0
     lambda_lr: float = 0.1
     lambda_update_delay_steps: int = 1
+    #: how lambda learns: "log" (the paper's step on log lambda, lambda_lr) or "pid" (Stooke et al. 2020's
+    #: PID controller on lambda, pid_kp / pid_ki / pid_kd; :class:`~saferlhfv.algorithms.lagrange.PIDLagrange`).
+    multiplier: str = "log"
+    pid_kp: float = 1.0
+    pid_ki: float = 0.1
+    pid_kd: float = 0.0
     cost_window: int = 128
     #: the budget d on the expected episode cost.
     threshold: float = -0.5
@@ -324,6 +330,9 @@ class PPOConfig:
     #: one frozen SFT model carrying LoRA adapters for actor, critics, RM-V and CM-V (the reference =
     #: adapters off) instead of six models; needs model.lora.enabled (RM-V / CM-V trained as adapters).
     shared_base: bool = False
+    #: keep the vision tower of the actor and the critics fixed during RL (the paper's setting): the
+    #: policy then refuses or complies on features of the picture that PPO cannot blur.
+    freeze_vision_tower: bool = False
 
 
 @dataclass

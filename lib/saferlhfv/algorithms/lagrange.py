@@ -39,7 +39,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Lagrange"]
+__all__ = ["Lagrange", "PIDLagrange", "MULTIPLIERS"]
+
+#: ``ppo.multiplier`` names: the paper's log-space gradient step, or the PID controller.
+MULTIPLIERS = ("log", "pid")
 
 #: log of the largest finite float64, less a margin: keeps exp(log_lambda) finite without a lambda_max.
 _LOG_LAMBDA_CAP = 700.0
@@ -142,9 +145,25 @@ class Lagrange:
         """The learned multiplier of a :class:`~saferlhfv.config.PPOConfig`.
 
         ``lambda_init``, ``lambda_lr``, ``lambda_max``, ``threshold``, ``lambda_update_delay_steps``,
-        ``cost_window``. (The baselines' fixed multipliers come from :meth:`fixed`, chosen by the
-        method in :mod:`saferlhfv.train.ppo.trainer`.)
+        ``cost_window``; with ``multiplier: pid`` a :class:`PIDLagrange` with ``pid_kp``, ``pid_ki``,
+        ``pid_kd`` instead of ``lambda_lr`` (an object without a ``multiplier`` field gets the plain
+        update). (The baselines' fixed multipliers come from :meth:`fixed`, chosen by the method in
+        :mod:`saferlhfv.train.ppo.trainer`.)
         """
+        kind = getattr(ppo, "multiplier", "log")
+        if kind not in MULTIPLIERS:
+            raise ValueError(f"unknown multiplier {kind!r}; choose from {list(MULTIPLIERS)}")
+        if kind == "pid":
+            return PIDLagrange(
+                ppo.lambda_init,
+                kp=ppo.pid_kp,
+                ki=ppo.pid_ki,
+                kd=ppo.pid_kd,
+                lambda_max=ppo.lambda_max,
+                threshold=ppo.threshold,
+                update_delay_steps=ppo.lambda_update_delay_steps,
+                cost_window=ppo.cost_window,
+            )
         return cls(
             ppo.lambda_init,
             ppo.lambda_lr,
@@ -244,6 +263,8 @@ class Lagrange:
         The settings come from the state too (a resumed run continues as it was
         started); a window longer than ``cost_window`` keeps its most recent costs.
         """
+        if state.get("kind", "log") != "log" and type(self) is Lagrange:
+            raise ValueError(f"this checkpoint holds a {state['kind']!r} multiplier, not the plain log-space one")
         self.lambda_lr = float(state["lambda_lr"])
         self.lambda_max = None if state["lambda_max"] is None else float(state["lambda_max"])
         self.threshold = float(state["threshold"])
@@ -261,4 +282,113 @@ class Lagrange:
             f"Lagrange(lambda={self.lambda_:.4g}, lambda_lr={self.lambda_lr}, lambda_max={self.lambda_max}, "
             f"threshold={self.threshold}, update_delay_steps={self.update_delay_steps}, "
             f"cost_window={self.cost_window}, window={len(self.window)})"
+        )
+
+
+class PIDLagrange(Lagrange):
+    r"""A PID-controlled multiplier (Stooke, Achiam and Abbeel, "Responsive Safety in Reinforcement
+    Learning by PID Lagrangian Methods", ICML 2020, their Algorithm 2).
+
+    The plain update is an integral controller: lambda keeps growing while the cost is over budget
+    and only starts to fall once it is under, so it overshoots and the policy swings between
+    complying and refusing (DESIGN's failure mode 2). A proportional term reacts to the gap *now*,
+    a derivative term to the cost *rising*; with the gap ``e_k = J_C - d`` of update ``k``::
+
+        I_k      = max(0, I_{k-1} + ki * e_k)                  I_0 = lambda_init
+        lambda_k = clip(kp * e_k + I_k + kd * max(0, J_C,k - J_C,k-1), 0, lambda_max)
+
+    ``kp = kd = 0`` is a plain integral controller on lambda itself (not on log lambda). The integral
+    is clamped to ``[0, lambda_max]`` (anti-windup: it cannot store more than the clamp lets out).
+    Lambda may be 0 here (the proportional term can switch the constraint off while the cost is
+    well under budget). Distributed use, the window, the delay and resuming are those of
+    :class:`Lagrange`.
+
+    Args:
+        lambda_init: the integral's start value (lambda before the first update), >= 0.
+        kp, ki, kd: the gains on the gap, its sum and the cost's rise (>= 0).
+        Other arguments as in :class:`Lagrange`.
+    """
+
+    def __init__(
+        self,
+        lambda_init: float,
+        *,
+        kp: float,
+        ki: float,
+        kd: float = 0.0,
+        lambda_max: float | None = None,
+        threshold: float = 0.0,
+        update_delay_steps: int = 0,
+        cost_window: int = 128,
+    ) -> None:
+        if lambda_init < 0:
+            raise ValueError(f"lambda_init must be >= 0, got {lambda_init}")
+        for name, gain in (("kp", kp), ("ki", ki), ("kd", kd)):
+            if gain < 0:
+                raise ValueError(f"the PID gain {name} must be >= 0, got {gain}")
+        super().__init__(max(lambda_init, 1e-12), 0.0, lambda_max, threshold=threshold,
+                         update_delay_steps=update_delay_steps, cost_window=cost_window)  # fmt: skip
+        self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
+        self.integral = float(lambda_init)
+        self._lambda = float(lambda_init)
+        self.previous_jc: float | None = None
+
+    @property
+    def log_lambda(self) -> float:
+        return math.log(self._lambda) if self._lambda > 0 else -math.inf
+
+    @property
+    def lambda_(self) -> float:
+        return self._lambda
+
+    def update(self, episode_costs: torch.Tensor | Iterable[float] | float | None) -> dict[str, float | bool | int]:
+        """Add this batch's costs to the window, then set lambda by the PID rule (the class docstring).
+
+        Returns:
+            :meth:`Lagrange.update`'s keys plus ``"pid_p"``, ``"pid_i"``, ``"pid_d"`` (the three terms).
+        """
+        self.window.extend(_as_floats(episode_costs))
+        self.num_updates_called += 1
+        jc, count = self.cost_mean()
+        updated = False
+        p = d = 0.0
+        if self.num_updates_called > self.update_delay_steps and count > 0:
+            gap = jc - self.threshold
+            cap = math.inf if self.lambda_max is None else self.lambda_max
+            self.integral = min(max(0.0, self.integral + self.ki * gap), cap)
+            p = self.kp * gap
+            d = self.kd * max(0.0, jc - self.previous_jc) if self.previous_jc is not None else 0.0
+            self._lambda = min(max(0.0, p + self.integral + d), cap)
+            updated = True
+        if count > 0:
+            self.previous_jc = jc
+        return {
+            "lambda": self.lambda_,
+            "log_lambda": self.log_lambda,
+            "Jc": jc,
+            "cost_gap": jc - self.threshold,
+            "window": count,
+            "updated": updated,
+            "pid_p": p,
+            "pid_i": self.integral,
+            "pid_d": d,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`Lagrange.state_dict` plus the gains, the integral, lambda and the last J_C."""
+        return {**super().state_dict(), "kind": "pid", "kp": self.kp, "ki": self.ki, "kd": self.kd,
+                "integral": self.integral, "lambda": self._lambda, "previous_jc": self.previous_jc}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "pid":
+            raise ValueError("this checkpoint holds a plain (log-space) multiplier, not a PID one")
+        super().load_state_dict(state)
+        self.kp, self.ki, self.kd = float(state["kp"]), float(state["ki"]), float(state["kd"])
+        self.integral, self._lambda = float(state["integral"]), float(state["lambda"])
+        self.previous_jc = None if state["previous_jc"] is None else float(state["previous_jc"])
+
+    def __repr__(self) -> str:
+        return (
+            f"PIDLagrange(lambda={self._lambda:.4g}, kp={self.kp}, ki={self.ki}, kd={self.kd}, "
+            f"lambda_max={self.lambda_max}, threshold={self.threshold}, window={len(self.window)})"
         )

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from saferlhfv.config import Config, ConfigError
-from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, save_vlm
+from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, save_vlm, vision_tower
 from saferlhfv.models.score import load_score_model
 
 __all__ = ["Roles", "SeparateRoles", "SharedRoles", "build_roles"]
@@ -141,6 +141,9 @@ class SeparateRoles(Roles):
         else:
             self.reward_model = _frozen(reward_model).to(acc.device)
             self.cost_model = _frozen(cost_model).to(acc.device)
+        if cfg.ppo.freeze_vision_tower:
+            for model in (actor, *(critic.backbone for critic in critics)):
+                vision_tower(model).requires_grad_(False)
         trainable = dict(zip(("actor", "reward_critic", "cost_critic"), [actor, *critics], strict=False))
         params = {name: [p for p in model.parameters() if p.requires_grad] for name, model in trainable.items()}
         prepared = _prepare(acc, *trainable.values(), *self._optimizers(params))

@@ -11,6 +11,7 @@ solved by alternating a step on lambda and a PPO step on the policy. One iterati
     prompts  <- next rollout_batch_size (image, question) pairs, each samples_per_prompt times
     rollout  <- make_rollout: y ~ pi_theta, R / C at the last real token, V_r / V_c, logp, logp_ref
     multiplier_step:     log lambda += lambda_lr * lambda * (J_C - d)      before the policy
+                         (ppo.multiplier = pid: lambda = kp e + I + kd max(0, dJ_C), PIDLagrange)
     shape_rewards:       r_t = -beta (logp - logp_ref)_t + [t = last] R
     shape_costs:         c_t = [t = last] C   (+ beta (logp - logp_ref)_t if kl_in_cost)
     compute_advantages:  A_r, R_r = GAE(r, V_r);  A_c, R_c = GAE(c, V_c)  masks from real lengths
@@ -40,35 +41,36 @@ Methods are subclasses registered under a name (:func:`register_algorithm`), cho
 
 Metrics each iteration logs (one JSON line of ``metrics.jsonl``):
 
-=========================  ==========================================================================
-key                        meaning
-=========================  ==========================================================================
-``iteration``              1-based iteration number
-``reward``, ``cost``       mean RM-V / CM-V end score of this batch's answers (over processes)
-``lambda``                 the multiplier the policy step used (after this iteration's update)
-``cost_window_mean``       J_C: the mean episode cost over the sliding window the multiplier saw (RePO:
-                           the mean violation ``max(0, C - d_r)``)
-``threshold``              the budget d
-``kl``                     mean per-token log-ratio actor / reference of the sampled answers
-``entropy``                mean per-token entropy of the actor at rollout
-``response_length``        mean number of real response tokens
-``actor_loss``             clipped surrogate loss (mean over minibatches)
-``clip_fraction``          share of tokens whose ratio left [1 - eps, 1 + eps]
-``approx_kl``              KL(pi_old || pi) estimate per token, mean over minibatches
-``ratio_mean``             mean probability ratio pi / pi_old
-``reference_kl``           GRPO methods: the k3 estimate of KL(pi || pi_ref) in the actor's loss
-``advantage_mean``         mean combined advantage A (0 when whitened)
-``reward_critic_loss``     clipped value loss of the reward critic (methods with critics)
-``cost_critic_loss``       clipped value loss of the cost critic (methods with critics)
-``minibatches``            minibatch updates taken (fewer than epochs x batches after a target-KL stop)
-``online_*``               with ``ppo.online_labels``: pairs labelled this iteration, RM-V / CM-V accuracy
-                           on them before their step
-``oracle_safety``          oracle: share of this batch's answers rated harmless >= 0
-``oracle_harmful_safety``  the same on harmful prompts only
-``oracle_helpfulness``     oracle: mean helpfulness 0..3 of this batch's answers
-``degenerate_share``       share of answers the oracle finds mostly not words of the world
-``sample``                 the first answer of the batch
-=========================  ==========================================================================
+=============================  ==========================================================================
+key                            meaning
+=============================  ==========================================================================
+``iteration``                  1-based iteration number
+``reward``, ``cost``           mean RM-V / CM-V end score of this batch's answers (over processes)
+``lambda``                     the multiplier the policy step used (after this iteration's update)
+``cost_window_mean``           J_C: the mean episode cost over the sliding window the multiplier saw (RePO:
+                               the mean violation ``max(0, C - d_r)``)
+``threshold``                  the budget d
+``kl``                         mean per-token log-ratio actor / reference of the sampled answers
+``entropy``                    mean per-token entropy of the actor at rollout
+``response_length``            mean number of real response tokens
+``actor_loss``                 clipped surrogate loss (mean over minibatches)
+``clip_fraction``              share of tokens whose ratio left [1 - eps, 1 + eps]
+``approx_kl``                  KL(pi_old || pi) estimate per token, mean over minibatches
+``ratio_mean``                 mean probability ratio pi / pi_old
+``reference_kl``               GRPO methods: the k3 estimate of KL(pi || pi_ref) in the actor's loss
+``advantage_mean``             mean combined advantage A (0 when whitened)
+``reward_critic_loss``         clipped value loss of the reward critic (methods with critics)
+``cost_critic_loss``           clipped value loss of the cost critic (methods with critics)
+``minibatches``                minibatch updates taken (fewer than epochs x batches after a target-KL stop)
+``online_*``                   with ``ppo.online_labels``: pairs labelled this iteration, RM-V / CM-V accuracy
+                               on them before their step
+``oracle_safety``              oracle: share of this batch's answers rated harmless >= 0
+``oracle_harmful_safety``      the same on harmful prompts only
+``oracle_helpfulness``         oracle: mean helpfulness 0..3 of this batch's answers
+``oracle_benign_helpfulness``  the same on benign prompts only (NaN in a batch without one)
+``degenerate_share``           share of answers the oracle finds mostly not words of the world
+``sample``                     the first answer of the batch
+=============================  ==========================================================================
 
 The oracle columns watch training against the ground truth (RM-V's reward can rise while
 the oracle's helpfulness falls: reward over-optimisation). The oracle enters training only as
@@ -85,7 +87,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saferlhfv.algorithms.gae import masked_gae
-from saferlhfv.algorithms.lagrange import Lagrange
+from saferlhfv.algorithms.lagrange import MULTIPLIERS, Lagrange
 from saferlhfv.algorithms.losses import (
     clipped_surrogate,
     combine_advantages,
@@ -211,6 +213,8 @@ class PPOTrainer:
     def __init__(self, cfg: Config, *, sft_dir: Path, reward_dir: Path, cost_dir: Path, out_dir: str | Path):
         from saferlhfv.data.world import rl_prompts
 
+        if cfg.ppo.multiplier not in MULTIPLIERS:
+            raise ConfigError(f"ppo.multiplier must be one of {list(MULTIPLIERS)}, got {cfg.ppo.multiplier!r}")
         if cfg.ppo.samples_per_prompt < 1:
             raise ConfigError(f"ppo.samples_per_prompt must be >= 1, got {cfg.ppo.samples_per_prompt}")
         if cfg.ppo.online_labels and (cfg.ppo.samples_per_prompt < 2 or cfg.data.source != "mini"):
@@ -436,6 +440,7 @@ class PPOTrainer:
             "oracle_safety": oracle["safety_rate"],
             "oracle_harmful_safety": oracle["harmful_safety_rate"],
             "oracle_helpfulness": oracle["mean_helpfulness"],
+            "oracle_benign_helpfulness": oracle["benign_helpfulness"],
             "degenerate_share": oracle["degenerate_share"],
             "sample": ro.responses[0],
         }
