@@ -130,3 +130,12 @@ def test_linear_probe_separates_a_separable_set_and_not_noise():
     assert linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:]) >= 0.9
     noise = (torch.rand(400, generator=g) > 0.5).float()  # labels unrelated to the features
     assert 0.3 <= linear_probe_accuracy(x[:300], noise[:300], x[300:], noise[300:]) <= 0.7
+
+
+def test_scorer_view_by_hand():
+    from saferlhfv.diagnostics import scorer_view
+
+    samples = [{"harmful_prompt": h} for h in (True, False, True, False)]
+    view = scorer_view([1.0, 2.0, 3.0, 6.0], [4.0, -5.0, 0.0, -3.0], samples)
+    assert view == {"reward_harmful": 2.0, "reward_benign": 4.0, "cost_harmful": 2.0, "cost_benign": -4.0,
+                    "mean_cost": -1.0}  # fmt: skip
