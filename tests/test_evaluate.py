@@ -139,3 +139,21 @@ def test_scorer_view_by_hand():
     view = scorer_view([1.0, 2.0, 3.0, 6.0], [4.0, -5.0, 0.0, -3.0], samples)
     assert view == {"reward_harmful": 2.0, "reward_benign": 4.0, "cost_harmful": 2.0, "cost_benign": -4.0,
                     "mean_cost": -1.0}  # fmt: skip
+
+
+def test_budget_for_harmful_safety_by_hand():
+    from saferlhfv.diagnostics import budget_for_harmful_safety, harmful_safety_at_budget
+
+    ideal = {"cost_harmful": -5.0, "cost_benign": -6.0}
+    comply_all = {"cost_harmful": 3.0, "cost_benign": -6.0}
+    # half harmful: J = 0.5 * (s * -5 + (1 - s) * 3) + 0.5 * -6
+    assert budget_for_harmful_safety(ideal, comply_all, harmful_share=0.5, harmful_safety=1.0) == pytest.approx(-5.5)
+    assert budget_for_harmful_safety(ideal, comply_all, harmful_share=0.5, harmful_safety=0.75) == pytest.approx(-4.5)
+    assert budget_for_harmful_safety(ideal, comply_all, harmful_share=0.5, harmful_safety=0.0) == pytest.approx(-1.5)
+    # the inverse; a budget looser than comply-all asks for nothing, one tighter than the ideal for everything
+    assert harmful_safety_at_budget(ideal, comply_all, harmful_share=0.5, budget=-4.5) == pytest.approx(0.75)
+    assert harmful_safety_at_budget(ideal, comply_all, harmful_share=0.5, budget=0.0) == 0.0
+    assert harmful_safety_at_budget(ideal, comply_all, harmful_share=0.5, budget=-7.0) == 1.0
+    # a tighter budget asks for more safety
+    loose, tight = (harmful_safety_at_budget(ideal, comply_all, harmful_share=0.3, budget=d) for d in (-4.0, -5.0))
+    assert 0.0 < loose < tight < 1.0

@@ -92,6 +92,33 @@ def test_grpo_hooks_by_hand():
     assert stats["reference_kl"] > 0
 
 
+def test_grpo_scores_mode_normalises_the_lagrangian_score_once():
+    trainer = _bare(GRPOLag, GRPO + ["ppo.group_combine=scores", "ppo.group_scale=none"])
+    ro = _rollout()  # one group of 2: R = (1, 2), C = (3, -1)
+    trainer.compute_advantages(ro, trainer.shape_rewards(ro), trainer.shape_costs(ro))
+    torch.testing.assert_close(ro.reward_total, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(ro.cost_total, torch.tensor([3.0, -1.0]))
+    # lambda = 2: S = (R - 2 C) / 3 = (-5 / 3, 4 / 3); centred: (-1.5, 1.5) on each real token
+    adv = trainer.combine_advantages(ro, 2.0)
+    torch.testing.assert_close(adv, torch.tensor([[-1.5, -1.5, 0, 0], [1.5, 1.5, 1.5, 0]]), atol=1e-5, rtol=0)
+    # group scale: unit spread whatever lambda, so a prompt's weight does not grow with its cost spread
+    grouped = _bare(GRPOLag, GRPO + ["ppo.group_combine=scores"])
+    grouped.compute_advantages(ro, grouped.shape_rewards(ro), grouped.shape_costs(ro))
+    a = 2**-0.5
+    for lam in (0.0, 2.0, 10.0):
+        adv = grouped.combine_advantages(ro, lam)
+        torch.testing.assert_close(adv, torch.tensor([[-a, -a, 0, 0], [a, a, a, 0]]), atol=1e-5, rtol=0)
+    ro.end_reward = torch.tensor([1.0, 3.0])  # lambda = 1: S = (-2 / 2, 4 / 2), ranks flip when R gains enough
+    grouped.compute_advantages(ro, grouped.shape_rewards(ro), grouped.shape_costs(ro))
+    assert grouped.combine_advantages(ro, 1.0)[0, 0] < 0
+    ro.end_cost = torch.tensor([-1.0, 3.0])  # now the more helpful answer is the harmful one
+    grouped.compute_advantages(ro, grouped.shape_rewards(ro), grouped.shape_costs(ro))
+    assert grouped.combine_advantages(ro, 0.0)[1, 0] > 0 > grouped.combine_advantages(ro, 5.0)[1, 0]
+    with pytest.raises(ConfigError, match="group_combine"):
+        GRPOLag(load_config("tiny", overrides=GRPO + ["ppo.group_combine=sum"]), sft_dir=None, reward_dir=None,
+                cost_dir=None, out_dir=".")  # fmt: skip
+
+
 def test_rectified_grpo_gives_a_safe_group_no_cost_advantage():
     trainer = _bare(GRPORePO, GRPO)
     ro = _rollout()

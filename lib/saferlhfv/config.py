@@ -302,6 +302,10 @@ class PPOConfig:
     #: grpo_lag: how group-centred scores are scaled, "group" (each group's std, DeepSeekMath), "batch"
     #: (the batch's std, TRL's scale_rewards="batch") or "none" (Dr. GRPO).
     group_scale: str = "group"
+    #: grpo methods: what is normalised within a group. "advantages": reward and cost separately, then
+    #: (A_r - lambda A_c) / (1 + lambda); "scores": the Lagrangian score R - lambda C of each answer, once
+    #: (every prompt weighs the same, and a benign prompt's small cost spread is not blown up to unit scale).
+    group_combine: str = "advantages"
     #: normalise the combined advantage to zero mean, unit variance over the batch's real tokens.
     whiten_advantages: bool = False
     #: stop an iteration's PPO epochs once a minibatch's approx KL(pi_old || pi) per token exceeds this.

@@ -5,7 +5,8 @@ grounding accuracy and harm probe (:func:`saferlhfv.evaluate.harm_probe`), CM-V'
 the oracle on the precursor's and on the PPO policy's evaluation answers, and the safety and win
 rates of the scripted yardstick policies (:func:`saferlhfv.evaluate.scripted_policy_samples`) with
 the mean RM-V reward and CM-V cost of their answers on harmful and on benign prompts: what the
-score models make of the ideal corner (is it the Lagrangian's optimum, and for which lambda?).
+score models make of the ideal corner (is it the Lagrangian's optimum, and for which lambda?), and
+the budget ``d`` on CM-V's scale that a harmful-prompt safety asks for (``budget``).
 Kept apart from :mod:`saferlhfv.evaluate`, which the trainers import: this module sits above the
 stages it reads.
 """
@@ -33,7 +34,7 @@ from saferlhfv.stages import ensure
 from saferlhfv.train.preference import load_scorer
 from saferlhfv.train.sft import load_precursor
 
-__all__ = ["main", "scorer_view"]
+__all__ = ["main", "scorer_view", "budget_for_harmful_safety", "harmful_safety_at_budget"]
 
 
 def scorer_view(rewards: list[float], costs: list[float], samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -53,6 +54,39 @@ def scorer_view(rewards: list[float], costs: list[float], samples: list[dict[str
             out[f"{name}_{group}"] = round(sum(values[i] for i in picked) / len(picked), 4) if picked else float("nan")
     out["mean_cost"] = round(sum(costs) / len(costs), 4) if costs else float("nan")
     return out
+
+
+def budget_for_harmful_safety(ideal: dict[str, float], comply_all: dict[str, float], *, harmful_share: float,
+                              harmful_safety: float) -> float:  # fmt: skip
+    """The expected CM-V cost ``J_C`` of the policy that misses the ideal only on harmful prompts.
+
+    That policy refuses a share ``s`` of harmful prompts as the scripted ideal does, complies with the
+    rest as the comply-all yardstick does, and answers benign prompts as the ideal::
+
+        J_C(s) = h * (s * C_ideal,harmful + (1 - s) * C_comply,harmful) + (1 - h) * C_ideal,benign
+
+    Under an expected-cost constraint ``J_C <= d`` the Lagrangian stops pushing once the budget is met,
+    so ``d = J_C(s)`` is the loosest budget that still asks for harmful-prompt safety ``s`` (benign
+    answers cost as little as refusals under CM-V, so they cannot be traded for safety). Costs are in
+    CM-V's units; ``h`` is the share of harmful prompts.
+
+    Args:
+        ideal, comply_all: :func:`scorer_view` of the two yardsticks (``cost_harmful``, ``cost_benign``).
+        harmful_share: ``h`` in [0, 1].
+        harmful_safety: ``s`` in [0, 1].
+    """
+    harmful = harmful_safety * ideal["cost_harmful"] + (1 - harmful_safety) * comply_all["cost_harmful"]
+    return harmful_share * harmful + (1 - harmful_share) * ideal["cost_benign"]
+
+
+def harmful_safety_at_budget(ideal: dict[str, float], comply_all: dict[str, float], *, harmful_share: float,
+                             budget: float) -> float:  # fmt: skip
+    """The inverse of :func:`budget_for_harmful_safety`: the harmful-prompt safety ``s`` a budget ``d``
+    asks for (clipped to [0, 1]; 1 when even the ideal does not meet ``d``)."""
+    benign = (1 - harmful_share) * ideal["cost_benign"]
+    spread = comply_all["cost_harmful"] - ideal["cost_harmful"]
+    s = (comply_all["cost_harmful"] - (budget - benign) / harmful_share) / spread
+    return min(1.0, max(0.0, s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                 scripted,
             ),
         }
+    h = sum(s["harmful_prompt"] for s in samples["precursor"]) / len(samples["precursor"])
+    yardsticks = {"ideal": out["scripted_ideal"], "comply_all": out["scripted_comply_all"], "harmful_share": h}
+    out["budget"] = {
+        "threshold": cfg.ppo.threshold,
+        "harmful_safety_it_asks_for": round(harmful_safety_at_budget(**yardsticks, budget=cfg.ppo.threshold), 4),
+        **{f"for_harmful_safety_{s}": round(budget_for_harmful_safety(**yardsticks, harmful_safety=s), 4)
+           for s in (0.8, 0.9, 0.92, 0.95)},
+    }  # fmt: skip
     print(json.dumps(out, indent=2))
     return 0
 

@@ -64,6 +64,8 @@ class GRPOLag(PPOLag):
                 f"ppo.algorithm=grpo_lag compares answers to the same prompt: it needs ppo.samples_per_prompt >= 2 "
                 f"(got {cfg.ppo.samples_per_prompt}; 4 is a good start)"
             )
+        if cfg.ppo.group_combine not in ("advantages", "scores"):
+            raise ConfigError(f"ppo.group_combine must be 'advantages' or 'scores', got {cfg.ppo.group_combine!r}")
         if cfg.ppo.rollout_batch_size % cfg.ppo.samples_per_prompt:
             raise ConfigError(
                 f"ppo.rollout_batch_size ({cfg.ppo.rollout_batch_size}) must be a multiple of "
@@ -87,10 +89,22 @@ class GRPOLag(PPOLag):
         Sets ``ro.reward_adv`` / ``ro.cost_adv`` (``[B, T]``); the returns stay ``None`` (no critics).
         """
         ppo, mask = self.cfg.ppo, ro.mask.to(rewards.dtype)
-        for name, per_token in (("reward_adv", rewards), ("cost_adv", costs)):
-            adv = group_advantages((per_token * mask).sum(dim=1), ppo.samples_per_prompt, ppo.group_scale)
+        ro.reward_total, ro.cost_total = (rewards * mask).sum(dim=1), (costs * mask).sum(dim=1)
+        for name, total in (("reward_adv", ro.reward_total), ("cost_adv", ro.cost_total)):
+            adv = group_advantages(total, ppo.samples_per_prompt, ppo.group_scale)
             setattr(ro, name, adv.unsqueeze(1) * mask)
         ro.reward_ret = ro.cost_ret = None
+
+    def combine_advantages(self, ro: Rollout, lam: float) -> torch.Tensor:
+        """``[B, T]`` the actor's advantage; with ``ppo.group_combine = "scores"`` the group advantage of
+        each answer's Lagrangian score ``R - lambda C`` (one normalisation per prompt), else the base's
+        ``(A_r - lambda A_c) / (1 + lambda)`` of the separately normalised advantages."""
+        ppo = self.cfg.ppo
+        if ppo.group_combine == "advantages":
+            return super().combine_advantages(ro, lam)
+        scores = (ro.reward_total - lam * ro.cost_total) / (1.0 + lam)
+        adv = group_advantages(scores, ppo.samples_per_prompt, ppo.group_scale)
+        return adv.unsqueeze(1) * ro.mask.to(adv.dtype)
 
     def actor_objective(self, mb: dict[str, Any], logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Clipped surrogate on the group advantage plus ``ppo.kl_coeff`` times KL_k3 to the reference."""

@@ -42,6 +42,7 @@ class Rollout:
         end_reward, end_cost: ``[B]`` RM-V / CM-V scores at the last real token.
         reward_adv, reward_ret, cost_adv, cost_ret: ``[B, L-1]`` GAE results.
         advantages: ``[B, L-1]`` the combined advantage the actor's surrogate uses.
+        reward_total, cost_total: ``[B]`` critic-free methods: each answer's summed shaped reward / cost.
         responses: decoded responses; contexts: the prompts' oracle contexts.
     """
 
@@ -63,6 +64,8 @@ class Rollout:
     cost_adv: torch.Tensor | None = None
     cost_ret: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
+    reward_total: torch.Tensor | None = None
+    cost_total: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> dict[str, Any]:
         """Rows ``index`` of every tensor that is set (vision tensors included), as a dict."""
