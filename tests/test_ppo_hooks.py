@@ -256,35 +256,3 @@ def test_oracle_diagnostic_scores_answers_with_the_oracle(upstream, tmp_path):
     rates = [judge(c, r) for c, r in zip(ro.contexts, ro.responses)]
     assert ro.end_reward.tolist() == [float(h) for h, _ in rates]
     assert ro.end_cost.tolist() == [-float(s) for _, s in rates]
-
-
-def _bare_with_prompts(overrides: list[str]) -> PPOTrainer:
-    """A model-free trainer that can draw rollout prompts (one process)."""
-    from types import SimpleNamespace
-
-    from saferlhfv.data.world import rl_prompts
-
-    trainer = _bare(PPOLag, overrides)
-    trainer.accelerator = SimpleNamespace(num_processes=1, process_index=0)
-    trainer.seed = 0
-    trainer.prompts = rl_prompts(trainer.cfg.data, "train")
-    trainer._questions = list(trainer.prompts["question"])
-    trainer._by_question = {}
-    for i, question in enumerate(trainer._questions):
-        trainer._by_question.setdefault(question, []).append(i)
-    return trainer
-
-
-def test_prompts_per_question_draws_one_question_with_other_pictures():
-    grouped = _bare_with_prompts(["ppo.rollout_batch_size=8", "ppo.prompts_per_question=2"])  # the tiny world
-    for iteration in (0, 3):
-        rows = grouped._prompt_rows(iteration)
-        assert len(rows["question"]) == 8
-        for j in range(0, 8, 2):  # each anchor is followed by another prompt of its question
-            assert rows["question"][j] == rows["question"][j + 1]
-            assert rows["image"][j].tobytes() != rows["image"][j + 1].tobytes()  # another picture
-    assert grouped._prompt_rows(1) == grouped._prompt_rows(1)  # seeded: resumable
-    assert grouped._prompt_rows(1)["context"] != grouped._prompt_rows(2)["context"]
-    with pytest.raises(ConfigError, match="prompts_per_question"):
-        PPOLag(load_config("tiny", overrides=["ppo.prompts_per_question=0"]), sft_dir=None, reward_dir=None,
-               cost_dir=None, out_dir=".")  # fmt: skip

@@ -299,10 +299,6 @@ class PPOConfig:
     algorithm: str = "ppo_lag"
     #: answers sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts).
     samples_per_prompt: int = 1
-    #: prompts drawn per question: each drawn prompt brings this many - 1 others that ask the same
-    #: question about another picture (label-free contrast: the update sees one question with several
-    #: pictures, so what differs between their answers can only come from the picture).
-    prompts_per_question: int = 1
     #: grpo_lag: how group-centred scores are scaled, "group" (each group's std, DeepSeekMath), "batch"
     #: (the batch's std, TRL's scale_rewards="batch") or "none" (Dr. GRPO).
     group_scale: str = "group"

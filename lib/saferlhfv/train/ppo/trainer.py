@@ -215,8 +215,6 @@ class PPOTrainer:
 
         if cfg.ppo.multiplier not in MULTIPLIERS:
             raise ConfigError(f"ppo.multiplier must be one of {list(MULTIPLIERS)}, got {cfg.ppo.multiplier!r}")
-        if cfg.ppo.prompts_per_question < 1:
-            raise ConfigError(f"ppo.prompts_per_question must be >= 1, got {cfg.ppo.prompts_per_question}")
         if cfg.ppo.samples_per_prompt < 1:
             raise ConfigError(f"ppo.samples_per_prompt must be >= 1, got {cfg.ppo.samples_per_prompt}")
         if cfg.ppo.online_labels and (cfg.ppo.samples_per_prompt < 2 or cfg.data.source != "mini"):
@@ -234,10 +232,6 @@ class PPOTrainer:
                                  critics=self.uses_critics)  # fmt: skip
         self.lagrange = self.make_multiplier()
         self.prompts = rl_prompts(cfg.data, "train")
-        self._questions = list(self.prompts["question"])
-        self._by_question: dict[str, list[int]] = {}  # question -> prompt indices (prompts_per_question)
-        for i, question in enumerate(self._questions):
-            self._by_question.setdefault(question, []).append(i)
         self.iteration = 0
 
     # ------------------------------------------------------------------ hooks
@@ -328,29 +322,18 @@ class PPOTrainer:
         """This process's share of the rollout batch of ``iteration`` (seeded, resumable).
 
         ``rollout_batch_size`` answers come from ``rollout_batch_size / samples_per_prompt`` distinct
-        prompts, each repeated ``samples_per_prompt`` times (adjacent rows). With
-        ``prompts_per_question = q > 1`` only every q-th prompt comes from the shuffled order; the q - 1
-        after it ask the same question about other pictures, drawn at random (seeded by the iteration).
+        prompts, each repeated ``samples_per_prompt`` times (adjacent rows).
         """
         ppo, acc = self.cfg.ppo, self.accelerator
-        n, k, q = len(self.prompts), ppo.samples_per_prompt, ppo.prompts_per_question
-        per_process = max(1, ppo.rollout_batch_size // acc.num_processes // k // q)
+        n, k = len(self.prompts), ppo.samples_per_prompt
+        per_process = max(1, ppo.rollout_batch_size // acc.num_processes // k)
         start = iteration * per_process * acc.num_processes + acc.process_index * per_process
         epoch, offset = divmod(start, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
         order += torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)).tolist()
-        anchors = order[offset : offset + per_process]
-        if q > 1:
-            rng = random.Random(f"{self.seed}|same-question|{iteration}|{acc.process_index}")
-            anchors = [j for i in anchors for j in [i, *self._same_question(i, q - 1, rng)]]
-        picked = [i for i in anchors for _ in range(k)]
+        picked = [i for i in order[offset : offset + per_process] for _ in range(k)]
         rows = self.prompts.select(picked)
         return {"image": list(rows["image"]), "question": list(rows["question"]), "context": list(rows["context"])}
-
-    def _same_question(self, index: int, count: int, rng: random.Random) -> list[int]:
-        """``count`` other prompts that ask prompt ``index``'s question (with repeats if there are fewer)."""
-        others = [i for i in self._by_question[self._questions[index]] if i != index] or [index]
-        return [rng.choice(others) for _ in range(count)] if len(others) < count else rng.sample(others, count)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -385,20 +368,14 @@ class PPOTrainer:
         return record
 
     def update(self, ro: Rollout) -> dict[str, float]:
-        """PPO epochs over shuffled minibatches; stops early once a minibatch's approx_kl > ``target_kl``.
-
-        With ``prompts_per_question > 1`` whole question groups are shuffled, so a minibatch holds a
-        question with its several pictures (``batch_size`` a multiple of the group keeps them whole).
-        """
+        """PPO epochs over shuffled minibatches; stops early once a minibatch's approx_kl > ``target_kl``."""
         ppo = self.cfg.ppo
         stats: dict[str, list[float]] = {}
         n = ro.input_ids.shape[0]
-        # rows of one question stay together in a minibatch (prompts_per_question), else single rows shuffle
-        g = ppo.prompts_per_question * ppo.samples_per_prompt if ppo.prompts_per_question > 1 else 1
         gen = torch.Generator().manual_seed(self.seed + self.iteration)
         stop = False
         for _ in range(ppo.ppo_epochs):
-            order = (torch.randperm(n // g, generator=gen)[:, None] * g + torch.arange(g)).flatten()
+            order = torch.randperm(n, generator=gen)
             for start in range(0, n, ppo.batch_size):
                 mb = ro.select(order[start : start + ppo.batch_size].to(ro.input_ids.device))
                 for key, value in self.minibatch_step(mb).items():
