@@ -12,7 +12,15 @@ prompt and scores each against the others of its group. Here the same is done fo
     lambda   : the PPO-Lagrangian step on E[C] against the budget d, before the policy step
 
 ``sigma`` is the group's std, the batch's std or 1 (``ppo.group_scale``: ``group`` / ``batch`` /
-``none``; :func:`~saferlhfv.algorithms.losses.group_advantages`).
+``none``; :func:`~saferlhfv.algorithms.losses.group_advantages`). With ``ppo.group_combine =
+"scores"`` the group advantage is taken once, of each answer's Lagrangian score::
+
+    A(y_i)   = group-normalised  S_i = (R_i - lambda C_i) / (1 + lambda)
+
+Separate normalisation turns a benign group's small CM-V spread among safe answers into unit-scale
+cost advantages that lambda then multiplies (refusals and helpful answers cost about the same
+there); one normalisation per prompt keeps the reward's ranking in such a group and gives every
+prompt the same weight.
 
 Differences from PPO-Lagrangian (:class:`~saferlhfv.train.ppo.trainer.PPOLag`), each one hook:
 
