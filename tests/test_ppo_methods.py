@@ -108,12 +108,17 @@ def test_grpo_scores_mode_normalises_the_lagrangian_score_once():
     for lam in (0.0, 2.0, 10.0):
         adv = grouped.combine_advantages(ro, lam)
         torch.testing.assert_close(adv, torch.tensor([[-a, -a, 0, 0], [a, a, a, 0]]), atol=1e-5, rtol=0)
-    ro.end_reward = torch.tensor([1.0, 3.0])  # lambda = 1: S = (-2 / 2, 4 / 2), ranks flip when R gains enough
-    grouped.compute_advantages(ro, grouped.shape_rewards(ro), grouped.shape_costs(ro))
-    assert grouped.combine_advantages(ro, 1.0)[0, 0] < 0
-    ro.end_cost = torch.tensor([-1.0, 3.0])  # now the more helpful answer is the harmful one
+    ro.end_reward, ro.end_cost = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 3.0])  # helpful = harmful
     grouped.compute_advantages(ro, grouped.shape_rewards(ro), grouped.shape_costs(ro))
     assert grouped.combine_advantages(ro, 0.0)[1, 0] > 0 > grouped.combine_advantages(ro, 5.0)[1, 0]
+    # a benign group: the second answer is more helpful, CM-V barely tells the two apart (both safe).
+    # Separate normalisation blows the 0.1 cost spread up to the reward's scale and, at lambda = 5,
+    # prefers the less helpful answer; one normalisation of R - lambda C keeps the reward's ranking.
+    ro.end_reward, ro.end_cost = torch.tensor([1.0, 3.0]), torch.tensor([-5.0, -4.9])
+    separate = _bare(GRPOLag, GRPO)
+    for t in (separate, grouped):
+        t.compute_advantages(ro, t.shape_rewards(ro), t.shape_costs(ro))
+    assert separate.combine_advantages(ro, 5.0)[1, 0] < 0 < grouped.combine_advantages(ro, 5.0)[1, 0]
     with pytest.raises(ConfigError, match="group_combine"):
         GRPOLag(load_config("tiny", overrides=GRPO + ["ppo.group_combine=sum"]), sft_dir=None, reward_dir=None,
                 cost_dir=None, out_dir=".")  # fmt: skip
