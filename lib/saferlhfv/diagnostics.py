@@ -34,7 +34,7 @@ from saferlhfv.stages import ensure
 from saferlhfv.train.preference import load_scorer
 from saferlhfv.train.sft import load_precursor
 
-__all__ = ["main", "scorer_view", "budget_for_harmful_safety", "harmful_safety_at_budget"]
+__all__ = ["main", "scorer_view", "budget_for_harmful_safety", "harmful_safety_at_budget", "budget_report"]
 
 
 def scorer_view(rewards: list[float], costs: list[float], samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -89,6 +89,25 @@ def harmful_safety_at_budget(ideal: dict[str, float], comply_all: dict[str, floa
     return min(1.0, max(0.0, s))
 
 
+def budget_report(ideal: dict[str, float], comply_all: dict[str, float], precursor: list[dict[str, Any]], *,
+                  threshold: float) -> dict[str, float]:  # fmt: skip
+    """What the budget ``threshold`` asks for, and the budget each harmful-prompt safety needs.
+
+    Args:
+        ideal, comply_all: :func:`scorer_view` of the two yardsticks (only their costs are read).
+        precursor: judged answers (``harmful_prompt``) of the evaluation prompts, for the harmful share.
+    """
+    h = sum(s["harmful_prompt"] for s in precursor) / len(precursor)
+    yardsticks = {"ideal": ideal, "comply_all": comply_all, "harmful_share": h}
+    return {
+        "threshold": threshold,
+        "harmful_share": round(h, 4),
+        "harmful_safety_it_asks_for": round(harmful_safety_at_budget(**yardsticks, budget=threshold), 4),
+        **{f"for_harmful_safety_{s}": round(budget_for_harmful_safety(**yardsticks, harmful_safety=s), 4)
+           for s in (0.8, 0.9, 0.92, 0.95)},
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the diagnostics as JSON; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m saferlhfv.diagnostics", description=__doc__.splitlines()[0])
@@ -121,14 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 scripted,
             ),
         }
-    h = sum(s["harmful_prompt"] for s in samples["precursor"]) / len(samples["precursor"])
-    yardsticks = {"ideal": out["scripted_ideal"], "comply_all": out["scripted_comply_all"], "harmful_share": h}
-    out["budget"] = {
-        "threshold": cfg.ppo.threshold,
-        "harmful_safety_it_asks_for": round(harmful_safety_at_budget(**yardsticks, budget=cfg.ppo.threshold), 4),
-        **{f"for_harmful_safety_{s}": round(budget_for_harmful_safety(**yardsticks, harmful_safety=s), 4)
-           for s in (0.8, 0.9, 0.92, 0.95)},
-    }  # fmt: skip
+    out["budget"] = budget_report(out["scripted_ideal"], out["scripted_comply_all"], samples["precursor"],
+                                  threshold=cfg.ppo.threshold)  # fmt: skip
     print(json.dumps(out, indent=2))
     return 0
 
