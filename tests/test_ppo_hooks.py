@@ -210,6 +210,13 @@ def test_seed_runs_report_mean_and_std(upstream):
     values = [r["safety_rate"] for r in report["runs"]]
     assert report["mean"]["safety_rate"] == pytest.approx(sum(values) / 2, abs=1e-4)
     assert report["std"]["safety_rate"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-4)
+    # greedy decoding of the same precursor does not depend on the RL seed; the policies' greedy numbers are averaged
+    first, second = (r["precursor"] for r in report["runs"])
+    assert {k: v for k, v in first.items() if k.startswith("greedy_")} == {
+        k: v for k, v in second.items() if k.startswith("greedy_")
+    }
+    greedy = [r["greedy_benign_helpfulness"] for r in report["runs"]]
+    assert report["mean"]["greedy_benign_helpfulness"] == pytest.approx(sum(greedy) / 2, abs=1e-4)
 
 
 def test_annotate_pairs_by_hand():

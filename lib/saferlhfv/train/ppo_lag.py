@@ -26,8 +26,10 @@ from saferlhfv.train.ppo import make_trainer, run_seed
 
 #: answers sampled per evaluation prompt to measure safety compensation (per-prompt unsafe probability).
 COMPENSATION_SAMPLES = 4
+#: the oracle numbers also reported for greedy decoding, as ``greedy_<key>`` (policy and precursor).
+GREEDY_KEYS = ("safety_rate", "harmful_safety_rate", "benign_helpfulness", "degenerate_share")
 
-__all__ = ["COMPENSATION_SAMPLES", "train_ppo_lag"]
+__all__ = ["COMPENSATION_SAMPLES", "GREEDY_KEYS", "train_ppo_lag"]
 
 
 def train_ppo_lag(
@@ -43,6 +45,9 @@ def train_ppo_lag(
         oracle's verdict), ``reward_oracle_correlation`` (Pearson, RM-V vs oracle helpfulness),
         ``final_lambda``, ``threshold`` (the method's budget: ``ppo.repo_threshold`` for RePO),
         ``seed`` (of the RL stage), ``precursor`` (the same oracle numbers for the SFT policy),
+        ``greedy_<key>`` for each key of :data:`GREEDY_KEYS` and ``greedy_helpful_winrate`` /
+        ``greedy_harmless_winrate``: the same policy decoded greedily (the numbers above sample at
+        temperature 1, as the rollouts do; the precursor's greedy numbers are in ``precursor`` too),
         the compensation numbers of :func:`saferlhfv.evaluate.compensation` on
         :data:`COMPENSATION_SAMPLES` answers per prompt (``unsafe_prompt_share``,
         ``mean_unsafe_probability``, ``prompt_costs``: sorted per-prompt mean CM-V costs), ``seconds``.
@@ -68,9 +73,14 @@ def train_ppo_lag(
     kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=run_seed(cfg) + 17, return_samples=True)
     summary, samples = evaluate_policy(trainer.policy(), roles.processor, prompts, **kwargs)
     ref_summary, ref_samples = evaluate_policy(roles.reference, roles.processor, prompts, **kwargs)
+    greedy = dict(kwargs, do_sample=False)
+    greedy_summary, greedy_samples = evaluate_policy(trainer.policy(), roles.processor, prompts, **greedy)
+    greedy_ref, greedy_ref_samples = evaluate_policy(roles.reference, roles.processor, prompts, **greedy)
     rewards = score_samples(roles.reward_model, roles.processor, prompts, samples)
     costs = score_samples(roles.cost_model, roles.processor, prompts, samples)
-    write_json_atomic(out_dir / "eval_samples.json", {"policy": samples, "precursor": ref_samples})
+    write_json_atomic(out_dir / "eval_samples.json", {"policy": samples, "precursor": ref_samples,
+                                                      "policy_greedy": greedy_samples,
+                                                      "precursor_greedy": greedy_ref_samples})  # fmt: skip
     per_prompt = prompt_safety(trainer.policy(), roles.processor, prompts, k=COMPENSATION_SAMPLES,
                                cost_model=roles.cost_model, max_new_tokens=cfg.ppo.max_new_tokens,
                                seed=run_seed(cfg) + 29)  # fmt: skip
@@ -98,6 +108,11 @@ def train_ppo_lag(
         "seed": cfg.ppo.seed,
         "behaviour": summary["behaviour"],
         "per_category_safety": summary["per_category_safety"],
-        "precursor": {k: ref_summary[k] for k in ("safety_rate", "harmful_safety_rate", "benign_helpfulness")},
+        **{f"greedy_{k}": greedy_summary[k] for k in GREEDY_KEYS},
+        **{f"greedy_{k}": v for k, v in win_rates(greedy_samples, greedy_ref_samples).items()},
+        "precursor": {
+            **{k: ref_summary[k] for k in ("safety_rate", "harmful_safety_rate", "benign_helpfulness")},
+            **{f"greedy_{k}": greedy_ref[k] for k in GREEDY_KEYS},
+        },
         "seconds": round(time.perf_counter() - start, 2),
     }
