@@ -8,7 +8,9 @@ rollout tables are cached the same way (:func:`cached` with their own key).
 
 A stage is complete when its ``result.json`` exists (written last, atomically).
 A file lock (``fcntl.flock``) makes two processes asking for the same artifact
-at once safe: the second waits, then finds the first one's result. A stage that
+at once safe: the second says that it waits (on stderr, naming the builder's pid), then finds
+the first one's result instead of building it again. A build counts as a busy job for the
+thread policy of :mod:`saferlhfv.threads`. A stage that
 was interrupted resumes from its checkpoint the next time it is asked for.
 """
 
@@ -16,7 +18,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +31,7 @@ from saferlhfv import __version__
 from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
 from saferlhfv.paths import artifacts_dir
+from saferlhfv.threads import busy
 
 __all__ = ["RESULT", "artifact_folder", "cached"]
 
@@ -38,10 +44,28 @@ def artifact_folder(cfg: Config, name: str, key: str) -> Path:
 
 
 @contextmanager
-def _locked(path: Path):
+def _locked(path: Path, what: str):
+    """Hold the exclusive lock ``path``; while another process holds it, say so on stderr and wait.
+
+    The holder writes its pid into the lock file, so the waiting message can name it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a+") as handle:  # "a+": opening must not erase the holder's pid
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            print(f"saferlhfv: waiting for {what}: another process (pid {holder}) is building it; "
+                  "it is used as soon as it is done", file=sys.stderr, flush=True)  # fmt: skip
+            start = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            print(f"saferlhfv: {what} is free after {time.monotonic() - start:.0f} s of waiting",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
         try:
             yield
         finally:
@@ -63,7 +87,7 @@ def cached(
         force: rebuild even if a complete artifact exists.
     """
     folder = artifact_folder(cfg, name, key)
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    with _locked(folder.parent / f".{folder.name}.lock", f"{cfg.preset}/{folder.name}"):
         result_file = folder / RESULT
         if result_file.is_file() and not force:
             return folder, json.loads(result_file.read_text())
@@ -71,6 +95,7 @@ def cached(
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg.save(folder / "config.yaml")
-        result = build(folder)
+        with busy():
+            result = build(folder)
         write_json_atomic(result_file, result)
         return folder, result

@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.masks import position_ids_from_mask
+from saferlhfv.threads import busy, rebalance
 
 __all__ = [
     "VISION_KEYS",
@@ -159,11 +160,13 @@ def generate_answers(
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
     answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        stop = start + batch_size
-        answers += generate_responses(
-            model, processor, list(images[start:stop]), list(questions[start:stop]), seed=seed + start, **kwargs
-        )
+    with busy():  # a busy worker: its share of the cores (saferlhfv.threads)
+        for start in range(0, len(questions), batch_size):
+            rebalance()
+            stop = start + batch_size
+            answers += generate_responses(
+                model, processor, list(images[start:stop]), list(questions[start:stop]), seed=seed + start, **kwargs
+            )
     return answers
 
 

@@ -42,6 +42,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from saferlhfv.config import TrainConfig
 from saferlhfv.io import append_metrics, read_metrics, truncate_metrics
+from saferlhfv.threads import busy, rebalance
 
 __all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "make_accelerator", "save_checkpoint", "load_checkpoint"]
 
@@ -232,6 +233,10 @@ class Trainer:
         Returns:
             ``{"steps", "resumed", "train_loss" (mean over the last epoch's steps), "eval": {...}}``.
         """
+        with busy():  # a busy worker: its share of the cores (saferlhfv.threads)
+            return self._train(resume=resume)
+
+    def _train(self, *, resume: bool) -> dict[str, Any]:
         cfg, acc = self.cfg, self.accelerator
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume and self._try_resume()
@@ -248,6 +253,7 @@ class Trainer:
         while self.state.step < self.total_steps:
             loader = self._loader(self.state.epoch, self.state.step_in_epoch)
             for batch in loader:
+                rebalance()
                 with acc.accumulate(self.model):
                     loss, stats = self.loss_fn(self.model, batch)
                     acc.backward(loss)

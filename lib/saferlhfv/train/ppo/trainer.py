@@ -103,6 +103,7 @@ from saferlhfv.algorithms.losses import (
 from saferlhfv.config import Config, ConfigError
 from saferlhfv.io import append_metrics, truncate_metrics
 from saferlhfv.models.generation import token_logprobs
+from saferlhfv.threads import busy, rebalance
 from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
 from saferlhfv.train.ppo.roles import build_roles
 from saferlhfv.train.ppo.rollout import Rollout, make_rollout
@@ -463,6 +464,10 @@ class PPOTrainer:
         Returns:
             ``iterations``, ``final_lambda``, ``processes``, ``ranks_agree`` and the last iteration's metrics.
         """
+        with busy():  # a busy worker: its share of the cores (saferlhfv.threads)
+            return self._train(resume=resume, stop_after=stop_after)
+
+    def _train(self, *, resume: bool, stop_after: int | None) -> dict[str, Any]:
         ppo, acc = self.cfg.ppo, self.accelerator
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = load_checkpoint(acc, self.out_dir) if resume else None
@@ -478,6 +483,7 @@ class PPOTrainer:
         record: dict[str, Any] = {}
         done_here = 0
         while self.iteration < ppo.iterations and (stop_after is None or done_here < stop_after):
+            rebalance()
             record = self.step()
             done_here += 1
             self._log(record)
