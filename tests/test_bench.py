@@ -109,3 +109,18 @@ def test_ppo_bench_on_gpu(artifacts):
 
     out = bench_ppo(load_config("tiny", overrides=SMALL), iterations=1)
     assert out["ppo_episodes_per_s"] > 0 and out["ppo_six_roles_built_memory_mb"] > 0
+
+
+def test_concurrent_jobs_share_the_cores(artifacts):
+    """Two worker processes at once each take their share of the cores; one alone takes them all."""
+    from saferlhfv.bench.concurrent import concurrent_jobs
+    from saferlhfv.threads import available_cores, threads_for
+
+    cfg = load_config("tiny", overrides=SMALL)
+    out = concurrent_jobs(cfg, jobs=(1, 2), policies=("on",), rounds=2, batch_size=2, new_tokens=2)
+    runs = {r["jobs"]: r for r in out["runs"]}
+    for n in (1, 2):
+        assert runs[n]["threads_per_job"] == [threads_for(available_cores(), n)]
+        assert runs[n]["rounds_per_s"] > 0
+    assert runs[1]["ratio"] == 1.0 and runs[2]["ratio"] > 0
+    assert "jobs at once" in format_report({"preset": "tiny", "device": "cpu", "threads": 1, "concurrent": out})

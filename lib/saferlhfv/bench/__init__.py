@@ -1,6 +1,6 @@
 """Speed and memory of a preset: ``python -m saferlhfv.bench --preset tiny [--json]``.
 
-Six parts (``--parts``; all by default), each a function returning a dict:
+Seven parts (``--parts``; all but ``concurrent`` by default), each a function returning a dict:
 
 * ``model`` (:func:`bench_model`): the policy VLM's parameter count; one SFT optimiser step
   (forward + backward + AdamW) on ``--batch-size`` image + question + response sequences ->
@@ -26,6 +26,10 @@ Six parts (``--parts``; all by default), each a function returning a dict:
   shared base (one frozen model, five adapters of rank ``model.lora.r``, four heads; the
   reference = adapters off). Each layout builds the real trainer and runs one iteration in its
   own process: distinct weight storage, gradient + AdamW bytes, and peak memory are measured.
+
+* ``concurrent`` (:func:`~saferlhfv.bench.concurrent.concurrent_jobs`): 1, 2 and 3 jobs at once
+  (each an SFT step plus a sampled generation per round), with the thread policy of
+  :mod:`saferlhfv.threads` and without it: the aggregate throughput over one job alone.
 
 Peak memory is the process's peak resident memory (CPU) or peak allocated CUDA memory (GPU).
 Timings are wall-clock on a possibly shared machine: compare medians, not single runs. The same

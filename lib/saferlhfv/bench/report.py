@@ -23,12 +23,14 @@ from saferlhfv.bench.measure import (
 from saferlhfv.bench.memory import role_memory
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 
-PARTS = ("model", "score", "ppo", "methods", "stages", "memory")
+PARTS = ("model", "score", "ppo", "methods", "stages", "memory", "concurrent")
+#: what runs without ``--parts``: all but ``concurrent``, which starts up to 12 processes (~2 minutes on tiny).
+DEFAULT_PARTS = PARTS[:-1]
 
 
 def run_bench(
     cfg: Config,
-    parts: tuple[str, ...] = PARTS,
+    parts: tuple[str, ...] = DEFAULT_PARTS,
     *,
     batch_size: int = 8,
     new_tokens: int = 32,
@@ -54,6 +56,7 @@ def run_bench(
         "methods": lambda: bench_methods(cfg, iterations=ppo_iterations),
         "stages": lambda: stage_times(cfg, summary=summary, live=live_stages),
         "memory": lambda: role_memory(cfg),
+        "concurrent": lambda: _concurrent(cfg, batch_size=batch_size),
     }
     for part in parts:
         start = time.perf_counter()
@@ -65,6 +68,12 @@ def run_bench(
             out[part]["bench_seconds"] = round(time.perf_counter() - start, 1)
     out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
     return out
+
+
+def _concurrent(cfg: Config, *, batch_size: int) -> dict[str, Any]:
+    from saferlhfv.bench.concurrent import concurrent_jobs  # not at import: it is also the workers' entry point
+
+    return concurrent_jobs(cfg, batch_size=batch_size)
 
 
 def _fmt(value: Any) -> str:
@@ -141,6 +150,21 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{m['separate_over_shared']:g}x the shared base's weights; four-role GRPO holds "
                 f"{m['grpo_over_ppo_train_state']:g}x six-role PPO's gradient + AdamW state)"
             )
+    if "concurrent" in result:
+        c = result["concurrent"]
+        lines += ["", "jobs at once (each: SFT step + sampled generation per round; ratio = aggregate / one alone)"]
+        if "error" in c:
+            lines.append(f"error: {c['error']}")
+        else:
+            lines.append(f"{'thread policy':<14} {'jobs':>5} {'threads/job':>12} {'s/round':>9} "
+                         f"{'rounds/s':>9} {'ratio':>7}")  # fmt: skip
+            for r in c["runs"]:
+                threads = ",".join(str(t) for t in r["threads_per_job"])
+                lines.append(f"{r['policy']:<14} {r['jobs']:>5} {threads:>12} {r['round_s']:>9.3f} "
+                             f"{r['rounds_per_s']:>9.2f} {_fmt(r['ratio']):>7}")  # fmt: skip
+            if "alone_on_over_off" in c:
+                lines.append(f"(one job alone with the policy runs at {c['alone_on_over_off']:g}x its speed without; "
+                             f"{c['cores']} cores)")  # fmt: skip
     lines += ["", f"peak memory of this process: {_fmt(result.get('peak_memory_mb'))} MB"]
     return "\n".join(lines)
 
@@ -148,7 +172,8 @@ def format_report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saferlhfv.bench", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
+                        help="what to measure (default: all but concurrent)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
