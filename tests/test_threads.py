@@ -76,6 +76,17 @@ def test_a_second_busy_job_halves_the_threads_and_leaving_restores_them(policy):
         assert threads.rebalance(force=True) == torch.get_num_threads() == 4
 
 
+def test_waiting_is_not_busy(policy):
+    with threads.busy():
+        assert threads.live_workers() == 1
+        with threads.idle():
+            assert threads.live_workers() == 0
+        assert threads.live_workers() == 1
+    with threads.idle():  # outside busy(): nothing to unregister or restore
+        assert threads.live_workers() == 0
+    assert threads.live_workers() == 0
+
+
 def test_the_environment_wins(policy, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     torch.set_num_threads(2)

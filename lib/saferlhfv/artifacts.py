@@ -31,7 +31,7 @@ from saferlhfv import __version__
 from saferlhfv.config import Config
 from saferlhfv.io import write_json_atomic
 from saferlhfv.paths import artifacts_dir
-from saferlhfv.threads import busy
+from saferlhfv.threads import busy, idle
 
 __all__ = ["RESULT", "artifact_folder", "cached"]
 
@@ -59,7 +59,8 @@ def _locked(path: Path, what: str):
             print(f"saferlhfv: waiting for {what}: another process (pid {holder}) is building it; "
                   "it is used as soon as it is done", file=sys.stderr, flush=True)  # fmt: skip
             start = time.monotonic()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            with idle():  # a nested stage waiting here does not count as a busy job
+                fcntl.flock(handle, fcntl.LOCK_EX)
             print(f"saferlhfv: {what} is free after {time.monotonic() - start:.0f} s of waiting",
                   file=sys.stderr, flush=True)  # fmt: skip
         handle.seek(0)

@@ -34,6 +34,7 @@ __all__ = [
     "RECHECK_SECONDS",
     "available_cores",
     "busy",
+    "idle",
     "live_workers",
     "rebalance",
     "threads_for",
@@ -159,3 +160,19 @@ def busy() -> Iterator[int]:
         _depth -= 1
         if _depth == 0:
             path.unlink(missing_ok=True)
+
+
+@contextmanager
+def idle() -> Iterator[None]:
+    """Not a busy worker inside the block, even within :func:`busy` (waiting for another process's
+    artifact computes nothing); the cores are shared out again when the block ends."""
+    path = workers_dir() / str(os.getpid())
+    registered = _depth > 0
+    if registered:
+        path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if registered:
+            path.touch()
+            rebalance(force=True)
