@@ -79,3 +79,47 @@ def test_ppo_declares_only_what_it_reads():
         with pytest.raises(ConfigError, match=f"unknown config key 'ppo.{key}'"):
             load_config("tiny", {f"ppo.{key}": 1})
     assert load_config("tiny", {"ppo.batch_size": 4}).ppo.batch_size == 4
+
+
+def _config_classes():
+    import dataclasses
+
+    seen, todo = [], [Config]
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo += [f.default_factory for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)]
+    return seen
+
+
+def test_every_config_field_has_a_one_line_help():
+    from saferlhfv.config import field_help
+
+    classes = _config_classes()
+    assert len(classes) == 9  # Config and its eight sections (model.lora included)
+    for cls in classes:
+        missing = [name for name, text in field_help(cls).items() if not text]
+        assert not missing, f"{cls.__name__} fields without a #: help comment: {missing}"
+    # a sibling field shares the comment above its pair; an unrelated next field does not
+    data = field_help(type(Config().data))
+    assert data["pairs_per_category_eval"] == data["pairs_per_category_train"]
+    assert field_help(type(Config().ppo))["ppo_epochs"] != field_help(type(Config().ppo))["rollout_batch_size"]
+
+
+def test_help_lists_every_key_with_default_and_help(capsys):
+    parser = add_config_arguments(argparse.ArgumentParser(prog="x"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "  ppo.threshold = -0.5  the budget d on the expected episode cost." in out
+    assert "  model.lora.r = 16  rank of the LoRA update matrices." in out
+    assert "  seed = 0  the run's training seed" in out
+
+
+def test_one_training_seed_at_the_top():
+    # stage and model seeds derive from the top-level seed; data.seed names the world, ppo.seed the RL run
+    for key in ("model.seed", "sft.seed", "reward.seed", "cost.seed", "guard.seed"):
+        with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+            load_config("tiny", {key: 1})
+    cfg = load_config("tiny", {"seed": 3, "data.seed": 4, "ppo.seed": 5})
+    assert (cfg.seed, cfg.data.seed, cfg.ppo.seed) == (3, 4, 5)

@@ -61,7 +61,7 @@ def test_tiny_preset_model_size_and_determinism():
     n = count_parameters(a)
     assert 300_000 < n < 3_000_000, n
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    c, _ = build_tiny_vlm(ModelConfig(seed=1), CORPUS)
+    c, _ = build_tiny_vlm(cfg, CORPUS, seed=1)
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 

@@ -254,7 +254,7 @@ def live_models():
     model_cfg = tiny_model_config(tiny_vocab_size=600)
     corpus = text_corpus(DataConfig())
     policy, processor = load_vlm(model_cfg, corpus)
-    precursor, _ = load_vlm(tiny_model_config(tiny_vocab_size=600, seed=1), corpus)
+    precursor, _ = load_vlm(tiny_model_config(tiny_vocab_size=600), corpus, seed=1)
     return LiveModels(precursor.eval(), policy.eval(), processor, ScoreModel(policy).eval(),
                       ScoreModel(precursor, seed=3).eval(), _FakeGuard())  # fmt: skip
 

@@ -64,9 +64,13 @@ class ConfigError(ValueError):
 class LoraConfig:
     """LoRA adapters through peft (off for the tiny preset, which trains every weight)."""
 
+    #: train LoRA adapters (peft) instead of every weight.
     enabled: bool = False
+    #: rank of the LoRA update matrices.
     r: int = 16
+    #: LoRA scaling numerator: the update is scaled by alpha / r.
     alpha: int = 32
+    #: dropout on the LoRA branch during training.
     dropout: float = 0.05
     #: module names peft wraps; the attention and MLP projections of Llama / Qwen2 decoders.
     target_modules: list[str] = field(
@@ -84,28 +88,40 @@ class ModelConfig:
     ``"llava_next"`` (LLaVA-1.6), ``"qwen2_vl"``, ``"qwen2_5_vl"``.
     """
 
+    #: tiny (built here, sized by the tiny_* fields) | llava | llava_next | qwen2_vl | qwen2_5_vl (name_or_path).
     family: str = "tiny"
+    #: hub id or local folder of a real model (ignored by the tiny family).
     name_or_path: str | None = None
     #: torch dtype name of the weights: float32, bfloat16 or float16.
     dtype: str = "float32"
     #: passed to from_pretrained (e.g. "auto"); None keeps everything on one device.
     device_map: str | None = None
+    #: passed to from_pretrained (e.g. "sdpa", "flash_attention_2"); None: the library default.
     attn_implementation: str | None = None
+    #: recompute activations in the backward pass (less memory, about 30 % more time).
     gradient_checkpointing: bool = False
+    #: real families: keep the vision tower fixed in SFT and the guard (PPO: ppo.freeze_vision_tower).
     freeze_vision_tower: bool = False
+    #: LoRA adapters (section model.lora).
     lora: LoraConfig = field(default_factory=LoraConfig)
-    seed: int = 0
     # ---- the tiny LLaVA architecture (used only when family == "tiny") ----
     #: size of the BPE vocabulary trained on the world's corpus, special tokens included.
     tiny_vocab_size: int = 1024
+    #: width of the tiny decoder.
     tiny_hidden_size: int = 128
+    #: decoder layers of the tiny model.
     tiny_layers: int = 4
+    #: attention heads of the tiny decoder.
     tiny_heads: int = 4
+    #: MLP width of the tiny decoder.
     tiny_intermediate_size: int = 344
     #: longest sequence in tokens, image tokens included.
     tiny_max_positions: int = 256
+    #: width of the tiny vision tower.
     tiny_vision_hidden_size: int = 64
+    #: layers of the tiny vision tower.
     tiny_vision_layers: int = 2
+    #: attention heads of the tiny vision tower.
     tiny_vision_heads: int = 4
     #: side of the square image the vision tower sees, in pixels.
     tiny_image_size: int = 48
@@ -121,9 +137,11 @@ class DataConfig:
     the hub id ``"saferlhf-v/BeaverTails-V"``, or a local folder in the hub's layout.
     """
 
+    #: "mini" (the generated world), "saferlhf-v/BeaverTails-V" (hub) or a local folder in the hub layout.
     source: str = "mini"
     #: harm-category configs to use; None = all 20.
     configs: list[str] | None = None
+    #: which mini world: the seed its prompts, pictures and answers are generated from (the data set, not a training seed).
     seed: int = 0
     #: preference pairs generated per category for the train / evaluation splits.
     pairs_per_category_train: int = 40
@@ -156,18 +174,26 @@ class DataConfig:
 class TrainConfig:
     """Optimisation settings shared by every training stage."""
 
+    #: peak learning rate of AdamW (linear warm-up, then cosine decay).
     learning_rate: float = 1e-4
+    #: AdamW weight decay.
     weight_decay: float = 0.0
+    #: passes over the training set.
     epochs: int = 1
     #: stop after this many optimiser steps if set (overrides epochs).
     max_steps: int | None = None
+    #: examples per optimiser step and process (before gradient accumulation).
     batch_size: int = 8
+    #: micro-batches summed into one optimiser step.
     gradient_accumulation_steps: int = 1
+    #: share of the steps spent warming the learning rate up from 0.
     warmup_ratio: float = 0.03
+    #: clip the global gradient norm to this.
     max_grad_norm: float = 1.0
+    #: evaluate on the held-out split every this many steps (0: only at the end).
     eval_every: int = 50
+    #: checkpoint (atomically, resumable) every this many steps.
     save_every: int = 100
-    seed: int = 0
 
 
 @dataclass
@@ -180,7 +206,9 @@ class SFTConfig(TrainConfig):
     only (``caption_examples`` of them), as LLaVA's first training stage does.
     """
 
+    #: optimiser steps of a captioning-only alignment stage before SFT (LLaVA stage 1; 0 = none).
     caption_steps: int = 0
+    #: captioning examples drawn for vision pretraining and the alignment stage.
     caption_examples: int = 2000
     #: tiny family: optimiser steps of vision pretraining before SFT (the vision tower and projector
     #: learn to name the object in ``caption_examples`` pictures; a real VLM's encoder comes pretrained).
@@ -191,6 +219,7 @@ class SFTConfig(TrainConfig):
 class RewardConfig(TrainConfig):
     """RM-V: ``-log sigmoid(r_better - r_worse) + reg * mean(r^2)``."""
 
+    #: weight of the score regulariser mean(r^2), keeping scores near 0.
     reg: float = 1e-3
     #: mini world: add this share of the train pairs again as off-distribution negatives (an answer
     #: against a damaged copy of it, labelled by the oracle with annotator noise; world.perturbed_pairs).
@@ -205,8 +234,11 @@ class CostConfig(TrainConfig):
     rate, as the paper's code does.
     """
 
+    #: weight of the score regulariser mean(c^2).
     reg: float = 1e-3
+    #: weight of the sign term -log sigmoid(s * c) (s = +1 unsafe, -1 safe).
     sign_coeff: float = 1.0
+    #: scale the sign s by the graded harmless rate, as the paper code does.
     graded_sign: bool = False
     #: as ``RewardConfig.perturbed_pairs``.
     perturbed_pairs: float = 0.0
@@ -222,15 +254,21 @@ class GuardConfig(TrainConfig):
     ``threshold_moderate``, ``threshold_severe`` (0 = always block severe).
     """
 
+    #: block when p_unsafe reaches this if no severity is predicted (also the plain classifier threshold).
     threshold: float = 0.5
+    #: p_unsafe threshold for items of predicted severity minor (stricter than the default).
     threshold_minor: float = 0.7
+    #: p_unsafe threshold for items of predicted severity moderate.
     threshold_moderate: float = 0.5
+    #: p_unsafe threshold for items of predicted severity severe (0: always block).
     threshold_severe: float = 0.0
     #: filter-and-regenerate rounds after the first answers (the paper: 5).
     rounds: int = 5
     #: prepend a safety instruction to the question when regenerating a flagged answer.
     safety_instruction: bool = False
+    #: weight of the harm-category cross-entropy in the guard loss.
     category_weight: float = 1.0
+    #: weight of the severity cross-entropy in the guard loss.
     severity_weight: float = 1.0
     #: weight of the auxiliary grounding head (names the object in the picture; mini world only; 0 = off).
     object_weight: float = 0.0
@@ -268,29 +306,45 @@ class PPOConfig:
     ``warmup_ratio``, ``eval_every`` or ``gradient_accumulation_steps`` to set by mistake).
     """
 
+    #: actor learning rate (AdamW, constant).
     learning_rate: float = 1e-5
+    #: actor weight decay (critics use 0, as the reference does).
     weight_decay: float = 0.0
     #: minibatch size of the PPO update (episodes).
     batch_size: int = 8
+    #: clip each model's global gradient norm to this.
     max_grad_norm: float = 1.0
     #: checkpoint every this many iterations.
     save_every: int = 100
     #: the seed of the RL stage (``--seeds`` varies it; :func:`~saferlhfv.train.ppo.run_seed`).
     seed: int = 0
+    #: learning rate of the reward and cost critics.
     critic_learning_rate: float = 5e-6
+    #: rollout-then-update iterations.
     iterations: int = 100
+    #: answers sampled per iteration and process.
     rollout_batch_size: int = 16
+    #: passes of PPO updates over each rollout batch.
     ppo_epochs: int = 1
+    #: longest sampled answer in tokens.
     max_new_tokens: int = 48
+    #: sampling temperature of the rollouts.
     temperature: float = 1.0
+    #: nucleus sampling of the rollouts (1.0: off).
     top_p: float = 1.0
+    #: beta: per-token reward -beta * (log pi - log pi_ref).
     kl_coeff: float = 0.02
     #: also add +kl_coeff * KL to the per-token cost, as the public code does.
     kl_in_cost: bool = False
+    #: PPO clip epsilon on the probability ratio.
     clip_range_ratio: float = 0.2
+    #: clip of the critics' value change per update.
     clip_range_value: float = 5.0
+    #: clip RM-V / CM-V scores to +- this before shaping.
     clip_range_score: float = 50.0
+    #: discount of the per-token returns.
     gamma: float = 1.0
+    #: lambda of generalised advantage estimation.
     gae_lambda: float = 0.95
     #: the method, a name of the registry ``saferlhfv.train.ppo.ALGORITHMS``: "ppo_lag" (learned
     #: multiplier), "reward_only" (lambda = 0), "fixed_lambda" (lambda = lambda_init, reward shaping),
@@ -316,16 +370,24 @@ class PPOConfig:
     online_labels: bool = False
     #: learning rate of RM-V and CM-V on the online pairs.
     online_label_learning_rate: float = 1e-4
+    #: the Lagrange multiplier at the start (and lambda of fixed_lambda).
     lambda_init: float = 10.0
+    #: cap on lambda (None: no cap).
     lambda_max: float | None = 20.0
+    #: step size of the multiplier update on log lambda.
     lambda_lr: float = 0.1
+    #: iterations before the multiplier starts to move.
     lambda_update_delay_steps: int = 1
     #: how lambda learns: "log" (the paper's step on log lambda, lambda_lr) or "pid" (Stooke et al. 2020's
     #: PID controller on lambda, pid_kp / pid_ki / pid_kd; :class:`~saferlhfv.algorithms.lagrange.PIDLagrange`).
     multiplier: str = "log"
+    #: multiplier=pid: proportional gain.
     pid_kp: float = 1.0
+    #: multiplier=pid: integral gain.
     pid_ki: float = 0.1
+    #: multiplier=pid: derivative gain.
     pid_kd: float = 0.0
+    #: episodes in the sliding window whose mean cost Jc the multiplier compares with the budget.
     cost_window: int = 128
     #: the budget d on the expected episode cost.
     threshold: float = -0.5
@@ -343,14 +405,23 @@ class PPOConfig:
 class Config:
     """Everything one run needs; ``preset`` records where it came from."""
 
+    #: where the config came from (tiny, small, paper or a YAML path); informational.
     preset: str = "tiny"
+    #: the run's training seed: model initialisation, data order and sampling of every stage derive from it.
     seed: int = 0
+    #: the vision-language model (section model).
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: the preference data and the mini world (section data).
     data: DataConfig = field(default_factory=DataConfig)
+    #: precursor SFT (section sft).
     sft: SFTConfig = field(default_factory=SFTConfig)
+    #: RM-V training (section reward).
     reward: RewardConfig = field(default_factory=RewardConfig)
+    #: CM-V training (section cost).
     cost: CostConfig = field(default_factory=CostConfig)
+    #: Beaver-Guard-V training and guardrail (section guard).
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: PPO-Lagrangian and its variants (section ppo).
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -513,7 +584,17 @@ def load_config(preset: str | Path = "tiny", overrides: dict[str, Any] | list[st
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--preset`` and repeatable ``--set section.key=value`` to a command line."""
+    """Add ``--preset`` and repeatable ``--set section.key=value`` to a command line.
+
+    ``--help`` then also lists every config key with its default and one-line help
+    (:func:`config_reference`), after the parser's own epilog.
+    """
+    reference = (
+        "config keys for --set (section.key = the dataclass default, which a preset may change; help):\n"
+        + config_reference()
+    )
+    parser.epilog = f"{parser.epilog}\n\n{reference}" if parser.epilog else reference
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--preset", default="tiny", help="tiny | small | paper, or a YAML path (default: tiny)")
     parser.add_argument(
         "--set",
@@ -529,3 +610,74 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config named by ``--preset`` with ``--set`` overrides applied."""
     return load_config(args.preset, overrides=list(args.overrides))
+
+
+# --------------------------------------------------------------------------- help
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The one-line help of every field of dataclass ``cls``, read from the ``#:`` comments above them.
+
+    A ``#:`` comment (Sphinx's attribute-doc convention) documents the field on the next line, and
+    every field that follows it directly with the same first word and no comment of its own
+    (``x_train`` / ``x_eval`` pairs). Inherited fields take their help from the class that declares them.
+
+    Returns:
+        ``{field name: help}`` in field order; a field without a comment maps to ``""``.
+    """
+    import inspect
+
+    found: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        comment: list[str] = []
+        shared, family = "", ""
+        for line in inspect.getsource(klass).splitlines()[1:]:
+            text = line.strip()
+            if text.startswith("#:"):
+                comment.append(text[2:].strip())
+                continue
+            name = text.split(":", 1)[0] if ":" in text and not text.startswith(("#", '"', "def ", "@")) else ""
+            if name.isidentifier() and name in klass.__annotations__:
+                if comment:
+                    shared, family = " ".join(comment), name.split("_")[0]
+                elif name.split("_")[0] != family:  # not a sibling (x_train / x_eval) of the last field
+                    shared = ""
+                found[name] = shared
+            else:
+                shared = ""
+            comment = []
+    return {f.name: found.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def config_reference(sections: list[str] | tuple[str, ...] | None = None) -> str:
+    """Every config key with its default and help, as ``--help`` prints it (all sections when None).
+
+    One line per key, ``section.key = default  help``, grouped by section; nested sections
+    (``model.lora``) are listed under their parent.
+    """
+    lines: list[str] = []
+    default = Config()
+
+    def walk(obj: Any, prefix: str) -> None:
+        helps = field_help(type(obj))
+        nested = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                nested.append((value, key + "."))
+                continue
+            lines.append(f"  {key} = {json.dumps(value)}  {helps[f.name]}".rstrip())
+        for value, key in nested:
+            lines.append(f"[{key[:-1]}] {type(value).__doc__.splitlines()[0]}")
+            walk(value, key)
+
+    top = [f.name for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(getattr(default, f.name))]
+    helps = field_help(Config)
+    lines.append("[top level]")
+    lines += [f"  {name} = {json.dumps(getattr(default, name))}  {helps[name]}" for name in top]
+    for name in sections or [f.name for f in dataclasses.fields(Config) if f.name not in top]:
+        section = getattr(default, name)
+        lines.append(f"[{name}] {type(section).__doc__.splitlines()[0]}")
+        walk(section, f"{name}.")
+    return "\n".join(lines)

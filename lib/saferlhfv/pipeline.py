@@ -61,7 +61,7 @@ def stage_smoke(cfg: Config, out: Path, *, n_prompts: int = 4, max_new_tokens: i
     from saferlhfv.models.score import ScoreModel
 
     corpus = text_corpus(cfg.data) if cfg.model.family == "tiny" else None
-    model, processor = load_vlm(cfg.model, corpus)
+    model, processor = load_vlm(cfg.model, corpus, seed=cfg.seed)
     scorer = ScoreModel(model, seed=cfg.seed).eval()
     prompts = rl_prompts(cfg.data, "evaluation")
     prompts = prompts.select(range(min(n_prompts, len(prompts))))

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m saferlhfv.run",
         description="Train (or read from the cache) one stage of the stage table, and print its result as JSON.",
-        epilog="stages: " + "; ".join(f"{s.name}: {s.help}" for s in STAGES.values()),
+        epilog="stages:\n" + "\n".join(f"  {s.name}: {s.help}" for s in STAGES.values()),
     )
     parser.add_argument("stage", choices=names, metavar="STAGE", help=f"one of {', '.join(names)}")
     add_config_arguments(parser)

@@ -41,7 +41,7 @@ def _work(config: Path, rounds: int, batch_size: int, new_tokens: int, folder: P
     from saferlhfv.threads import busy, rebalance
 
     cfg = load_config(config)
-    model, processor = load_vlm(cfg.model, _corpus(cfg))
+    model, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
     sft = sft_dataset(cfg.data).select(range(batch_size))
     images, questions = list(sft["image"]), list(sft["question"])
     train = encode_prompts(processor, images, questions, list(sft["response"]), padding_side="right")

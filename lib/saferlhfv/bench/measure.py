@@ -65,7 +65,7 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
     from saferlhfv.models.generation import encode_prompts
 
     device = _device()
-    model, processor = load_vlm(cfg.model, _corpus(cfg))
+    model, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
     model.to(device).train()
     sft = sft_dataset(cfg.data).select(range(batch_size))
     images, questions, responses = list(sft["image"]), list(sft["question"]), list(sft["response"])
@@ -116,7 +116,7 @@ def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> 
     from saferlhfv.train.preference import pair_view
 
     device = _device()
-    backbone, processor = load_vlm(cfg.model, _corpus(cfg))
+    backbone, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
     model = ScoreModel(backbone, seed=cfg.seed).to(device).train()
     pairs = load_preference_data(cfg.data, "train")
     views = [pair_view(pairs[i], "reward") for i in range(min(batch_size, len(pairs)))]
@@ -155,7 +155,7 @@ def _untrained_upstream(cfg: Config, folder: Path, *, lora: bool = False) -> dic
     from saferlhfv.models.factory import apply_lora, load_vlm, save_vlm
     from saferlhfv.models.score import ScoreModel, save_score_model
 
-    model, processor = load_vlm(cfg.model, _corpus(cfg))
+    model, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
     # an untrained model samples any token, the image placeholder included, which the rollout's forward
     # pass would then read as a second picture: forbid it (trained policies have learned not to emit it)
     image_token = getattr(processor, "image_token", None)

@@ -6,7 +6,7 @@ Two routes, one interface (``(model, processor)``, both Hugging Face objects):
   Qwen2-VL) architecture with random weights, sized from the ``tiny_*`` fields,
   with a byte-level BPE tokenizer trained locally on a corpus the caller gives
   and a processor with a chat template. Offline, deterministic from
-  ``ModelConfig.seed``, about 1-2 M parameters: a CPU trains it in minutes.
+  the ``seed`` argument (a run's ``Config.seed``), about 1-2 M parameters: a CPU trains it in minutes.
 * **real** (``"llava"``, ``"llava_next"``, ``"qwen2_vl"``, ``"qwen2_5_vl"``):
   ``from_pretrained`` with dtype, device map, gradient checkpointing, a frozen
   vision tower and LoRA (peft) as the config asks. Without network access a
@@ -269,12 +269,12 @@ def _tiny_qwen2_vl(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tupl
 
 
 def build_tiny_vlm(
-    cfg: ModelConfig, corpus: Iterable[str], *, arch: str = "llava"
+    cfg: ModelConfig, corpus: Iterable[str], *, arch: str = "llava", seed: int = 0
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a random-weight tiny VLM and its processor from ``cfg``'s ``tiny_*`` fields.
 
     Args:
-        cfg: model config; ``seed`` fixes the weights, ``tiny_*`` the sizes.
+        cfg: model config; its ``tiny_*`` fields set the sizes.
         corpus: texts the tokenizer learns its merges from.
         arch: ``"llava"`` (CLIP vision tower + Llama decoder, what the tiny preset trains)
             or ``"qwen2_vl"`` (same classes as the real Qwen2-VL, used by tests).
@@ -288,7 +288,7 @@ def build_tiny_vlm(
             f"model.tiny_image_size ({cfg.tiny_image_size}) must be a multiple of "
             f"model.tiny_patch_size ({cfg.tiny_patch_size})"
         )
-    with _seeded(cfg.seed):
+    with _seeded(seed):
         model, processor = (_tiny_llava if arch == "llava" else _tiny_qwen2_vl)(cfg, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -379,12 +379,15 @@ def load_pretrained_vlm(cfg: ModelConfig) -> tuple[PreTrainedModel, ProcessorMix
     return _finish(model, cfg), processor
 
 
-def load_vlm(cfg: ModelConfig, corpus: Iterable[str] | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """The model a config names: a fresh tiny VLM (needs ``corpus``) or a pretrained one."""
+def load_vlm(
+    cfg: ModelConfig, corpus: Iterable[str] | None = None, *, seed: int = 0
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model a config names: a fresh tiny VLM (needs ``corpus``; ``seed`` fixes its weights, the
+    run's ``Config.seed``) or a pretrained one."""
     if cfg.family == "tiny":
         if corpus is None:
             raise ValueError("the tiny model trains its tokenizer on a corpus: pass corpus=...")
-        model, processor = build_tiny_vlm(cfg, corpus)
+        model, processor = build_tiny_vlm(cfg, corpus, seed=seed)
         return _finish(model, cfg), processor
     return load_pretrained_vlm(cfg)
 

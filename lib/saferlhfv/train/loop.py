@@ -131,6 +131,7 @@ class Trainer:
         eval_fn: ``model -> metrics`` run every ``cfg.eval_every`` steps and at the end.
         desc: label of the progress bar.
         accelerator: reuse one (default: a new ``Accelerator`` with ``cfg``'s accumulation).
+        seed: fixes the order of the examples in every epoch (a run's ``Config.seed``).
     """
 
     def __init__(
@@ -145,10 +146,12 @@ class Trainer:
         eval_fn: EvalFn | None = None,
         desc: str = "train",
         accelerator: Accelerator | None = None,
+        seed: int = 0,
     ):
         if len(dataset) == 0:
             raise ValueError("cannot train on an empty dataset")
         self.cfg = cfg
+        self.seed = seed
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.loss_fn = loss_fn
@@ -172,7 +175,7 @@ class Trainer:
     # ------------------------------------------------------------------ data
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
         loader = DataLoader(
             self.dataset,

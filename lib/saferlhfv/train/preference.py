@@ -256,7 +256,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
     if cfg.model.lora.enabled:  # a LoRA adapter on the frozen SFT model (+ the head): shared-base PPO loads it
         backbone = apply_lora(backbone, cfg.model.lora)
-    model = ScoreModel(backbone, seed=stage_cfg.seed)
+    model = ScoreModel(backbone, seed=cfg.seed)
     train_pairs, eval_pairs = load_preference_data(cfg.data, "train"), load_preference_data(cfg.data, "evaluation")
     perturbed_eval, n_perturbed = None, 0
     if stage_cfg.perturbed_pairs > 0:
@@ -266,9 +266,9 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
 
         if cfg.data.source != "mini":
             raise ValueError(f"{kind}.perturbed_pairs needs the mini world's oracle (data.source='mini')")
-        extra = perturbed_pairs(cfg.data, stage_cfg.perturbed_pairs, "train", seed=stage_cfg.seed)
+        extra = perturbed_pairs(cfg.data, stage_cfg.perturbed_pairs, "train", seed=cfg.seed)
         train_pairs, n_perturbed = concatenate_datasets([train_pairs, extra.cast(train_pairs.features)]), len(extra)
-        perturbed_eval = perturbed_pairs(cfg.data, 1.0, "evaluation", seed=stage_cfg.seed)
+        perturbed_eval = perturbed_pairs(cfg.data, 1.0, "evaluation", seed=cfg.seed)
 
     def eval_fn(m):
         res = score_pairs(m, processor, eval_pairs, kind)
@@ -286,6 +286,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         out_dir=out_dir,
         eval_fn=eval_fn,
         desc=kind,
+        seed=cfg.seed,
     )
     result = trainer.train(resume=resume)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()

@@ -104,7 +104,7 @@ def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: boo
     from saferlhfv.data.world import caption_dataset
 
     names = sorted(OBJECTS)
-    probe = ObjectProbe(model, len(names), seed=cfg.sft.seed)
+    probe = ObjectProbe(model, len(names), seed=cfg.seed)
     n = cfg.sft.caption_examples
     pictures = caption_dataset(cfg.data, n + 200)
     train, held_out = pictures.select(range(n)), pictures.select(range(n, n + 200))
@@ -127,7 +127,7 @@ def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: boo
 
     stage_cfg = dataclasses.replace(cfg.sft, max_steps=cfg.sft.vision_steps, eval_every=0)
     trainer = Trainer(model=probe, dataset=train, collate_fn=collate, loss_fn=loss_fn, cfg=stage_cfg,
-                      out_dir=out_dir, eval_fn=accuracy, desc="sft: vision")  # fmt: skip
+                      out_dir=out_dir, eval_fn=accuracy, desc="sft: vision", seed=cfg.seed)  # fmt: skip
     result = trainer.train(resume=resume)
     return {"vision_steps": result["steps"], **result["eval"]}
 
@@ -151,7 +151,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         # LoRA adapts pretrained weights; the tiny model starts from random ones, so its SFT (which is
         # also its pretraining) trains every weight. Later stages put their adapters on this precursor.
         model_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
-    model, processor = load_vlm(model_cfg, corpus)
+    model, processor = load_vlm(model_cfg, corpus, seed=cfg.seed)
     data = sft_dataset(cfg.data).train_test_split(test_size=0.05, seed=cfg.seed)
     collate = sft_collate(processor)
     held_out = collate([data["test"][i] for i in range(min(64, len(data["test"])))])
@@ -174,6 +174,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
             cfg=align_cfg,
             out_dir=out_dir / "align",
             desc="sft: align",
+            seed=cfg.seed,
         )
         aligner.train(resume=resume)
         model = aligner.accelerator.unwrap_model(aligner.model)
@@ -186,6 +187,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         out_dir=out_dir,
         eval_fn=eval_fn,
         desc="sft",
+        seed=cfg.seed,
     )
     result = trainer.train(resume=resume)
     policy = trainer.accelerator.unwrap_model(trainer.model)

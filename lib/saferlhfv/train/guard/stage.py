@@ -126,7 +126,7 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
     policy_model.to(PartialState().device)
     policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
     backbone, processor = _load_backbone(cfg, sft_dir)
-    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=g.seed)
+    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=cfg.seed)
     train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
     probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
@@ -147,6 +147,7 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         out_dir=out_dir,
         eval_fn=eval_fn,
         desc="guard",
+        seed=cfg.seed,
     )
     result = trainer.train(resume=resume)
     train_seconds = time.perf_counter() - start
