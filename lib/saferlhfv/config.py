@@ -141,7 +141,7 @@ class DataConfig:
     source: str = "mini"
     #: harm-category configs to use; None = all 20.
     configs: list[str] | None = None
-    #: which mini world: the seed its prompts, pictures and answers are generated from (the data set, not a training seed).
+    #: which mini world: the seed of its prompts, pictures and answers (the data set, not a training seed).
     seed: int = 0
     #: preference pairs generated per category for the train / evaluation splits.
     pairs_per_category_train: int = 40
