@@ -41,7 +41,8 @@ def test_key_follows_the_sections_a_stage_depends_on(tmp_path, monkeypatch):
     assert artifact_dir(base, "reward") != artifact_dir(load_config("tiny", {"sft.epochs": 9}), "reward")
     assert artifact_dir(base, "reward") == artifact_dir(load_config("tiny", {"cost.reg": 0.5}), "reward")
     assert config_sections("ppo") == ("seed", "model", "data", "sft", "reward", "cost", "ppo")
-    assert config_sections("guard") == ("seed", "model", "data", "sft", "guard")
+    assert config_sections("guard") == ("seed", "model", "data", "sft", "guard", "guardrail")
+    assert config_sections("guard_model") == ("seed", "model", "data", "sft", "guard")
 
 
 def _worker(art, counter):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from saferlhfv.config import load_config
+from saferlhfv.config import apply_overrides, load_config
 from saferlhfv.data.probes import FAMILIES, ROLEPLAY_TEMPLATES, probe_set, probe_summary
 from saferlhfv.guardrail import Guard
 from saferlhfv.models.factory import load_vlm, save_vlm
@@ -22,8 +22,8 @@ SMALL = {
     "model.tiny_intermediate_size": 128,
     "guard.max_steps": 3,
     "guard.batch_size": 4,
-    "guard.rounds": 2,
-    "guard.probes_per_family": 2,
+    "guardrail.rounds": 2,
+    "guardrail.probes_per_family": 2,
 }
 
 
@@ -93,30 +93,34 @@ def test_training_rows_hold_out_typographic_pictures(small_cfg):
 
 
 def test_train_guard_end_to_end(small_cfg, tmp_path):
-    from saferlhfv.train.guard import load_guard, train_guard
+    from saferlhfv.artifacts import RESULT
+    from saferlhfv.train.guard import evaluate_guard, load_guard, train_guard_model
 
     _fake_sft(small_cfg, tmp_path / "sft")
-    metrics = train_guard(small_cfg, tmp_path / "guard", tmp_path / "sft")
+    trained = train_guard_model(small_cfg, tmp_path / "guard_model", tmp_path / "sft")
+    assert trained["steps"] == 3 and trained["rows"] > 0 and (tmp_path / "guard_model/model").is_dir()
+    (tmp_path / "guard_model" / RESULT).write_text(json.dumps(trained))  # as the cache writes it
+    metrics = evaluate_guard(small_cfg, tmp_path / "guard", tmp_path / "sft", tmp_path / "guard_model")
     json.dumps(metrics)  # JSON-serialisable
     for key in ("output_unsafe_f1", "category_accuracy", "severity_accuracy", "seconds"):
         assert key in metrics
-    assert len(metrics["rounds"]) == len(metrics["rounds_harmful"]) == small_cfg.guard.rounds + 1
-    assert len(metrics["input_rounds"]) == small_cfg.guard.rounds + 1
+    assert len(metrics["rounds"]) == len(metrics["rounds_harmful"]) == small_cfg.guardrail.rounds + 1
+    assert len(metrics["input_rounds"]) == small_cfg.guardrail.rounds + 1
     assert all(0.0 <= s <= 1.0 for s in metrics["rounds"])
     assert metrics["rounds_generations"][0] == 2 * 3  # every evaluation prompt answered once in round 0
     assert set(metrics["probe_detection"]) == set(metrics["probe_false_positive"]) == set(FAMILIES)
     assert metrics["probe_detection"]["lookalike"] is None
     assert len(metrics["output"]["severity_confusion"]) == 4
-    assert metrics["train"]["steps"] == 3
+    assert metrics["train"] == trained
     folder = tmp_path / "guard"
-    for name in ("eval_scores.json", "rounds.json", "probes.json", "model/guard_config.json"):
+    for name in ("eval_scores.json", "rounds.json", "probes.json"):
         assert (folder / name).is_file(), name
     rounds = json.loads((folder / "rounds.json").read_text())
     assert len(rounds["results"]["output"]["responses"]) >= 1 and len(rounds["prompt_table"]) == 6
     assert set(rounds["per_round"]) >= {"output", "input_output", "oracle_guard", "output_fallback"}
-    assert len(metrics["oracle_guard_rounds"]) == small_cfg.guard.rounds + 1
-    guard = load_guard(folder, small_cfg)
-    assert isinstance(guard, Guard) and guard.thresholds.minor == small_cfg.guard.threshold_minor
+    assert len(metrics["oracle_guard_rounds"]) == small_cfg.guardrail.rounds + 1
+    guard = load_guard(tmp_path / "guard_model", small_cfg)
+    assert isinstance(guard, Guard) and guard.thresholds.minor == small_cfg.guardrail.threshold_minor
 
 
 def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):
@@ -124,23 +128,34 @@ def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):
     import saferlhfv.train.sft as sft_stage
     from saferlhfv.stages import ensure
 
-    calls = {"sft": 0, "guard": 0}
+    calls = {"sft": 0, "guard_model": 0, "guard": 0}
 
     def fake_sft(cfg, folder, **kw):
         calls["sft"] += 1
         return _fake_sft(cfg, folder)
 
-    def fake_guard(cfg, folder, sft_dir, **kw):
-        calls["guard"] += 1
+    def fake_guard_model(cfg, folder, sft_dir, **kw):
+        calls["guard_model"] += 1
         assert (sft_dir / "model" / "config.json").is_file()
-        return {"output_unsafe_f1": 1.0}
+        return {"steps": 1}
+
+    def fake_guard(cfg, folder, sft_dir, guard_model_dir):
+        calls["guard"] += 1
+        assert guard_model_dir.name.startswith("guard_model-") and (guard_model_dir / "result.json").is_file()
+        return {"output_unsafe_f1": cfg.guardrail.threshold}
 
     monkeypatch.setattr(sft_stage, "train_sft", fake_sft)
-    monkeypatch.setattr(guard_stage, "train_guard", fake_guard)
+    monkeypatch.setattr(guard_stage, "train_guard_model", fake_guard_model)
+    monkeypatch.setattr(guard_stage, "evaluate_guard", fake_guard)
     folder, metrics = ensure("guard", small_cfg)
     again, _ = ensure("guard", small_cfg)
-    assert folder == again and metrics == {"output_unsafe_f1": 1.0} and calls == {"sft": 1, "guard": 1}
+    assert folder == again and metrics == {"output_unsafe_f1": 0.5}
+    assert calls == {"sft": 1, "guard_model": 1, "guard": 1}
     assert folder.name.startswith("guard-")
+    # moving a threshold re-evaluates the guard; it does not retrain it
+    moved, metrics = ensure("guard", apply_overrides(small_cfg, {"guardrail.threshold": 0.8}))
+    assert moved != folder and metrics == {"output_unsafe_f1": 0.8}
+    assert calls == {"sft": 1, "guard_model": 1, "guard": 2}
 
 
 def test_extra_training_rows_keep_oracle_labels(small_cfg):

@@ -2,7 +2,7 @@
 
 A preset is a YAML file in ``lib/saferlhfv/presets/`` (or any YAML path) whose
 sections mirror :class:`Config`: ``model``, ``data``, ``sft``, ``reward``,
-``cost``, ``guard``, ``ppo``. Anything a preset does not set keeps the dataclass
+``cost``, ``guard``, ``guardrail``, ``ppo``. Anything a preset does not set keeps the dataclass
 default. Single fields are overridden with dotted keys, from a notebook cell::
 
     cfg = load_config("tiny", overrides={"ppo.lambda_init": 5.0})
@@ -43,6 +43,7 @@ __all__ = [
     "RewardConfig",
     "CostConfig",
     "GuardConfig",
+    "GuardrailConfig",
     "PPOConfig",
     "Config",
     "PRESETS",
@@ -246,26 +247,12 @@ class CostConfig(TrainConfig):
 
 @dataclass
 class GuardConfig(TrainConfig):
-    """Beaver-Guard-V: unsafe / category / severity heads and the filter-and-regenerate loop.
+    """Beaver-Guard-V training: unsafe / category / severity heads on the SFT backbone.
 
     Loss ``BCE(unsafe) + category_weight * CE(category) + severity_weight * CE(severity)``.
-    The guardrail blocks an item when ``p_unsafe`` reaches the threshold of its predicted
-    severity: ``threshold`` (none; also the plain classifier's), ``threshold_minor`` (stricter),
-    ``threshold_moderate``, ``threshold_severe`` (0 = always block severe).
+    How the trained guard decides and filters is :class:`GuardrailConfig` (section ``guardrail``).
     """
 
-    #: block when p_unsafe reaches this if no severity is predicted (also the plain classifier threshold).
-    threshold: float = 0.5
-    #: p_unsafe threshold for items of predicted severity minor (stricter than the default).
-    threshold_minor: float = 0.7
-    #: p_unsafe threshold for items of predicted severity moderate.
-    threshold_moderate: float = 0.5
-    #: p_unsafe threshold for items of predicted severity severe (0: always block).
-    threshold_severe: float = 0.0
-    #: filter-and-regenerate rounds after the first answers (the paper: 5).
-    rounds: int = 5
-    #: prepend a safety instruction to the question when regenerating a flagged answer.
-    safety_instruction: bool = False
     #: weight of the harm-category cross-entropy in the guard loss.
     category_weight: float = 1.0
     #: weight of the severity cross-entropy in the guard loss.
@@ -293,6 +280,30 @@ class GuardConfig(TrainConfig):
     #: share of output rows whose answer names a wrong object (labels re-judged), so the guard judges the
     #: picture rather than the object the answer names.
     misname_share: float = 0.3
+
+
+@dataclass
+class GuardrailConfig:
+    """The trained guard at work: decisions, filter-and-regenerate rounds, probes (nothing trains).
+
+    The guardrail blocks an item when ``p_unsafe`` reaches the threshold of its predicted
+    severity: ``threshold`` (none; also the plain classifier's), ``threshold_minor`` (stricter),
+    ``threshold_moderate``, ``threshold_severe`` (0 = always block severe). Not part of the guard
+    model's cache key: moving a threshold re-evaluates the guard, it does not retrain it.
+    """
+
+    #: block when p_unsafe reaches this if no severity is predicted (also the plain classifier threshold).
+    threshold: float = 0.5
+    #: p_unsafe threshold for items of predicted severity minor (stricter than the default).
+    threshold_minor: float = 0.7
+    #: p_unsafe threshold for items of predicted severity moderate.
+    threshold_moderate: float = 0.5
+    #: p_unsafe threshold for items of predicted severity severe (0: always block).
+    threshold_severe: float = 0.0
+    #: filter-and-regenerate rounds after the first answers (the paper: 5).
+    rounds: int = 5
+    #: prepend a safety instruction to the question when regenerating a flagged answer.
+    safety_instruction: bool = False
     #: adversarial probe items per family and label (harmful / benign look-alike), per mode.
     probes_per_family: int = 40
 
@@ -419,8 +430,10 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     #: CM-V training (section cost).
     cost: CostConfig = field(default_factory=CostConfig)
-    #: Beaver-Guard-V training and guardrail (section guard).
+    #: Beaver-Guard-V training (section guard).
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: the trained guard at work: thresholds, filter-and-regenerate rounds, probes (section guardrail).
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
     #: PPO-Lagrangian and its variants (section ppo).
     ppo: PPOConfig = field(default_factory=PPOConfig)
 

@@ -91,7 +91,7 @@ class Thresholds:
 
     @classmethod
     def from_config(cls, guard_cfg) -> Thresholds:
-        """From a :class:`~saferlhfv.config.GuardConfig` (``threshold``, ``threshold_minor`` ...)."""
+        """From a :class:`~saferlhfv.config.GuardrailConfig` (``threshold``, ``threshold_minor`` ...)."""
         return cls(
             none=guard_cfg.threshold,
             minor=guard_cfg.threshold_minor,

@@ -46,7 +46,7 @@ def load_live_models(cfg, *, use_guard: bool = True) -> LiveModels:
     sft_dir, reward_dir, cost_dir, ppo_dir = (ensure(name, cfg)[0] for name in ("sft", "reward", "cost", "ppo"))
     guard_dir, note = None, ""
     if use_guard:
-        guard_dir, _ = ensure("guard", cfg)
+        guard_dir, _ = ensure("guard_model", cfg)
     else:
         note = "guard switched off (use_guard=False)"
     with quiet_loading():

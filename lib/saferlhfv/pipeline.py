@@ -14,8 +14,9 @@ Stages, in order:
   end to end before anything is trained.
 * then every trained entry of the stage table (:mod:`saferlhfv.stages`), in its order:
   ``sft`` (the precursor and its oracle evaluation), ``reward`` / ``cost`` (RM-V and CM-V),
-  ``guard`` (Beaver-Guard-V: moderation quality, the rounds of filter-and-regenerate on the
-  precursor, adversarial probes), and the PPO methods of :data:`saferlhfv.stages.PPO_METHODS`
+  ``guard_model`` (Beaver-Guard-V trained), ``guard`` (the guard at work: moderation quality, the
+  rounds of filter-and-regenerate on the precursor, adversarial probes), and the PPO methods of
+  :data:`saferlhfv.stages.PPO_METHODS`
   (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``), each evaluated against the
   precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage.
 
@@ -159,6 +160,9 @@ def _print_table(summary: dict[str, Any]) -> None:
             note = f"eval accuracy {m['eval_accuracy']:.3f}, blank-image accuracy {m['image_ablation_accuracy']:.3f}"
             if name == "cost":
                 note += f", sign accuracy {m['eval_sign_accuracy']:.3f}"
+        elif name == "guard_model":
+            accuracy = m.get("eval_unsafe_accuracy", float("nan"))
+            note = f"{m['rows']} training rows, held-out unsafe accuracy {accuracy:.2f}"
         elif name == "guard":
             rounds = m.get("rounds") or []
             note = f"output unsafe F1 {m.get('output_unsafe_f1', float('nan')):.2f}"

@@ -1,15 +1,17 @@
 """The stage table: every trained stage of the reproduction, what it builds on, and its cache key.
 
-=========  ===================  ====================  ==========================================
-stage      upstream             own config sections   what it trains (module)
-=========  ===================  ====================  ==========================================
-``sft``    (none)               seed, model, data,    the precursor policy (:mod:`saferlhfv.train.sft`)
-                                sft
-``reward`` sft                  reward                RM-V (:mod:`saferlhfv.train.preference`)
-``cost``   sft                  cost                  CM-V (:mod:`saferlhfv.train.preference`)
-``guard``  sft                  guard                 Beaver-Guard-V (:mod:`saferlhfv.train.guard`)
-``ppo``    sft, reward, cost    ppo                   the RL stage (:mod:`saferlhfv.train.ppo_lag`)
-=========  ===================  ====================  ==========================================
+===============  ==================  ==================  ==========================================
+stage            upstream            own sections        what it trains (module)
+===============  ==================  ==================  ==========================================
+``sft``          (none)              seed, model, data,  the precursor policy (:mod:`saferlhfv.train.sft`)
+                                     sft
+``reward``       sft                 reward              RM-V (:mod:`saferlhfv.train.preference`)
+``cost``         sft                 cost                CM-V (:mod:`saferlhfv.train.preference`)
+``guard_model``  sft                 guard               Beaver-Guard-V (:mod:`saferlhfv.train.guard`)
+``guard``        sft, guard_model    guardrail           nothing: the guard at work (moderation,
+                                                         filtering rounds, probes)
+``ppo``          sft, reward, cost   ppo                 the RL stage (:mod:`saferlhfv.train.ppo_lag`)
+===============  ==================  ==================  ==========================================
 
 A stage's artifact key hashes its own sections and those of every stage upstream of it, so a
 change to ``ppo`` retrains only PPO, while a change to ``sft`` retrains everything. The ``ppo``
@@ -90,10 +92,16 @@ def _build_preference(kind: str) -> Build:
     return build
 
 
-def _build_guard(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
-    from saferlhfv.train.guard import train_guard
+def _build_guard_model(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.guard import train_guard_model
 
-    return train_guard(cfg, folder, upstream["sft"], resume=resume)
+    return train_guard_model(cfg, folder, upstream["sft"], resume=resume)
+
+
+def _build_guard(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.guard import evaluate_guard
+
+    return evaluate_guard(cfg, folder, upstream["sft"], upstream["guard_model"])
 
 
 def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
@@ -123,8 +131,10 @@ STAGES: dict[str, Stage] = {
               hidden=("per_category_accuracy",)),
         Stage("cost", "CM-V, the cost model", _build_preference("cost"), ("sft",), ("cost",),
               hidden=("per_category_accuracy",)),
-        Stage("guard", "Beaver-Guard-V: moderation, filter-and-regenerate rounds, probes", _build_guard,
-              ("sft",), ("guard",), hidden=("output", "input")),
+        Stage("guard_model", "Beaver-Guard-V, the moderation model, trained", _build_guard_model,
+              ("sft",), ("guard",)),
+        Stage("guard", "Beaver-Guard-V at work: moderation, filter-and-regenerate rounds, probes", _build_guard,
+              ("sft", "guard_model"), ("guardrail",), hidden=("output", "input")),
         Stage("ppo", "the RL stage (ppo.algorithm), evaluated against the precursor", _build_ppo,
               ("sft", "reward", "cost"), ("ppo",), variants=PPO_METHODS,
               hidden=("per_category_safety", "behaviour", "prompt_costs"), processes=True),

@@ -238,11 +238,13 @@ def _samples(cfg: Config, stage: str, result: dict[str, Any], folder: Path | Non
     if stage == "ppo":
         its = result.get("iterations")
         return (None if its is None else its * cfg.ppo.rollout_batch_size * cfg.ppo.ppo_epochs), "episodes"
-    section = {"sft": cfg.sft, "reward": cfg.reward, "cost": cfg.cost, "guard": cfg.guard}[stage]
+    if stage == "guard":  # the trained guard at work: nothing trains
+        return None, ""
+    section = {"sft": cfg.sft, "reward": cfg.reward, "cost": cfg.cost, "guard_model": cfg.guard}[stage]
     steps = result.get("steps")
     if steps is None and folder is not None:
         steps = _last_step(folder)
-    unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard": "rows"}[stage]
+    unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard_model": "rows"}[stage]
     return (None if steps is None else steps * section.batch_size * section.gradient_accumulation_steps), unit
 
 

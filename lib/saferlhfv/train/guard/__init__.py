@@ -2,7 +2,8 @@
 
 * :mod:`~saferlhfv.train.guard.data`: the training set (world labels, the precursor's judged
   answers, misnamed-object rewrites, typographic pictures) and its collation;
-* :mod:`~saferlhfv.train.guard.stage`: the build (:func:`train_guard`) and loading its results;
+* :mod:`~saferlhfv.train.guard.stage`: the builds of the two stages (:func:`train_guard_model`,
+  :func:`evaluate_guard`) and loading their results;
 * :mod:`~saferlhfv.train.guard.evaluation`: moderation metrics, the filter-and-regenerate rounds
   judged by the oracle, the oracle guard, text tables.
 
@@ -26,7 +27,7 @@ from saferlhfv.train.guard.evaluation import (
     round_curves,
     score_table,
 )
-from saferlhfv.train.guard.stage import load_guard, load_guard_results, train_guard
+from saferlhfv.train.guard.stage import evaluate_guard, load_guard, load_guard_results, train_guard_model
 
 __all__ = [
     "PAPER_SAFETY_GAIN",
@@ -41,7 +42,8 @@ __all__ = [
     "OracleGuard",
     "judge_rounds",
     "round_curves",
-    "train_guard",
+    "train_guard_model",
+    "evaluate_guard",
     "load_guard",
     "load_guard_results",
     "describe",

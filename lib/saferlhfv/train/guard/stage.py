@@ -1,4 +1,8 @@
-"""The guard stage's build: Beaver-Guard-V, the moderation model, and what filtering with it buys.
+"""The guard stages' builds: Beaver-Guard-V, the moderation model, and what filtering with it buys.
+
+Two stages, so that moving a decision threshold re-evaluates the guard without retraining it:
+``guard_model`` (:func:`train_guard_model`, config section ``guard``) trains the model;
+``guard`` (:func:`evaluate_guard`, section ``guardrail``) puts it to work.
 
 The guard is the SFT backbone (it already reads the pictures and the world's language)
 plus three heads on the last real token (:class:`~saferlhfv.models.guard.GuardModel`),
@@ -6,7 +10,7 @@ trained with ``BCE(unsafe) + CE(category) + CE(severity)`` on the mini world's g
 labels (:func:`saferlhfv.data.world.guard_dataset`): input rows (image + question) and
 output rows (image + question + response) in one model.
 
-After training the stage measures, on data the guard never trained on:
+The ``guard`` stage measures, on data the guard never trained on:
 
 1. **moderation** on the evaluation split: output-moderation unsafe F1 (precision,
    recall), category accuracy (unsafe rows), severity accuracy with its confusion
@@ -19,7 +23,8 @@ After training the stage measures, on data the guard never trained on:
 3. **adversarial probes** (:mod:`saferlhfv.data.probes`): detection and false-positive
    rates per family (typographic, role-play, benign look-alikes).
 
-``python -m saferlhfv.run guard --preset tiny`` (trains the SFT precursor first if it is not cached).
+``python -m saferlhfv.run guard --preset tiny`` (trains the SFT precursor and the guard model first if
+they are not cached).
 """
 
 from __future__ import annotations
@@ -96,35 +101,29 @@ def _load_backbone(cfg: Config, sft_dir: Path):
     return backbone, processor
 
 
-def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
-    """Train the guard from the SFT backbone in ``sft_dir`` into ``out_dir/model`` and evaluate it.
-
-    Writes ``eval_scores.json`` (the guard's reading of every evaluation row), ``rounds.json``
-    (every round's answers, decisions and the oracle's verdicts) and ``probes.json``.
-
-    Returns:
-        ``output_unsafe_f1``, ``category_accuracy``, ``severity_accuracy`` (output moderation,
-        evaluation split), ``rounds`` (oracle safety rate after rounds 0..R, output moderation),
-        ``probe_detection`` / ``probe_false_positive`` ({family: rate}, input moderation),
-        ``seconds``, plus the details: ``output`` / ``input`` moderation metrics, harmful-only and
-        helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
-        ``probe_output_*``, ``guard_on_generations``, ``train``.
-    """
+def _precursor(cfg: Config, sft_dir: Path):
+    """The SFT precursor as a guardrail policy (it answers the prompts the guard moderates)."""
     from accelerate import PartialState
 
-    from saferlhfv.data.probes import probe_set, probe_summary
-    from saferlhfv.data.world import rl_prompts
-    from saferlhfv.evaluate import judge_samples
     from saferlhfv.models.factory import load_saved_vlm
 
+    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    policy_model.to(PartialState().device)
+    return vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
+
+
+def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
+    """Train the guard from the SFT backbone in ``sft_dir`` into ``out_dir/model`` (the ``guard_model`` stage).
+
+    Returns:
+        ``steps``, ``rows`` (training rows), ``train_loss``, ``eval_unsafe_accuracy`` (128 held-out
+        evaluation rows at p_unsafe 0.5), ``seconds``.
+    """
     start = time.perf_counter()
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     g = cfg.guard
-    thresholds = Thresholds.from_config(g)
-    # the precursor: it answers the RL train prompts (training rows) and is filtered in the rounds below
-    policy_model, policy_processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
-    policy_model.to(PartialState().device)
-    policy = vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
+    # the precursor answers the RL train prompts: judged training rows of the policy the guard will moderate
+    policy = _precursor(cfg, sft_dir)
     backbone, processor = _load_backbone(cfg, sft_dir)
     model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=cfg.seed)
     train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
@@ -150,14 +149,48 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         seed=cfg.seed,
     )
     result = trainer.train(resume=resume)
-    train_seconds = time.perf_counter() - start
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     if trainer.accelerator.is_main_process:
         save_guard_model(model, processor, out_dir / "model")
-    guard = Guard(model, processor, thresholds)
+    return {
+        "steps": result["steps"],
+        "rows": len(train_ds),
+        "train_loss": round_or_none(result["train_loss"]),
+        **result["eval"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def evaluate_guard(
+    cfg: Config, out_dir: str | Path, sft_dir: str | Path, guard_model_dir: str | Path
+) -> dict[str, Any]:
+    """Put the trained guard of ``guard_model_dir`` to work under ``cfg.guardrail`` (the ``guard`` stage).
+
+    Writes ``eval_scores.json`` (the guard's reading of every evaluation row), ``rounds.json``
+    (every round's answers, decisions and the oracle's verdicts) and ``probes.json`` into ``out_dir``.
+
+    Returns:
+        ``output_unsafe_f1``, ``category_accuracy``, ``severity_accuracy`` (output moderation,
+        evaluation split), ``rounds`` (oracle safety rate after rounds 0..R, output moderation),
+        ``probe_detection`` / ``probe_false_positive`` ({family: rate}, input moderation),
+        ``seconds``, plus the details: ``output`` / ``input`` moderation metrics, harmful-only and
+        helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
+        ``probe_output_*``, ``guard_on_generations``, ``train`` (the ``guard_model`` stage's result).
+    """
+    from saferlhfv.artifacts import RESULT
+    from saferlhfv.data.probes import probe_set, probe_summary
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.evaluate import judge_samples
+
+    start = time.perf_counter()
+    out_dir, sft_dir, guard_model_dir = Path(out_dir), Path(sft_dir), Path(guard_model_dir)
+    g = cfg.guardrail
+    out_dir.mkdir(parents=True, exist_ok=True)
+    guard = load_guard(guard_model_dir, cfg, dtype=cfg.model.dtype)
+    policy = _precursor(cfg, sft_dir)
 
     # 1. moderation on the evaluation split
-    table = score_table(guard, eval_ds)
+    table = score_table(guard, guard_rows(cfg, "evaluation"))
     write_json_atomic(out_dir / EVAL_SCORES, table)
     output_m = moderation_metrics(table, "output", g.threshold)
     input_m = moderation_metrics(table, "input", g.threshold)
@@ -231,21 +264,16 @@ def train_guard(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume
         "rounds_degenerate_share": [r["degenerate_share"] for r in per_round["output"]],
         "instruction_rounds_degenerate_share": [r["degenerate_share"] for r in per_round.get("safety_instruction", [])],
         "guard_on_generations": guard_on_generations(runs["output"], contexts),
-        "thresholds": thresholds.as_dict(),
-        "train": {
-            "steps": result["steps"],
-            "rows": len(train_ds),
-            "train_loss": round_or_none(result["train_loss"]),
-            "seconds": round(train_seconds, 2),
-            **result["eval"],
-        },
+        "thresholds": guard.thresholds.as_dict(),
+        "train": json.loads((guard_model_dir / RESULT).read_text()) if (guard_model_dir / RESULT).is_file() else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
 def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "float32") -> Guard:
-    """The :class:`~saferlhfv.guardrail.Guard` of a guard artifact folder (thresholds from ``cfg.guard``)."""
-    thresholds = Thresholds.from_config(cfg.guard) if cfg is not None else None
+    """The :class:`~saferlhfv.guardrail.Guard` of a ``guard_model`` artifact folder (thresholds from
+    ``cfg.guardrail``)."""
+    thresholds = Thresholds.from_config(cfg.guardrail) if cfg is not None else None
     return Guard.load(folder, thresholds, dtype=dtype)
 
 
