@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
 import types
 import typing
@@ -638,8 +639,6 @@ def field_help(cls: type) -> dict[str, str]:
     Returns:
         ``{field name: help}`` in field order; a field without a comment maps to ``""``.
     """
-    import inspect
-
     found: dict[str, str] = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         comment: list[str] = []
@@ -662,8 +661,8 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: found.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
-def config_reference(sections: list[str] | tuple[str, ...] | None = None) -> str:
-    """Every config key with its default and help, as ``--help`` prints it (all sections when None).
+def config_reference() -> str:
+    """Every config key with its dataclass default and its help, as ``--help`` prints it.
 
     One line per key, ``section.key = default  help``, grouped by section; nested sections
     (``model.lora``) are listed under their parent.
@@ -689,7 +688,7 @@ def config_reference(sections: list[str] | tuple[str, ...] | None = None) -> str
     helps = field_help(Config)
     lines.append("[top level]")
     lines += [f"  {name} = {json.dumps(getattr(default, name))}  {helps[name]}" for name in top]
-    for name in sections or [f.name for f in dataclasses.fields(Config) if f.name not in top]:
+    for name in [f.name for f in dataclasses.fields(Config) if f.name not in top]:
         section = getattr(default, name)
         lines.append(f"[{name}] {type(section).__doc__.splitlines()[0]}")
         walk(section, f"{name}.")

@@ -114,11 +114,15 @@ def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: boo
 
 #: the PPO methods the pipeline trains, each the ``ppo`` stage under these overrides (``--seeds``
 #: repeats them). Safe GRPO scores every answer against the others to its prompt: 4 per prompt.
+#: RePO's target is zero violations, so its multiplier only rises, and safe GRPO's per-prompt
+#: advantages need a larger price than PPO-Lagrangian's: both get ``lambda_max`` 5, not the tiny
+#: preset's 2 (chosen for PPO-Lagrangian; at 2 both sat at the cap and left 0.39-0.43 of harmful
+#: prompts unsafe against PPO-Lagrangian's 0.17, 3 seeds).
 PPO_METHODS: dict[str, dict[str, Any]] = {
     "ppo_lag": {"ppo.algorithm": "ppo_lag"},
     "ppo_reward_only": {"ppo.algorithm": "reward_only"},
-    "ppo_repo": {"ppo.algorithm": "repo"},
-    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4},
+    "ppo_repo": {"ppo.algorithm": "repo", "ppo.lambda_max": 5.0},
+    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4, "ppo.lambda_max": 5.0},
 }
 
 #: stage name -> :class:`Stage`, in training order (every stage after its upstream ones).

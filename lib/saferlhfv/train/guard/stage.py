@@ -177,6 +177,8 @@ def evaluate_guard(
         helpfulness curves, ``input_rounds*`` (input + output moderation), ``safety_gain``,
         ``probe_output_*``, ``guard_on_generations``, ``train`` (the ``guard_model`` stage's result).
     """
+    from accelerate import PartialState
+
     from saferlhfv.artifacts import RESULT
     from saferlhfv.data.probes import probe_set, probe_summary
     from saferlhfv.data.world import rl_prompts
@@ -187,6 +189,7 @@ def evaluate_guard(
     g = cfg.guardrail
     out_dir.mkdir(parents=True, exist_ok=True)
     guard = load_guard(guard_model_dir, cfg, dtype=cfg.model.dtype)
+    guard.model.to(PartialState().device)  # where the trained guard was before the split: GPU if there is one
     policy = _precursor(cfg, sft_dir)
 
     # 1. moderation on the evaluation split
