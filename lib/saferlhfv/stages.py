@@ -116,8 +116,8 @@ def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: boo
 #: repeats them). Safe GRPO scores every answer against the others to its prompt: 4 per prompt.
 #: RePO's target is zero violations, so its multiplier only rises, and safe GRPO's per-prompt
 #: advantages need a larger price than PPO-Lagrangian's: both get ``lambda_max`` 5, not the tiny
-#: preset's 2 (chosen for PPO-Lagrangian; at 2 both sat at the cap and left 0.39-0.43 of harmful
-#: prompts unsafe against PPO-Lagrangian's 0.17, 3 seeds).
+#: preset's 2 (chosen for PPO-Lagrangian). Tiny, 3 seeds: at 2 both sat at the cap and left 0.43 /
+#: 0.39 of harmful prompts unsafe (PPO-Lagrangian 0.17); at 5, 0.04 / 0.07, at lower helpfulness.
 PPO_METHODS: dict[str, dict[str, Any]] = {
     "ppo_lag": {"ppo.algorithm": "ppo_lag"},
     "ppo_reward_only": {"ppo.algorithm": "reward_only"},
