@@ -53,7 +53,8 @@ def test_reference_kl_by_hand():
 
 
 def test_repo_hooks_penalise_violations_only():
-    trainer = _bare(RePO, ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.lambda_update_delay_steps=0"])
+    settings = ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.lambda_update_delay_steps=0", "ppo.lambda_max=5"]
+    trainer = _bare(RePO, settings)
     ro = _rollout()  # C = (3, -1): the first answer violates C <= 0 by 3, the second is within budget
     torch.testing.assert_close(trainer.shape_costs(ro), torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     stats = trainer.multiplier_step(ro)

@@ -37,7 +37,7 @@ def test_rollout_masks_scores_and_values_use_real_tokens_only():
     cfg = Config()
     cfg.ppo.max_new_tokens = 10
     actor, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
-    scorer, _ = build_tiny_vlm(tiny_model_config(seed=3), CORPUS)
+    scorer, _ = build_tiny_vlm(tiny_model_config(), CORPUS, seed=3)
     rm = ScoreModel(scorer, seed=1).eval()
     rows = {
         "image": [picture(), picture((0, 0, 200)), picture((0, 200, 0))],
