@@ -69,6 +69,19 @@ def test_repo_hooks_penalise_violations_only():
     torch.testing.assert_close(budget.violations(ro), torch.tensor([5.0, 1.0]))
 
 
+def test_repo_tolerance_lets_lambda_fall():
+    settings = ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.lambda_update_delay_steps=0", "ppo.lambda_max=5"]
+    trainer = _bare(RePO, settings + ["ppo.repo_tolerance=1"])
+    ro = _rollout()  # violations (3, 0): mean 1.5, over the tolerance 1 by 0.5
+    trainer.multiplier_step(ro)
+    assert trainer.lagrange.lambda_ == pytest.approx(torch.e**0.25)  # log 1 + 0.5 * 1 * (1.5 - 1)
+    safe = _rollout()
+    safe.end_cost = torch.tensor([-2.0, -1.0])
+    trainer.multiplier_step(safe)  # window mean (3 + 0 + 0 + 0) / 4 = 0.75 < 1: lambda falls
+    lam = torch.e**0.25
+    assert trainer.lagrange.lambda_ == pytest.approx(lam * torch.e ** (0.5 * lam * (0.75 - 1)))
+
+
 def test_grpo_hooks_by_hand():
     trainer = _bare(GRPOLag, GRPO + ["ppo.kl_coeff=0.1", "ppo.lambda_init=1"])
     ro = _rollout()  # one group of 2: R = (1, 2), C = (3, -1)

@@ -405,6 +405,9 @@ class PPOConfig:
     threshold: float = -0.5
     #: RePO's per-answer budget d_r: every answer should have CM-V cost C(x, y) <= d_r (0: CM-V says safe).
     repo_threshold: float = 0.0
+    #: RePO's tolerance epsilon on the mean violation E[{C - d_r}^+]: lambda rises above it and falls
+    #: below it (0: no tolerance, lambda never falls).
+    repo_tolerance: float = 0.0
     #: one frozen SFT model carrying LoRA adapters for actor, critics, RM-V and CM-V (the reference =
     #: adapters off) instead of six models; needs model.lora.enabled (RM-V / CM-V trained as adapters).
     shared_base: bool = False

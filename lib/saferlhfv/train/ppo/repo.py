@@ -35,11 +35,14 @@ as in PPO-Lagrangian.
 **Multiplier step.** ``d L / d lambda = -g(theta)``; descent on ``lambda`` in log space as in
 :class:`~saferlhfv.algorithms.lagrange.Lagrange`::
 
-    log lambda <- log lambda + lambda_lr * lambda * (J_V - 0),   J_V = window mean of {C - d_r}^+
+    log lambda <- log lambda + lambda_lr * lambda * (J_V - epsilon),   J_V = window mean of {C - d_r}^+
 
-``J_V >= 0``, so lambda never falls: it rises while violations remain and stays where it is
-once none are seen, up to ``lambda_max``. (Under an expected-cost budget lambda also falls; here
-the target of zero violations cannot be over-satisfied.)
+With ``epsilon = 0`` (``ppo.repo_tolerance``, the exact problem) ``J_V >= 0``, so lambda never
+falls: it rises while violations remain and stays where it is once none are seen, up to
+``lambda_max``; the target of zero violations cannot be over-satisfied, so lambda ends as a fixed
+penalty at its cap. A tolerance ``epsilon > 0`` relaxes the constraint to
+``E[{C - d_r}^+] <= epsilon`` (violations rare and small, not absent): lambda then also falls
+once the policy is inside it, as under an expected-cost budget, and frees the reward's gradient.
 
 ==========================  =================================================================
 hook                        RePO
@@ -78,13 +81,13 @@ class RectifiedConstraint:
         return rectified_costs(ro.end_cost, self.cfg.ppo.repo_threshold)
 
     def make_multiplier(self) -> Lagrange:
-        """``ppo.lambda_*`` as PPO-Lagrangian, but the target is zero mean violation."""
+        """``ppo.lambda_*`` as PPO-Lagrangian, but the target is a mean violation of ``ppo.repo_tolerance``."""
         ppo = self.cfg.ppo
         return Lagrange(
             ppo.lambda_init,
             ppo.lambda_lr,
             ppo.lambda_max,
-            threshold=0.0,
+            threshold=ppo.repo_tolerance,
             update_delay_steps=ppo.lambda_update_delay_steps,
             cost_window=ppo.cost_window,
         )
