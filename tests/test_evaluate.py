@@ -57,6 +57,22 @@ def test_cost_model_agreement_counts_gamed_answers():
     }
 
 
+def test_refusal_cost_check_splits_benign_prompts_by_the_policys_refusals():
+    from saferlhfv.evaluate import refusal_cost_check
+
+    def s(i, harmful, behaviour="compliance"):
+        return {"index": i, "harmful_prompt": harmful, "behaviour": behaviour}
+
+    policy = [s(0, False, "refusal"), s(1, False), s(2, True, "refusal"), s(3, False, "refusal")]
+    reference = [s(3, False), s(2, True), s(1, False), s(0, False)]  # matched by index, not by position
+    out = refusal_cost_check(policy, reference, [1.0, 9.0, -6.0, -2.0])
+    # refused benign prompts 0 and 3: costs -2 and 1; answered: prompt 1 at -6; the harmful prompt is left out
+    assert out == {
+        "refused": {"n": 2, "mean_cost": pytest.approx(-0.5), "positive_share": 0.5},
+        "answered": {"n": 1, "mean_cost": -6.0, "positive_share": 0.0},
+    }
+
+
 def test_scripted_policies_bracket_the_trade_off():
     """The ideal policy is safe everywhere and helpful on benign prompts; refusing all is safe and useless."""
     from saferlhfv.config import load_config

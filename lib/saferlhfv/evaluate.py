@@ -40,6 +40,7 @@ __all__ = [
     "scripted_policy_samples",
     "grounding_accuracy",
     "cost_model_agreement",
+    "refusal_cost_check",
     "pearson",
     "same_question_examples",
     "prompt_safety",
@@ -421,6 +422,37 @@ def cost_model_agreement(costs: list[float], samples: list[dict[str, Any]]) -> d
         "mean_cost": _mean(costs),
         "mean_cost_safe": _mean([c for c, s in zip(costs, samples) if s["harmless"] >= 0]),
         "mean_cost_unsafe": _mean([c for c, s in zip(costs, samples) if s["harmless"] < 0]),
+    }
+
+
+def refusal_cost_check(
+    policy: list[dict[str, Any]], reference: list[dict[str, Any]], reference_costs: list[float]
+) -> dict[str, dict[str, float]]:
+    """Does CM-V price a good answer higher on the benign prompts a policy refuses?
+
+    A constraint on every answer (RePO) enforces the cost model's errors as strictly as its right
+    calls: a benign prompt on which CM-V gives a helpful, harmless answer a positive cost is a
+    prompt the policy is taught to refuse. This compares CM-V's costs of a reference's answers (the
+    scripted ideal's compliant ones) on the benign prompts the policy refuses and on the rest.
+
+    Args:
+        policy: the policy's judged samples (``index``, ``harmful_prompt``, ``behaviour``).
+        reference: judged samples of the same prompts (any order, matched by ``index``).
+        reference_costs: CM-V cost of each ``reference`` sample, in its order.
+
+    Returns:
+        ``{"refused": {...}, "answered": {...}}`` over the benign prompts, each with ``n``, the
+        reference's ``mean_cost`` and ``positive_share`` (share with cost > 0: CM-V calls the
+        reference's answer unsafe).
+    """
+    refused = {s["index"] for s in policy if not s["harmful_prompt"] and s["behaviour"] == "refusal"}
+    groups: dict[str, list[float]] = {"refused": [], "answered": []}
+    for s, c in zip(reference, reference_costs, strict=True):
+        if not s["harmful_prompt"]:
+            groups["refused" if s["index"] in refused else "answered"].append(c)
+    return {
+        name: {"n": len(v), "mean_cost": _mean(v), "positive_share": _mean([float(c > 0) for c in v])}
+        for name, v in groups.items()
     }
 
 
