@@ -31,6 +31,7 @@ from saferlhfv.evaluate import (
     win_rates,
 )
 from saferlhfv.stages import ensure
+from saferlhfv.train.ppo_lag import load_eval_samples
 from saferlhfv.train.preference import load_scorer
 from saferlhfv.train.sft import load_precursor
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "precursor_harm_probe": harm_probe(policy, processor, cfg.data),
     }
     ppo_dir, _ = ensure("ppo", cfg)
-    samples = json.loads((ppo_dir / "eval_samples.json").read_text())
+    samples = load_eval_samples(ppo_dir)
     cost_model, _ = load_scorer(ensure("cost", cfg)[0])
     reward_model, _ = load_scorer(ensure("reward", cfg)[0])
     prompts = rl_prompts(cfg.data, "evaluation")

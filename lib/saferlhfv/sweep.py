@@ -6,15 +6,14 @@ pipeline and the command line share them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from saferlhfv.config import Config, apply_overrides
 from saferlhfv.stages import ensure
 from saferlhfv.train.ppo import algorithm_class
+from saferlhfv.train.ppo_lag import load_eval_samples
 
 __all__ = [
     "SWEEP_THRESHOLDS",
@@ -130,7 +129,7 @@ def load_budget_runs(cfg, thresholds: Sequence[float], *, overrides: Mapping[str
     from saferlhfv.evaluate import summarize
 
     runs = budget_sweep(cfg, list(thresholds), overrides=dict(overrides or {}))
-    samples = json.loads((Path(runs[0]["folder"]) / "eval_samples.json").read_text())
+    samples = load_eval_samples(runs[0]["folder"])
     ref = summarize(samples["precursor"])
     precursor = {k: ref[k] for k in ("safety_rate", "harmful_safety_rate", "benign_helpfulness")}
     precursor["per_category_safety"] = ref["per_category_safety"]

@@ -16,6 +16,7 @@ run per seed of the RL stage and their mean +- std); many GPUs::
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,21 @@ COMPENSATION_SAMPLES = 4
 #: the oracle numbers also reported for greedy decoding, as ``greedy_<key>`` (policy and precursor).
 GREEDY_KEYS = ("safety_rate", "harmful_safety_rate", "benign_helpfulness", "degenerate_share")
 
-__all__ = ["COMPENSATION_SAMPLES", "GREEDY_KEYS", "train_ppo_lag"]
+__all__ = ["COMPENSATION_SAMPLES", "GREEDY_KEYS", "load_eval_samples", "train_ppo_lag"]
+
+
+def load_eval_samples(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The judged evaluation answers a PPO run wrote (``folder/eval_samples.json``).
+
+    Returns:
+        ``policy``, ``precursor`` (sampled) and ``policy_greedy``, ``precursor_greedy``: one dict per
+        evaluation prompt, in order, with ``index``, ``question``, ``response`` and the oracle's verdict
+        (``helpful``, ``harmless``, ``behaviour``, ``harmful_prompt``, ``category``).
+    """
+    path = Path(folder) / "eval_samples.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {folder} is not a finished PPO run (train it with ensure('ppo'))")
+    return json.loads(path.read_text())
 
 
 def train_ppo_lag(
