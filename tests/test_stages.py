@@ -36,7 +36,7 @@ def test_every_upstream_comes_before_its_stage_and_sections_close_over_them():
     for s in STAGES.values():
         assert all(names.index(up) < names.index(s.name) for up in s.upstream), s.name
     assert config_sections("reward") == ("seed", "model", "data", "sft", "reward")
-    assert PIPELINE == ("sft", "reward", "cost", "guard_model", "guard", *PPO_METHODS)
+    assert PIPELINE == ("sft", "reward", "cost", "guard_model", "guard", *PPO_METHODS, "monitor")
 
 
 def test_variants_resolve_to_their_stage_with_overrides():

@@ -2,7 +2,7 @@
 
 A preset is a YAML file in ``lib/saferlhfv/presets/`` (or any YAML path) whose
 sections mirror :class:`Config`: ``model``, ``data``, ``sft``, ``reward``,
-``cost``, ``guard``, ``guardrail``, ``ppo``. Anything a preset does not set keeps the dataclass
+``cost``, ``guard``, ``guardrail``, ``ppo``, ``monitor``. Anything a preset does not set keeps the dataclass
 default. Single fields are overridden with dotted keys, from a notebook cell::
 
     cfg = load_config("tiny", overrides={"ppo.lambda_init": 5.0})
@@ -46,6 +46,7 @@ __all__ = [
     "GuardConfig",
     "GuardrailConfig",
     "PPOConfig",
+    "MonitorConfig",
     "Config",
     "PRESETS",
     "load_config",
@@ -417,6 +418,37 @@ class PPOConfig:
 
 
 @dataclass
+class MonitorConfig(TrainConfig):
+    """The streaming content monitor (SCM, Li et al. 2025): stops a harmful answer while it is written.
+
+    A token head and a response head on the SFT backbone (:class:`~saferlhfv.models.monitor.StreamingMonitor`),
+    trained with ``alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`` on answers of the mini
+    world and of the precursor, labelled by the oracle; the (tau, k) stopping rule is chosen on a
+    validation split, results are read on a test split. The baseline (``alpha = gamma = 0``) learns from
+    answer labels only.
+    """
+
+    #: weight of the token-level cross-entropy (SCM: 0.6); the answer-level term gets 1 - alpha.
+    alpha: float = 0.6
+    #: weight of the logic term -log(1 - p + p * g): a harmful answer must hold a harmful token (SCM: 1).
+    gamma: float = 1.0
+    #: dropout on the token head's input (SCM: 0.1).
+    dropout: float = 0.1
+    #: answers in the train split (half harmful, half safe, as the oracle judges them).
+    rows_train: int = 1600
+    #: answers in the validation split, on which the stopping rule (tau, k) is chosen.
+    rows_validation: int = 400
+    #: answers in the test split, on which the results are read (prompts disjoint from the other splits).
+    rows_test: int = 400
+    #: share of each split's answers sampled from the SFT precursor (the rest written by the world's grammar).
+    policy_share: float = 0.25
+    #: share of the grammar's answers that call the object "it" (only the picture then tells the request's harm).
+    pronoun_rate: float = 0.0
+    #: also train the baseline (alpha = gamma = 0: answer labels only) on the same data, evaluated the same way.
+    baseline: bool = True
+
+
+@dataclass
 class Config:
     """Everything one run needs; ``preset`` records where it came from."""
 
@@ -440,6 +472,8 @@ class Config:
     guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
     #: PPO-Lagrangian and its variants (section ppo).
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    #: the streaming content monitor and its baseline (section monitor).
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML / JSON serialisable)."""

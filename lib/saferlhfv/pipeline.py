@@ -18,7 +18,8 @@ Stages, in order:
   rounds of filter-and-regenerate on the precursor, adversarial probes), and the PPO methods of
   :data:`saferlhfv.stages.PPO_METHODS`
   (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``), each evaluated against the
-  precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage.
+  precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage; last
+  ``monitor``, the streaming content monitor that stops harmful answers early, and its baseline.
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed.
@@ -168,6 +169,14 @@ def _print_table(summary: dict[str, Any]) -> None:
             note = f"output unsafe F1 {m.get('output_unsafe_f1', float('nan')):.2f}"
             if rounds:
                 note += f", safety over rounds {rounds[0]:.2f} -> {rounds[-1]:.2f}"
+        elif name == "monitor":
+            note = (
+                f"macro-F1 {m['macro_f1']:.2f} whole answers, {m['prefix_macro_f1']:.2f} from prefixes "
+                f"(tau {m['tau']}, k {m['k']}), harmful answers stopped after {m['mean_fraction_seen']:.0%} "
+                "of their tokens"
+            )
+            if m.get("baseline"):
+                note += f"; baseline {m['baseline']['prefix_macro_f1']:.2f} from prefixes"
         elif name.startswith("ppo"):
             note = (
                 f"safety {m['safety_rate']:.2f} (precursor {m['precursor']['safety_rate']:.2f}), "

@@ -1,7 +1,7 @@
 """One command line for every stage: ``python -m saferlhfv.run STAGE [flags]``.
 
 ``STAGE`` is a stage of :mod:`saferlhfv.stages` (``sft``, ``reward``, ``cost``, ``guard_model``,
-``guard``, ``ppo``) or one of the PPO methods the pipeline compares (``ppo_lag``, ``ppo_reward_only``,
+``guard``, ``ppo``, ``monitor``) or one of the PPO methods the pipeline compares (``ppo_lag``, ``ppo_reward_only``,
 ``ppo_repo``, ``ppo_grpo_lag``). Every stage takes the same flags:
 
 ==================  =========================================================================

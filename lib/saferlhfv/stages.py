@@ -11,6 +11,8 @@ stage            upstream            own sections        what it trains (module)
 ``guard``        sft, guard_model    guardrail           nothing: the guard at work (moderation,
                                                          filtering rounds, probes)
 ``ppo``          sft, reward, cost   ppo                 the RL stage (:mod:`saferlhfv.train.ppo_lag`)
+``monitor``      sft                 monitor             the streaming content monitor and its baseline
+                                                         (:mod:`saferlhfv.train.monitor`)
 ===============  ==================  ==================  ==========================================
 
 A stage's artifact key hashes its own sections and those of every stage upstream of it, so a
@@ -104,6 +106,12 @@ def _build_guard(cfg: Config, folder: Path, upstream: dict[str, Path], resume: b
     return evaluate_guard(cfg, folder, upstream["sft"], upstream["guard_model"])
 
 
+def _build_monitor(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.train.monitor import train_monitor
+
+    return train_monitor(cfg, folder, upstream["sft"], resume=resume)
+
+
 def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
     from saferlhfv.train.ppo_lag import train_ppo_lag
 
@@ -142,6 +150,8 @@ STAGES: dict[str, Stage] = {
         Stage("ppo", "the RL stage (ppo.algorithm), evaluated against the precursor", _build_ppo,
               ("sft", "reward", "cost"), ("ppo",), variants=PPO_METHODS,
               hidden=("per_category_safety", "behaviour", "prompt_costs"), processes=True),
+        Stage("monitor", "the streaming content monitor (SCM) and its baseline: early stopping of harmful answers",
+              _build_monitor, ("sft",), ("monitor",)),
     )
 }  # fmt: skip
 

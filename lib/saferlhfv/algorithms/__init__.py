@@ -5,6 +5,8 @@
 * :mod:`~saferlhfv.algorithms.gae`: masked GAE for padded responses.
 * :mod:`~saferlhfv.algorithms.lagrange`: the multiplier lambda (log space,
   budget, delay, sliding cost window, pooled across processes).
+* :mod:`~saferlhfv.algorithms.streaming`: the (tau, k) stopping rule of a streaming
+  content monitor, its choice on validation data and its metrics.
 """
 
 from saferlhfv.algorithms.gae import masked_gae
@@ -26,6 +28,7 @@ from saferlhfv.algorithms.losses import (
     reward_loss,
     whiten,
 )
+from saferlhfv.algorithms.streaming import choose_rule, macro_f1, rule_metrics, stop_position, tokens_seen
 
 __all__ = [
     "Lagrange",
@@ -45,4 +48,9 @@ __all__ = [
     "reference_kl",
     "reward_loss",
     "whiten",
+    "stop_position",
+    "tokens_seen",
+    "macro_f1",
+    "rule_metrics",
+    "choose_rule",
 ]

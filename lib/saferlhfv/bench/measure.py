@@ -240,11 +240,17 @@ def _samples(cfg: Config, stage: str, result: dict[str, Any], folder: Path | Non
         return (None if its is None else its * cfg.ppo.rollout_batch_size * cfg.ppo.ppo_epochs), "episodes"
     if stage == "guard":  # the trained guard at work: nothing trains
         return None, ""
-    section = {"sft": cfg.sft, "reward": cfg.reward, "cost": cfg.cost, "guard_model": cfg.guard}[stage]
+    section = {
+        "sft": cfg.sft,
+        "reward": cfg.reward,
+        "cost": cfg.cost,
+        "guard_model": cfg.guard,
+        "monitor": cfg.monitor,
+    }[stage]
     steps = result.get("steps")
     if steps is None and folder is not None:
         steps = _last_step(folder)
-    unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard_model": "rows"}[stage]
+    unit = {"sft": "sequences", "reward": "pairs", "cost": "pairs", "guard_model": "rows", "monitor": "answers"}[stage]
     return (None if steps is None else steps * section.batch_size * section.gradient_accumulation_steps), unit
 
 
