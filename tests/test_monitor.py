@@ -121,6 +121,12 @@ def test_monitor_loss_by_hand():
     g1 = sig(4)
     wider = -(math.log(1 - p[0] + p[0] * g[0]) + math.log(1 - p[1] + p[1] * g1)) / 2
     assert masked["logic"] == pytest.approx(wider, rel=1e-5) and wider < logic
+    # prefixes: every response position of a row carries the row's answer label, averaged per row
+    # (row 0: positions 1 and 2 with response logits (0, 0) and (0, 1), label 1; row 1: position 1, (2, 0), label 0)
+    _, pre = monitor_loss(out, labels, answer, alpha=0.6, gamma=1.0, prefixes=True)
+    per_row = [(-math.log(0.5) - math.log(sig(1))) / 2, -math.log(1 - sig(-2))]
+    assert pre["ce_response"] == pytest.approx(sum(per_row) / 2, rel=1e-5)
+    assert pre["ce_token"] == pytest.approx(ce_token, rel=1e-5) and pre["logic"] == pytest.approx(logic, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- the (tau, k) rule
@@ -163,6 +169,13 @@ def test_macro_f1_and_rule_choice_by_hand():
     assert best["mean_fraction_seen"] == pytest.approx(0.5)
     early = torch.tensor([[0.9, 0.9, 0.9, 0.9], [0.2, 0.9, 0.9, 0.9], [0.1] * 4, [0.1] * 4])
     assert choose_rule(early, mask, labels, taus=(0.5,), ks=(3, 1))["k"] == 1  # same F1, earlier stop wins
+    # a tolerance of F1 buys earlier stops: (0.5, 1) reads (1/4 + 2/4) / 2 of the harmful answers at
+    # F1 (4/5 + 2/3) / 2 = 0.733 (one false alarm); within 0.3 of the best 1.0 it wins, within 0.2 not
+    loose = choose_rule(scores, mask, labels, taus=(0.5, 0.8), ks=(1, 2), f1_tolerance=0.3)
+    assert (loose["tau"], loose["k"]) == (0.5, 1) and loose["mean_fraction_seen"] == pytest.approx(0.375)
+    assert (choose_rule(scores, mask, labels, taus=(0.5, 0.8), ks=(1, 2), f1_tolerance=0.2)["tau"]) == 0.8
+    with pytest.raises(ValueError, match="f1_tolerance"):
+        choose_rule(scores, mask, labels, f1_tolerance=-0.1)
 
 
 # --------------------------------------------------------------------------- streaming

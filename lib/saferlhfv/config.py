@@ -444,6 +444,12 @@ class MonitorConfig(TrainConfig):
     policy_share: float = 0.25
     #: share of the grammar's answers that call the object "it" (only the picture then tells the request's harm).
     pronoun_rate: float = 0.0
+    #: train the response head at every prefix of an answer on the answer's label, not only at its end
+    #: (SCM trains it at the end; the baseline always does: a full-answer classifier read on prefixes).
+    prefixes: bool = True
+    #: the stopping rule (tau, k) is the earliest-stopping pair within this much of the best validation
+    #: prefix macro-F1 (0: the best F1, ties to the earlier stop).
+    rule_f1_tolerance: float = 0.01
     #: also train the baseline (alpha = gamma = 0: answer labels only) on the same data, evaluated the same way.
     baseline: bool = True
 

@@ -8,9 +8,9 @@ A streaming monitor reads an answer as it is written and gives, at every respons
     stop    = min { t : sum_{u <= t} flag_u = k }        (-1 when the sum never reaches k)
 
 ``k > 1`` makes the rule robust to one spurious high score; ``tau`` trades recall against false
-alarms. Both are chosen on a validation split (:func:`choose_rule`): the pair with the best
-prefix macro-F1, ties broken by the smaller share of tokens seen before harmful answers are
-stopped (earlier is better).
+alarms. Both are chosen on a validation split (:func:`choose_rule`): among the pairs within a
+tolerance of the best prefix macro-F1, the one that stops harmful answers earliest (the
+smallest share of their tokens read).
 
 Shapes: ``B`` answers, ``T`` positions; a *mask* ``[B, T]`` is 1 on the response positions the
 rule may read (the answer's tokens and its end-of-turn token) and 0 on prompt and padding.
@@ -140,26 +140,25 @@ def choose_rule(
     *,
     taus: Sequence[float] = TAUS,
     ks: Sequence[int] = KS,
+    f1_tolerance: float = 0.0,
 ) -> dict[str, float]:
-    """The ``(tau, k)`` of the grid with the best prefix macro-F1 on these (validation) answers.
+    """The ``(tau, k)`` of the grid that stops harmful answers earliest at (nearly) the best prefix macro-F1.
 
-    Ties (equal F1 to 1e-9) go to the smaller ``mean_fraction_seen`` (harmful answers stopped
-    earlier); remaining ties to the first pair in grid order (``k`` ascending, then ``tau``).
+    Among the pairs whose prefix macro-F1 on these (validation) answers is within ``f1_tolerance``
+    of the best pair's, the one with the smallest ``mean_fraction_seen`` (harmful answers stopped
+    earliest); ties to the higher F1, then to the first pair in grid order (``k`` ascending, then
+    ``tau``). ``f1_tolerance = 0`` is "best F1, ties to the earlier stop". The F1 surface is often
+    flat in ``k`` while the stop moves a lot: a tolerance of a point of F1 can halve the tokens read.
 
     Returns:
         :func:`rule_metrics` of the chosen pair (``tau`` and ``k`` among its keys).
     """
-    best: dict[str, float] | None = None
-    for k in ks:
-        for tau in taus:
-            m = rule_metrics(scores, mask, labels, tau=tau, k=k)
-            if best is None:
-                best = m
-                continue
-            gain = m["prefix_macro_f1"] - best["prefix_macro_f1"]
-            earlier = m["mean_fraction_seen"] < best["mean_fraction_seen"]
-            if gain > 1e-9 or (abs(gain) <= 1e-9 and earlier):
-                best = m
-    if best is None:
+    if f1_tolerance < 0:
+        raise ValueError(f"f1_tolerance must be >= 0, got {f1_tolerance}")
+    grid = [rule_metrics(scores, mask, labels, tau=tau, k=k) for k in ks for tau in taus]
+    if not grid:
         raise ValueError("choose_rule needs at least one tau and one k")
-    return best
+    best_f1 = max(m["prefix_macro_f1"] for m in grid)
+    eligible = [m for m in grid if m["prefix_macro_f1"] >= best_f1 - f1_tolerance - 1e-9]
+    # min() keeps the first of equal keys: grid order breaks the remaining ties
+    return min(eligible, key=lambda m: (round(m["mean_fraction_seen"], 9), -round(m["prefix_macro_f1"], 9)))

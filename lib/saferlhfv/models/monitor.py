@@ -247,6 +247,7 @@ def monitor_loss(
     *,
     alpha: float = 0.6,
     gamma: float = 1.0,
+    prefixes: bool = False,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SCM's loss ``alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic``.
@@ -254,7 +255,10 @@ def monitor_loss(
     * ``CE_token = mean over labelled tokens of -log softmax(token_logits)[label]`` (tokens
       labelled -100, the prompt and padding, are left out);
     * ``CE_response = mean over rows of -log softmax(response_logits[end])[label]``, read at
-      each row's last real token ``end``;
+      each row's last real token ``end``; with ``prefixes``, the mean over rows of the mean over
+      the row's response positions ``t`` of ``-log softmax(response_logits[t])[label]``: every
+      prefix of an answer carries the answer's label (the head learns to foresee where the answer
+      is going, so a compliant opening to a harmful request already scores high);
     * ``L_logic = mean over rows of -log(max(1 - p + p * g, eps))`` with
       ``p = softmax(response_logits[end])[1]`` and ``g = max over response positions of
       softmax(token_logits)[1]`` (0 for a row without response positions).
@@ -265,6 +269,8 @@ def monitor_loss(
         response_labels: ``[B]`` 0/1 (1 = harmful answer).
         response_mask: ``[B, T]`` the positions ``g`` maximises over (default: ``token_labels != -100``).
         alpha, gamma: the weights (SCM: 0.6 and 1; the baseline 0 and 0).
+        prefixes: train the response head at every response position (``response_mask``), not
+            only at the end.
         eps: floor inside the log of ``L_logic``.
 
     Returns:
@@ -283,9 +289,15 @@ def monitor_loss(
         ce_token = token_logits.sum() * 0.0
     end_logits = out.end_logits.float()
     target = response_labels.long()
-    ce_response = F.cross_entropy(end_logits, target)
-    p = torch.softmax(end_logits, dim=-1)[:, 1]  # [B]
     mask = labelled if response_mask is None else response_mask.bool()
+    if prefixes:
+        per_position = F.cross_entropy(
+            out.response_logits.float().transpose(1, 2), target[:, None].expand_as(mask), reduction="none"
+        )  # [B, T]
+        ce_response = ((per_position * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    else:
+        ce_response = F.cross_entropy(end_logits, target)
+    p = torch.softmax(end_logits, dim=-1)[:, 1]  # [B]
     q = torch.softmax(token_logits, dim=-1)[..., 1].masked_fill(~mask, 0.0)  # [B, T]
     g = q.max(dim=1).values  # [B]
     logic = -torch.log((1 - p + p * g).clamp(min=eps)).mean()

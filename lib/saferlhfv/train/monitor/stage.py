@@ -65,7 +65,7 @@ def monitor_collate(processor):
     return collate
 
 
-def _loss_fn(alpha: float, gamma: float):
+def _loss_fn(alpha: float, gamma: float, prefixes: bool):
     def loss(model, batch):
         inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
         return monitor_loss(
@@ -75,6 +75,7 @@ def _loss_fn(alpha: float, gamma: float):
             batch["response_mask"],
             alpha=alpha,
             gamma=gamma,
+            prefixes=prefixes,
         )
 
     return loss
@@ -101,8 +102,13 @@ def _scores(model, processor, ds, batch_size: int) -> tuple[torch.Tensor, torch.
     return scores, mask, torch.tensor(list(ds["is_harmful"]))
 
 
-def evaluate_monitor(model, processor, validation, test, *, batch_size: int = 32) -> tuple[dict[str, Any], dict]:
+def evaluate_monitor(
+    model, processor, validation, test, *, batch_size: int = 32, f1_tolerance: float = 0.0
+) -> tuple[dict[str, Any], dict]:
     """Choose ``(tau, k)`` on ``validation``, measure on ``test`` (see the module docstring).
+
+    ``f1_tolerance``: the rule is the earliest-stopping pair within this much of the best validation
+    prefix macro-F1 (:func:`~saferlhfv.algorithms.streaming.choose_rule`).
 
     Returns:
         ``(result, table)``: ``result`` with ``macro_f1`` (whole answers, response head at the last
@@ -111,7 +117,7 @@ def evaluate_monitor(model, processor, validation, test, *, batch_size: int = 32
         there); ``table`` the test answers' per-position scores, stop positions and labels.
     """
     v_scores, v_mask, v_labels = _scores(model, processor, validation, batch_size)
-    rule = choose_rule(v_scores, v_mask, v_labels, taus=TAUS, ks=KS)
+    rule = choose_rule(v_scores, v_mask, v_labels, taus=TAUS, ks=KS, f1_tolerance=f1_tolerance)
     t_scores, t_mask, t_labels = _scores(model, processor, test, batch_size)
     last = t_mask.long().sum(dim=1) - 1
     end = t_scores.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1)
@@ -132,15 +138,15 @@ def evaluate_monitor(model, processor, validation, test, *, batch_size: int = 32
     return result, table
 
 
-def _train_one(cfg: Config, out_dir: Path, sft_dir: Path, train_ds, *, alpha: float, gamma: float, desc: str,
-               resume: bool):  # fmt: skip
+def _train_one(cfg: Config, out_dir: Path, sft_dir: Path, train_ds, *, alpha: float, gamma: float, prefixes: bool,
+               desc: str, resume: bool):  # fmt: skip
     backbone, processor = _load_backbone(cfg, sft_dir)
     model = StreamingMonitor(backbone, dropout=cfg.monitor.dropout, seed=cfg.seed)
     trainer = Trainer(
         model=model,
         dataset=train_ds,
         collate_fn=monitor_collate(processor),
-        loss_fn=_loss_fn(alpha, gamma),
+        loss_fn=_loss_fn(alpha, gamma, prefixes),
         cfg=cfg.monitor,
         out_dir=out_dir,
         desc=desc,
@@ -183,17 +189,34 @@ def train_monitor(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resu
     splits = monitor_splits(cfg, policy, seed=cfg.seed)
     del policy
     model, processor, trained = _train_one(
-        cfg, out_dir, sft_dir, splits["train"], alpha=m.alpha, gamma=m.gamma, desc="monitor", resume=resume
+        cfg,
+        out_dir,
+        sft_dir,
+        splits["train"],
+        alpha=m.alpha,
+        gamma=m.gamma,
+        prefixes=m.prefixes,
+        desc="monitor",
+        resume=resume,
     )
-    result, table = evaluate_monitor(model, processor, splits["validation"], splits["test"], batch_size=m.batch_size)
+    rule = {"batch_size": m.batch_size, "f1_tolerance": m.rule_f1_tolerance}
+    result, table = evaluate_monitor(model, processor, splits["validation"], splits["test"], **rule)
     tables = {"monitor": table}
     baseline = None
     if m.baseline:
         base_model, base_processor, _ = _train_one(
-            cfg, out_dir / "baseline", sft_dir, splits["train"], alpha=0.0, gamma=0.0, desc="baseline", resume=resume
+            cfg,
+            out_dir / "baseline",
+            sft_dir,
+            splits["train"],
+            alpha=0.0,
+            gamma=0.0,
+            prefixes=False,
+            desc="baseline",
+            resume=resume,
         )
         baseline, tables["baseline"] = evaluate_monitor(
-            base_model, base_processor, splits["validation"], splits["test"], batch_size=m.batch_size
+            base_model, base_processor, splits["validation"], splits["test"], **rule
         )
     write_json_atomic(out_dir / TEST_SCORES, tables)
     return {
