@@ -428,6 +428,9 @@ class MonitorConfig(TrainConfig):
     answer labels only.
     """
 
+    #: the monitor's replicate: its heads, data draw and data order (with the top-level seed; the SFT
+    #: backbone it starts from is shared), as ppo.seed is the RL stage's.
+    seed: int = 0
     #: weight of the token-level cross-entropy (SCM: 0.6); the answer-level term gets 1 - alpha.
     alpha: float = 0.6
     #: weight of the logic term -log(1 - p + p * g): a harmful answer must hold a harmful token (SCM: 1).

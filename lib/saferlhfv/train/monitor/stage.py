@@ -41,12 +41,17 @@ from saferlhfv.models.monitor import (
 from saferlhfv.train.loop import Trainer
 from saferlhfv.train.monitor.data import monitor_splits
 
-__all__ = ["monitor_collate", "evaluate_monitor", "train_monitor", "TEST_SCORES"]
+__all__ = ["monitor_collate", "evaluate_monitor", "replicate_seed", "train_monitor", "TEST_SCORES"]
 
 #: per-answer streaming scores of the test split, written beside the stage's result.
 TEST_SCORES = "test_scores.json"
 #: the keys of each model's result.
 RESULT_KEYS = ("macro_f1", "prefix_macro_f1", "mean_fraction_seen", "tau", "k")
+
+
+def replicate_seed(cfg: Config) -> int:
+    """The monitor stage's seed: ``1009 * seed + monitor.seed`` (0 for the defaults), as the RL stage's."""
+    return 1009 * cfg.seed + cfg.monitor.seed
 
 
 def monitor_collate(processor):
@@ -141,7 +146,7 @@ def evaluate_monitor(
 def _train_one(cfg: Config, out_dir: Path, sft_dir: Path, train_ds, *, alpha: float, gamma: float, prefixes: bool,
                desc: str, resume: bool):  # fmt: skip
     backbone, processor = _load_backbone(cfg, sft_dir)
-    model = StreamingMonitor(backbone, dropout=cfg.monitor.dropout, seed=cfg.seed)
+    model = StreamingMonitor(backbone, dropout=cfg.monitor.dropout, seed=replicate_seed(cfg))
     trainer = Trainer(
         model=model,
         dataset=train_ds,
@@ -150,7 +155,7 @@ def _train_one(cfg: Config, out_dir: Path, sft_dir: Path, train_ds, *, alpha: fl
         cfg=cfg.monitor,
         out_dir=out_dir,
         desc=desc,
-        seed=cfg.seed,
+        seed=replicate_seed(cfg),
     )
     result = trainer.train(resume=resume)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
@@ -186,7 +191,7 @@ def train_monitor(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resu
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     m = cfg.monitor
     policy = _precursor_policy(cfg, sft_dir) if m.policy_share > 0 else None
-    splits = monitor_splits(cfg, policy, seed=cfg.seed)
+    splits = monitor_splits(cfg, policy, seed=replicate_seed(cfg))
     del policy
     model, processor, trained = _train_one(
         cfg,
