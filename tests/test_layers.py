@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("saferlhfv.data",),
     ("saferlhfv.algorithms",),
     ("saferlhfv.models",),
-    ("saferlhfv.evaluate", "saferlhfv.guardrail", "saferlhfv.train.loop"),
+    ("saferlhfv.evaluate", "saferlhfv.guardrail", "saferlhfv.streaming_guardrail", "saferlhfv.train.loop"),
     ("saferlhfv.train",),
     ("saferlhfv.stages",),
     ("saferlhfv.sweep", "saferlhfv.run", "saferlhfv.diagnostics", "saferlhfv.pipeline", "saferlhfv.bench",

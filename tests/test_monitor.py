@@ -121,11 +121,12 @@ def test_monitor_loss_by_hand():
     g1 = sig(4)
     wider = -(math.log(1 - p[0] + p[0] * g[0]) + math.log(1 - p[1] + p[1] * g1)) / 2
     assert masked["logic"] == pytest.approx(wider, rel=1e-5) and wider < logic
-    # prefixes: every response position of a row carries the row's answer label, averaged per row
+    # prefixes: every response position of a row carries the row's answer label, averaged per row and
+    # averaged with the end-of-answer term
     # (row 0: positions 1 and 2 with response logits (0, 0) and (0, 1), label 1; row 1: position 1, (2, 0), label 0)
     _, pre = monitor_loss(out, labels, answer, alpha=0.6, gamma=1.0, prefixes=True)
     per_row = [(-math.log(0.5) - math.log(sig(1))) / 2, -math.log(1 - sig(-2))]
-    assert pre["ce_response"] == pytest.approx(sum(per_row) / 2, rel=1e-5)
+    assert pre["ce_response"] == pytest.approx((ce_response + sum(per_row) / 2) / 2, rel=1e-5)
     assert pre["ce_token"] == pytest.approx(ce_token, rel=1e-5) and pre["logic"] == pytest.approx(logic, rel=1e-5)
 
 
@@ -262,6 +263,7 @@ SMALL = {
     "monitor.warmup_ratio": 0.0,
     "monitor.save_every": 0,
     "monitor.policy_share": 0.0,
+    "monitor.streaming_prompts": 4,
 }
 
 
@@ -310,7 +312,7 @@ def test_stage_is_registered_with_its_section():
 
 def test_short_training_learns_and_reports_both_models(tmp_path):
     from saferlhfv.models.factory import load_vlm, save_vlm
-    from saferlhfv.train.monitor import TEST_SCORES, train_monitor
+    from saferlhfv.train.monitor import STREAMING_ANSWERS, TEST_SCORES, train_monitor
 
     cfg = load_config("tiny", overrides=SMALL)
     model, processor = load_vlm(cfg.model, text_corpus(cfg.data), seed=0)  # a random-weight "precursor"
@@ -325,3 +327,15 @@ def test_short_training_learns_and_reports_both_models(tmp_path):
     assert (tmp_path / "monitor" / "model").is_dir() and (tmp_path / "monitor" / "baseline" / "model").is_dir()
     table = json.loads((tmp_path / "monitor" / TEST_SCORES).read_text())
     assert len(table["monitor"]["scores"]) == len(table["baseline"]["is_harmful"]) == 32
+    first = table["monitor"]["first_harmful"]
+    assert len(first) == 32 and all(f == -1 for f, h in zip(first, table["monitor"]["is_harmful"]) if not h)
+    assert sum(f >= 0 for f in first) >= 12  # the harmful answers (16) name their harmful words
+    assert all(f < len(s) for f, s in zip(first, table["monitor"]["scores"]))
+    streaming = result["streaming"]  # the precursor under the monitor's rule on 4 evaluation prompts
+    assert streaming["prompts"] == 4 and (streaming["tau"], streaming["k"]) == (result["tau"], result["k"])
+    assert {"safety_rate", "benign_helpfulness", "tokens_generated", "stopped_share", "seconds"} <= set(
+        streaming["streaming"]
+    )
+    assert streaming["streaming"]["tokens_generated"] <= streaming["unmoderated"]["tokens_generated"]
+    rows = json.loads((tmp_path / "monitor" / STREAMING_ANSWERS).read_text())
+    assert len(rows) == 4 and sum(r["tokens_streamed"] for r in rows) == streaming["streaming"]["tokens_generated"]

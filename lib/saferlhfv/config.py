@@ -455,6 +455,10 @@ class MonitorConfig(TrainConfig):
     rule_f1_tolerance: float = 0.01
     #: also train the baseline (alpha = gamma = 0: answer labels only) on the same data, evaluated the same way.
     baseline: bool = True
+    #: streaming moderation measured on this many of the held-out evaluation prompts (the first ones): the SFT
+    #: precursor written token by token and stopped by the chosen (tau, k), refused when stopped, next to the
+    #: precursor unmoderated (same seeds); 0 skips the measurement.
+    streaming_prompts: int = 160
 
 
 @dataclass

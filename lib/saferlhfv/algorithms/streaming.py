@@ -28,6 +28,10 @@ __all__ = [
     "macro_f1",
     "rule_metrics",
     "choose_rule",
+    "pad_scores",
+    "rule_sweep",
+    "pareto_front",
+    "stops_vs_first_harm",
     "TAUS",
     "KS",
 ]
@@ -162,3 +166,86 @@ def choose_rule(
     eligible = [m for m in grid if m["prefix_macro_f1"] >= best_f1 - f1_tolerance - 1e-9]
     # min() keeps the first of equal keys: grid order breaks the remaining ties
     return min(eligible, key=lambda m: (round(m["mean_fraction_seen"], 9), -round(m["prefix_macro_f1"], 9)))
+
+
+def pad_scores(rows: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged per-answer scores (e.g. the stage's ``test_scores.json``) -> ``(scores [B, T], mask [B, T])``,
+    left-aligned, 0 / mask False after each row's end."""
+    width = max((len(r) for r in rows), default=0)
+    scores = torch.zeros(len(rows), width)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        scores[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.float)
+        mask[i, : len(r)] = True
+    return scores, mask
+
+
+def rule_sweep(
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    taus: Sequence[float] = TAUS,
+    ks: Sequence[int] = KS,
+) -> list[dict[str, float]]:
+    """:func:`rule_metrics` of every ``(tau, k)`` of the grid (``k`` ascending, then ``tau``): the
+    points of the prefix macro-F1 against mean-fraction-seen plane that :func:`choose_rule` picks from."""
+    return [rule_metrics(scores, mask, labels, tau=tau, k=k) for k in ks for tau in taus]
+
+
+def pareto_front(points: Sequence[dict[str, float]]) -> list[dict[str, float]]:
+    """The points no other point beats on both axes (higher ``prefix_macro_f1``, lower
+    ``mean_fraction_seen``), sorted by ``mean_fraction_seen``: the best F1 reachable at each budget."""
+    ordered = sorted(points, key=lambda m: (m["mean_fraction_seen"], -m["prefix_macro_f1"]))
+    front, best = [], float("-inf")
+    for m in ordered:
+        if m["prefix_macro_f1"] > best + 1e-12:
+            front.append(m)
+            best = m["prefix_macro_f1"]
+    return front
+
+
+def stops_vs_first_harm(
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    first_harmful: Sequence[int] | torch.Tensor,
+    *,
+    tau: float,
+    k: int,
+) -> dict[str, object]:
+    """Where the rule stops harmful answers, against where their first harmful word starts.
+
+    Args:
+        scores, mask, labels: as :func:`rule_metrics`.
+        first_harmful: ``[B]`` response position of each answer's first harmful-word token (-1: none),
+            on the same axis as ``scores`` (:func:`saferlhfv.models.monitor.first_harmful_token`).
+
+    Returns:
+        Over the harmful answers that have a harmful word: ``stop_fraction`` (per answer, tokens read
+        when stopped / answer length; None when never stopped), ``first_harm_fraction`` (tokens up to
+        and including the first harmful token / answer length), ``stopped_share``,
+        ``stopped_before_first_harm`` (share stopped at a position before the first harmful token:
+        the word never reached the monitor, let alone the user), ``stopped_at_or_before_first_harm``
+        and ``n``.
+    """
+    stop = stop_position(scores, mask, tau=tau, k=k)
+    lengths = mask.long().sum(dim=1).clamp(min=1)
+    first = torch.as_tensor(first_harmful, dtype=torch.long)
+    keep = labels.bool() & (first >= 0)
+    idx = keep.nonzero().flatten().tolist()
+    stop_frac = [None if int(stop[i]) < 0 else (int(stop[i]) + 1) / int(lengths[i]) for i in idx]
+    harm_frac = [(int(first[i]) + 1) / int(lengths[i]) for i in idx]
+    n = len(idx)
+
+    def share(cond) -> float:
+        return sum(1 for i in idx if cond(int(stop[i]), int(first[i]))) / n if n else float("nan")
+
+    return {
+        "stop_fraction": stop_frac,
+        "first_harm_fraction": harm_frac,
+        "stopped_share": share(lambda s, f: s >= 0),
+        "stopped_before_first_harm": share(lambda s, f: 0 <= s < f),
+        "stopped_at_or_before_first_harm": share(lambda s, f: 0 <= s <= f),
+        "n": n,
+    }

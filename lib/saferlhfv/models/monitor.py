@@ -56,6 +56,7 @@ __all__ = [
     "encode_monitor_batch",
     "monitor_loss",
     "score_answers",
+    "first_harmful_token",
     "save_monitor",
     "load_monitor",
     "HEADS_FILE",
@@ -255,10 +256,11 @@ def monitor_loss(
     * ``CE_token = mean over labelled tokens of -log softmax(token_logits)[label]`` (tokens
       labelled -100, the prompt and padding, are left out);
     * ``CE_response = mean over rows of -log softmax(response_logits[end])[label]``, read at
-      each row's last real token ``end``; with ``prefixes``, the mean over rows of the mean over
-      the row's response positions ``t`` of ``-log softmax(response_logits[t])[label]``: every
-      prefix of an answer carries the answer's label (the head learns to foresee where the answer
-      is going, so a compliant opening to a harmful request already scores high);
+      each row's last real token ``end``; with ``prefixes``, the mean of that term and of the mean
+      over rows of the mean over the row's response positions ``t`` of
+      ``-log softmax(response_logits[t])[label]``: every prefix of an answer carries the answer's
+      label (the head learns to foresee where the answer is going, so a compliant opening to a
+      harmful request already scores high), and the whole-answer verdict keeps its own weight;
     * ``L_logic = mean over rows of -log(max(1 - p + p * g, eps))`` with
       ``p = softmax(response_logits[end])[1]`` and ``g = max over response positions of
       softmax(token_logits)[1]`` (0 for a row without response positions).
@@ -294,7 +296,8 @@ def monitor_loss(
         per_position = F.cross_entropy(
             out.response_logits.float().transpose(1, 2), target[:, None].expand_as(mask), reduction="none"
         )  # [B, T]
-        ce_response = ((per_position * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        prefix_ce = ((per_position * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        ce_response = (F.cross_entropy(end_logits, target) + prefix_ce) / 2
     else:
         ce_response = F.cross_entropy(end_logits, target)
     p = torch.softmax(end_logits, dim=-1)[:, 1]  # [B]
@@ -361,6 +364,24 @@ def score_answers(
         scores[i, : len(r)] = r
         mask[i, : len(r)] = True
     return scores, mask
+
+
+def first_harmful_token(label_tokens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the response position (0 = first response token) of the first token labelled harmful.
+
+    Args:
+        label_tokens: ``[B, T]`` from :func:`encode_monitor_batch` (1 = harmful word, -100 outside the response).
+        response_mask: ``[B, T]`` its response region.
+
+    Returns:
+        ``[B]`` long: positions counted over the response region only (as :func:`score_answers`'s
+        columns), -1 for a row without a harmful token.
+    """
+    m = response_mask.bool()
+    hit = (label_tokens == 1) & m
+    pos = m.long().cumsum(dim=1) - 1  # response position of each token
+    first = torch.where(hit, pos, torch.full_like(pos, torch.iinfo(torch.long).max)).min(dim=1).values
+    return torch.where(hit.any(dim=1), first, torch.full_like(first, -1))
 
 
 # --------------------------------------------------------------------------- save / load

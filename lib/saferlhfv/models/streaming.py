@@ -129,7 +129,7 @@ class StreamResult:
 @torch.no_grad()
 def stream_generate(
     policy: PreTrainedModel,
-    monitor: StreamingMonitor,
+    monitor: StreamingMonitor | None,
     processor: ProcessorMixin,
     image: Image.Image,
     question: str,
@@ -148,7 +148,9 @@ def stream_generate(
     score reaches ``tau`` (:func:`saferlhfv.algorithms.streaming.stop_position`), at the
     policy's end-of-turn token, or after ``max_new_tokens``. Image placeholder tokens are never
     sampled (:func:`~saferlhfv.models.generation.media_token_ids`). The two models must share the
-    processor (the monitor is trained from the policy's SFT precursor).
+    processor (the monitor is trained from the policy's SFT precursor). ``monitor=None`` writes the
+    same answer unmonitored (no scores, never stopped): with the same ``seed`` a monitored answer is
+    a prefix of the unmonitored one (the monitor draws no random numbers).
 
     Returns:
         :class:`StreamResult`.
@@ -161,10 +163,12 @@ def stream_generate(
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [processor.tokenizer.eos_token_id])
     banned = media_token_ids(processor)
     mrope = "image_grid_thw" in vision
-    was = policy.training, monitor.training
+    was = policy.training, monitor is not None and monitor.training
     policy.eval()
-    monitor.eval()
-    stream = MonitorStream(monitor, ids, mask, **vision)
+    stream = None
+    if monitor is not None:
+        monitor.eval()
+        stream = MonitorStream(monitor, ids, mask, **vision)
     tokens: list[int] = []
     scores: list[float] = []
     stop, flags = -1, 0
@@ -186,12 +190,13 @@ def stream_generate(
                 else:
                     nxt = logits.argmax(dim=-1)
                 tokens.append(int(nxt))
-                p = float(stream.push(nxt)[0])
-                scores.append(p)
-                flags += p >= tau
-                if flags >= k:
-                    stop = t
-                    break
+                if stream is not None:
+                    p = float(stream.push(nxt)[0])
+                    scores.append(p)
+                    flags += p >= tau
+                    if flags >= k:
+                        stop = t
+                        break
                 if int(nxt) in eos_ids:
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -201,6 +206,7 @@ def stream_generate(
                 )  # fmt: skip
     finally:
         policy.train(was[0])
-        monitor.train(was[1])
+        if monitor is not None:
+            monitor.train(was[1])
     text = processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return StreamResult(text=text, stop_index=stop, flagged=stop >= 0, scores=scores, token_ids=tokens)

@@ -12,12 +12,19 @@ stopped mid-answer :mod:`saferlhfv.models.streaming`, the stopping rule and its 
 """
 
 from saferlhfv.train.monitor.data import MONITOR_FEATURES, MONITOR_SPLITS, monitor_splits, rows_from_answers, world_row
-from saferlhfv.train.monitor.stage import TEST_SCORES, evaluate_monitor, monitor_collate, train_monitor
+from saferlhfv.train.monitor.stage import (
+    STREAMING_ANSWERS,
+    TEST_SCORES,
+    evaluate_monitor,
+    monitor_collate,
+    train_monitor,
+)
 
 __all__ = [
     "MONITOR_FEATURES",
     "MONITOR_SPLITS",
     "TEST_SCORES",
+    "STREAMING_ANSWERS",
     "monitor_splits",
     "world_row",
     "rows_from_answers",

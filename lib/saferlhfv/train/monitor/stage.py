@@ -14,6 +14,10 @@
    (best prefix macro-F1, ties to earlier stops); on the test answers, the whole-answer macro-F1
    (the response head at the last token, threshold 0.5), the prefix macro-F1 under the rule and
    the mean share of a harmful answer's tokens read before it is stopped.
+4. **Streaming moderation** (``monitor.streaming_prompts`` > 0): the SFT precursor answers the
+   held-out evaluation prompts token by token while the monitor reads along; a stopped answer is
+   replaced by the guardrail's refusal (:func:`saferlhfv.streaming_guardrail.measure_streaming`),
+   next to the same precursor unmoderated (same seeds). Result key ``streaming``.
 
 ``python -m saferlhfv.run monitor --preset tiny`` or ``python -m saferlhfv.train.monitor --preset tiny``
 (trains the SFT precursor first if it is not cached).
@@ -34,6 +38,7 @@ from saferlhfv.models.monitor import (
     LABEL_KEYS,
     StreamingMonitor,
     encode_monitor_batch,
+    first_harmful_token,
     monitor_loss,
     save_monitor,
     score_answers,
@@ -41,10 +46,21 @@ from saferlhfv.models.monitor import (
 from saferlhfv.train.loop import Trainer
 from saferlhfv.train.monitor.data import monitor_splits
 
-__all__ = ["monitor_collate", "evaluate_monitor", "replicate_seed", "train_monitor", "TEST_SCORES"]
+__all__ = [
+    "monitor_collate",
+    "evaluate_monitor",
+    "first_harmful_positions",
+    "streaming_measurement",
+    "replicate_seed",
+    "train_monitor",
+    "TEST_SCORES",
+    "STREAMING_ANSWERS",
+]
 
 #: per-answer streaming scores of the test split, written beside the stage's result.
 TEST_SCORES = "test_scores.json"
+#: per-prompt answers of the streaming moderation measurement (both arms), written beside the result.
+STREAMING_ANSWERS = "streaming_answers.json"
 #: the keys of each model's result.
 RESULT_KEYS = ("macro_f1", "prefix_macro_f1", "mean_fraction_seen", "tau", "k")
 
@@ -107,6 +123,54 @@ def _scores(model, processor, ds, batch_size: int) -> tuple[torch.Tensor, torch.
     return scores, mask, torch.tensor(list(ds["is_harmful"]))
 
 
+def first_harmful_positions(processor, ds, *, batch_size: int = 32) -> list[int]:
+    """Per answer of a monitor split, the response position of its first harmful-word token (-1: none).
+
+    Positions count the response region as :func:`~saferlhfv.models.monitor.score_answers` does
+    (0 = the answer's first token), so they compare directly with the rule's stop positions.
+    """
+    out: list[int] = []
+    collate = monitor_collate(processor)
+    for s in range(0, len(ds), batch_size):
+        batch = collate(list(ds.select(range(s, min(s + batch_size, len(ds))))))
+        out += first_harmful_token(batch["label_tokens"], batch["response_mask"]).tolist()
+    return out
+
+
+def streaming_measurement(
+    cfg: Config, monitor, processor, sft_dir: Path, *, tau: float, k: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Streaming moderation of the SFT precursor on the first ``monitor.streaming_prompts`` held-out
+    evaluation prompts under the rule ``(tau, k)`` (:func:`saferlhfv.streaming_guardrail.measure_streaming`,
+    seed :func:`replicate_seed`, ``data.max_response_tokens`` new tokens).
+
+    Returns:
+        ``(result, rows)``: the measurement, and per prompt its ``index``, ``question``, ``context``,
+        the ``unmoderated`` answer, what the policy wrote under the monitor (``streamed``), ``stopped``,
+        ``stop_index`` and the ``tokens`` of both arms.
+    """
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.models.factory import load_saved_vlm
+    from saferlhfv.streaming_guardrail import measure_streaming
+
+    prompts = rl_prompts(cfg.data, "evaluation")
+    prompts = prompts.select(range(min(cfg.monitor.streaming_prompts, len(prompts))))
+    policy, _ = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    policy.to(next(monitor.parameters()).device)
+    result, answers = measure_streaming(
+        policy, processor, monitor, prompts, tau=tau, k=k, max_new_tokens=cfg.data.max_response_tokens,
+        seed=replicate_seed(cfg), return_answers=True,
+    )  # fmt: skip
+    rows = [
+        {"index": i, "question": q, "context": c, "unmoderated": u.generated, "streamed": s.generated,
+         "stopped": s.stopped, "stop_index": s.stop_index, "tokens_unmoderated": u.tokens, "tokens_streamed": s.tokens}
+        for i, (q, c, u, s) in enumerate(
+            zip(prompts["question"], prompts["context"], answers["unmoderated"], answers["streaming"])
+        )
+    ]  # fmt: skip
+    return result, rows
+
+
 def evaluate_monitor(
     model, processor, validation, test, *, batch_size: int = 32, f1_tolerance: float = 0.0
 ) -> tuple[dict[str, Any], dict]:
@@ -119,7 +183,8 @@ def evaluate_monitor(
         ``(result, table)``: ``result`` with ``macro_f1`` (whole answers, response head at the last
         token at 0.5), ``prefix_macro_f1``, ``mean_fraction_seen`` (harmful test answers; never
         stopped = 1.0), ``flagged_share``, ``tau``, ``k`` and ``validation`` (the rule's metrics
-        there); ``table`` the test answers' per-position scores, stop positions and labels.
+        there); ``table`` the test answers' per-position scores (``scores``), labels (``is_harmful``)
+        and the response position of each one's first harmful-word token (``first_harmful``, -1: none).
     """
     v_scores, v_mask, v_labels = _scores(model, processor, validation, batch_size)
     rule = choose_rule(v_scores, v_mask, v_labels, taus=TAUS, ks=KS, f1_tolerance=f1_tolerance)
@@ -139,6 +204,7 @@ def evaluate_monitor(
     table = {
         "scores": [[round(float(x), 4) for x in s[m]] for s, m in zip(t_scores, t_mask)],
         "is_harmful": [bool(x) for x in t_labels],
+        "first_harmful": first_harmful_positions(processor, test, batch_size=batch_size),
     }
     return result, table
 
@@ -179,13 +245,16 @@ def train_monitor(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resu
     """Train the streaming monitor (and its baseline) from the SFT backbone in ``sft_dir`` (the ``monitor`` stage).
 
     Writes ``out_dir/model`` (the monitor), ``out_dir/baseline/model`` (the baseline, with
-    ``monitor.baseline``) and ``out_dir/test_scores.json`` (per-position test scores of both).
+    ``monitor.baseline``), ``out_dir/test_scores.json`` (per-position test scores of both) and, with
+    ``monitor.streaming_prompts``, ``out_dir/streaming_answers.json`` (the measurement's answers).
 
     Returns:
         ``macro_f1``, ``prefix_macro_f1``, ``mean_fraction_seen``, ``tau``, ``k`` (the monitor on the
         test split, ``(tau, k)`` chosen on validation), ``baseline`` (the same keys for the baseline,
-        or None), ``seconds``, and the details: ``flagged_share``, ``validation`` (the rule there),
-        ``rows`` (per split), ``policy_rows`` (per split), ``steps``, ``train_loss``.
+        or None), ``streaming`` (:func:`~saferlhfv.streaming_guardrail.measure_streaming` of the SFT
+        precursor on the evaluation prompts under the monitor's rule, or None), ``seconds``, and the
+        details: ``flagged_share``, ``validation`` (the rule there), ``rows`` (per split),
+        ``policy_rows`` (per split), ``steps``, ``train_loss``.
     """
     start = time.perf_counter()
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
@@ -223,10 +292,15 @@ def train_monitor(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resu
         baseline, tables["baseline"] = evaluate_monitor(
             base_model, base_processor, splits["validation"], splits["test"], **rule
         )
-    write_json_atomic(out_dir / TEST_SCORES, tables)
+    write_json_atomic(out_dir / TEST_SCORES, tables)  # per-position test scores, first harmful tokens
+    streaming = None
+    if m.streaming_prompts > 0:
+        streaming, rows = streaming_measurement(cfg, model, processor, sft_dir, tau=result["tau"], k=result["k"])
+        write_json_atomic(out_dir / STREAMING_ANSWERS, rows)
     return {
         **result,
         "baseline": baseline,
+        "streaming": streaming,
         "rows": {name: len(ds) for name, ds in splits.items()},
         "policy_rows": {name: sum(s == "policy" for s in ds["source"]) for name, ds in splits.items()},
         "steps": trained["steps"],
