@@ -213,6 +213,9 @@ def _train_one(cfg: Config, out_dir: Path, sft_dir: Path, train_ds, *, alpha: fl
                desc: str, resume: bool):  # fmt: skip
     backbone, processor = _load_backbone(cfg, sft_dir)
     model = StreamingMonitor(backbone, dropout=cfg.monitor.dropout, seed=replicate_seed(cfg))
+    # the token head's dropout draws from the global generator: seed it here, or the masks depend on
+    # whatever drew from it earlier in the process (two runs of the same config trained differently)
+    torch.manual_seed(replicate_seed(cfg))
     trainer = Trainer(
         model=model,
         dataset=train_ds,
