@@ -159,7 +159,7 @@ def choose_rule(
     """
     if f1_tolerance < 0:
         raise ValueError(f"f1_tolerance must be >= 0, got {f1_tolerance}")
-    grid = [rule_metrics(scores, mask, labels, tau=tau, k=k) for k in ks for tau in taus]
+    grid = rule_sweep(scores, mask, labels, taus=taus, ks=ks)
     if not grid:
         raise ValueError("choose_rule needs at least one tau and one k")
     best_f1 = max(m["prefix_macro_f1"] for m in grid)
@@ -175,7 +175,7 @@ def pad_scores(rows: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Ten
     scores = torch.zeros(len(rows), width)
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, r in enumerate(rows):
-        scores[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.float)
+        scores[i, : len(r)] = torch.as_tensor(r, dtype=torch.float)
         mask[i, : len(r)] = True
     return scores, mask
 

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
+from saferlhfv.algorithms.streaming import pad_scores
 from saferlhfv.io import atomic_directory
 from saferlhfv.models.collate import IGNORE_INDEX
 from saferlhfv.models.factory import load_saved_vlm, save_vlm
@@ -357,13 +358,7 @@ def score_answers(
             rows += [probs[i][mask[i]] for i in range(len(probs))]
     finally:
         monitor.train(was_training)
-    width = max((len(r) for r in rows), default=0)
-    scores = torch.zeros(len(rows), width)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        scores[i, : len(r)] = r
-        mask[i, : len(r)] = True
-    return scores, mask
+    return pad_scores(rows)
 
 
 def first_harmful_token(label_tokens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
