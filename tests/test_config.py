@@ -96,7 +96,7 @@ def test_every_config_field_has_a_one_line_help():
     from saferlhfv.config import field_help
 
     classes = _config_classes()
-    assert len(classes) == 11  # Config and its ten sections (model.lora included)
+    assert len(classes) == 13  # Config and its twelve sections (model.lora included)
     for cls in classes:
         missing = [name for name, text in field_help(cls).items() if not text]
         assert not missing, f"{cls.__name__} fields without a #: help comment: {missing}"

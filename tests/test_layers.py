@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("saferlhfv.algorithms",),
     ("saferlhfv.models",),
     ("saferlhfv.evaluate", "saferlhfv.guardrail", "saferlhfv.streaming_guardrail", "saferlhfv.train.loop"),
-    ("saferlhfv.train",),
+    ("saferlhfv.train", "saferlhfv.interpret"),
     ("saferlhfv.stages",),
     ("saferlhfv.sweep", "saferlhfv.run", "saferlhfv.diagnostics", "saferlhfv.pipeline", "saferlhfv.bench",
      "saferlhfv.rollout_table", "saferlhfv.dual", "saferlhfv.live", "saferlhfv.widgets", "saferlhfv.figures",

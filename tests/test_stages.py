@@ -6,9 +6,9 @@ import pytest
 
 import saferlhfv.train.preference as preference_stage
 import saferlhfv.train.sft as sft_stage
-from saferlhfv.config import load_config
+from saferlhfv.config import apply_overrides, load_config
 from saferlhfv.run import main
-from saferlhfv.stages import PIPELINE, PPO_METHODS, STAGES, config_sections, ensure, resolve, stage
+from saferlhfv.stages import PIPELINE, PPO_METHODS, STAGES, artifact_dir, config_sections, ensure, resolve, stage
 
 
 @pytest.fixture
@@ -34,9 +34,22 @@ def fake_builds(tmp_path, monkeypatch):
 def test_every_upstream_comes_before_its_stage_and_sections_close_over_them():
     names = list(STAGES)
     for s in STAGES.values():
-        assert all(names.index(up) < names.index(s.name) for up in s.upstream), s.name
+        owners = [resolve(up, load_config("tiny"))[0].name for up in s.upstream]  # a variant's stage
+        assert all(names.index(up) < names.index(s.name) for up in owners), s.name
     assert config_sections("reward") == ("seed", "model", "data", "sft", "reward")
-    assert PIPELINE == ("sft", "reward", "cost", "guard_model", "guard", *PPO_METHODS, "monitor")
+    # an upstream variant (ppo_lag) contributes its stage's sections
+    assert config_sections("shiftdc") == ("seed", "model", "data", "sft", "reward", "cost", "ppo", "shiftdc")
+    assert PIPELINE == (
+        "sft",
+        "reward",
+        "cost",
+        "guard_model",
+        "guard",
+        *PPO_METHODS,
+        "monitor",
+        "shiftdc",
+        "safety_neurons",
+    )
 
 
 def test_variants_resolve_to_their_stage_with_overrides():
@@ -44,6 +57,9 @@ def test_variants_resolve_to_their_stage_with_overrides():
     s, grpo = resolve("ppo_grpo_lag", cfg)
     assert s.name == "ppo" and grpo.ppo.algorithm == "grpo_lag" and grpo.ppo.samples_per_prompt == 4
     assert resolve("sft", cfg) == (STAGES["sft"], cfg)
+    # a variant's artifact is its stage's under the variant's overrides (what a downstream stage reads)
+    reward_only = apply_overrides(cfg, {"ppo.algorithm": "reward_only"})
+    assert artifact_dir(cfg, "ppo_reward_only") == artifact_dir(reward_only, "ppo") != artifact_dir(cfg, "ppo")
     with pytest.raises(ValueError, match="unknown stage 'rl'.*known"):
         stage("rl")
 

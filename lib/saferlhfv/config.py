@@ -47,6 +47,8 @@ __all__ = [
     "GuardrailConfig",
     "PPOConfig",
     "MonitorConfig",
+    "ShiftDCConfig",
+    "NeuronsConfig",
     "Config",
     "PRESETS",
     "load_config",
@@ -462,6 +464,55 @@ class MonitorConfig(TrainConfig):
 
 
 @dataclass
+class ShiftDCConfig:
+    """ShiftDC (Zou et al. 2025): the image-induced activation shift and its training-free calibration.
+
+    Safety direction per layer ``s_l = mean h_l(unsafe) - mean h_l(safe)`` at the last prompt token of
+    caption-carried requests; modality shift ``m_l = h_l(image + question) - h_l(caption + question)``;
+    calibration subtracts ``alpha * (m_l . s_l / |s_l|^2) s_l`` at the last prompt token of the upper
+    half of the layers, during the prefill only (:mod:`saferlhfv.interpret.shiftdc`). Nothing trains.
+    """
+
+    #: calibration strengths alpha measured (ShiftDC: 1); 0 is the uncalibrated policy.
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])
+    #: response budget in tokens of the measured (greedy) answers.
+    max_new_tokens: int = 40
+    #: strengths of the ablation that subtracts the whole modality shift, not only its safety component.
+    ablation_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    #: held-out image-coupled requests measured (0: all of them).
+    max_prompts: int = 0
+    #: prompts per forward pass / generation batch.
+    batch_size: int = 32
+    #: also measure with safety directions from the image-coupled train requests only (alphas 0 and 1): a
+    #: check that the result does not hinge on which text-carried requests define "unsafe" and "safe".
+    coupled_direction_check: bool = True
+
+
+@dataclass
+class NeuronsConfig:
+    """Safety neurons (Chen et al. 2024): MLP neurons whose activations carry the aligned policy's safety.
+
+    Change score of a neuron = RMS over completion tokens of ``a_aligned - a_SFT``, teacher-forced on the
+    precursor's greedy answers; dynamic activation patching copies the aligned policy's activations at
+    the top neurons into the precursor while it generates (:mod:`saferlhfv.interpret.neurons`).
+    """
+
+    #: shares of all MLP neurons patched (top by change score, and random of the same count per layer).
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2])
+    #: draws of random neurons per share (the control), averaged.
+    random_repeats: int = 3
+    #: response budget in tokens of the measured (greedy) answers.
+    max_new_tokens: int = 40
+    #: training prompts the change scores are computed on (harmful ones for safety, benign ones for
+    #: helpfulness neurons), the first of each; 0: all.
+    score_prompts: int = 0
+    #: harmful held-out prompts the patching curves are measured on, the first ones; 0: all.
+    patch_prompts: int = 0
+    #: numbers of top safety neurons the pre-generation safeguard reads (a logistic regression each).
+    safeguard_neurons: list[int] = field(default_factory=lambda: [1, 3, 10, 30, 69, 138, 300])
+
+
+@dataclass
 class Config:
     """Everything one run needs; ``preset`` records where it came from."""
 
@@ -487,6 +538,10 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     #: the streaming content monitor and its baseline (section monitor).
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    #: ShiftDC, the modality-shift calibration (section shiftdc; nothing trains).
+    shiftdc: ShiftDCConfig = field(default_factory=ShiftDCConfig)
+    #: safety neurons between the precursor and the aligned policies (section neurons; nothing trains).
+    neurons: NeuronsConfig = field(default_factory=NeuronsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML / JSON serialisable)."""

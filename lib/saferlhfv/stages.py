@@ -20,7 +20,8 @@ change to ``ppo`` retrains only PPO, while a change to ``sft`` retrains everythi
 stage has *variants*: the methods the pipeline compares (:data:`PPO_METHODS`), each the same
 stage under a few config overrides. Everything that needs a trained model (the pipeline, the
 bench, the widgets, the notebooks, the diagnostics) asks :func:`ensure` for it, which trains
-what is missing upstream first, then caches (:func:`saferlhfv.artifacts.cached`).
+what is missing upstream first, then caches (:func:`saferlhfv.artifacts.cached`). An upstream entry
+may name a variant (``ppo_lag``): the stage then reads that method's policy.
 
 Adding a stage is one :class:`Stage` entry here and its build function in ``train/``; adding a
 PPO method to the pipeline is one line of :data:`PPO_METHODS`.
@@ -112,6 +113,24 @@ def _build_monitor(cfg: Config, folder: Path, upstream: dict[str, Path], resume:
     return train_monitor(cfg, folder, upstream["sft"], resume=resume)
 
 
+def _build_shiftdc(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.interpret.shiftdc import run_shiftdc
+
+    return run_shiftdc(cfg, folder, sft_dir=upstream["sft"], aligned_dir=upstream["ppo_lag"])
+
+
+def _build_safety_neurons(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
+    from saferlhfv.interpret.neurons import run_safety_neurons
+
+    return run_safety_neurons(
+        cfg,
+        folder,
+        sft_dir=upstream["sft"],
+        aligned_dir=upstream["ppo_lag"],
+        reward_only_dir=upstream["ppo_reward_only"],
+    )
+
+
 def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
     from saferlhfv.train.ppo_lag import train_ppo_lag
 
@@ -152,11 +171,23 @@ STAGES: dict[str, Stage] = {
               hidden=("per_category_safety", "behaviour", "prompt_costs"), processes=True),
         Stage("monitor", "the streaming content monitor (SCM) and its baseline: early stopping of harmful answers",
               _build_monitor, ("sft",), ("monitor",)),
+        Stage("shiftdc", "ShiftDC: the image-induced activation shift, measured and calibrated (training-free)",
+              _build_shiftdc, ("sft", "ppo_lag"), ("shiftdc",)),
+        Stage("safety_neurons", "safety neurons: change scores, activation patching, a pre-generation safeguard",
+              _build_safety_neurons, ("sft", "ppo_lag", "ppo_reward_only"), ("neurons",)),
     )
 }  # fmt: skip
 
 #: the trained entries of the pipeline, in order: each stage, or its variants where it has some.
 PIPELINE: tuple[str, ...] = tuple(v for s in STAGES.values() for v in (s.variants or [s.name]))
+
+
+def _owner(name: str) -> Stage:
+    """The stage called ``name``, or the stage whose variant ``name`` is."""
+    for s in STAGES.values():
+        if name in s.variants:
+            return s
+    return stage(name)
 
 
 def stage(name: str) -> Stage:
@@ -177,15 +208,16 @@ def resolve(name: str, cfg: Config) -> tuple[Stage, Config]:
 def config_sections(name: str) -> tuple[str, ...]:
     """Every config section ``name``'s artifact depends on: upstream stages' first, then its own."""
     out: list[str] = []
-    s = stage(name)
+    s = _owner(name)
     for up in s.upstream:
         out += [sec for sec in config_sections(up) if sec not in out]
     return tuple(out + [sec for sec in s.sections if sec not in out])
 
 
 def artifact_dir(cfg: Config, name: str) -> Path:
-    """Folder of stage ``name``'s artifact for ``cfg`` (not created)."""
-    return artifact_folder(cfg, name, cfg.fingerprint(*config_sections(name)))
+    """Folder of stage (or variant) ``name``'s artifact for ``cfg`` (not created)."""
+    s, cfg = resolve(name, cfg)
+    return artifact_folder(cfg, s.name, cfg.fingerprint(*config_sections(s.name)))
 
 
 def upstream_dirs(cfg: Config, name: str, *, train_missing: bool = True) -> dict[str, Path]:
