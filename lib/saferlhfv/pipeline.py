@@ -19,7 +19,10 @@ Stages, in order:
   :data:`saferlhfv.stages.PPO_METHODS`
   (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``), each evaluated against the
   precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage; last
-  ``monitor``, the streaming content monitor that stops harmful answers early, and its baseline.
+  ``monitor``, the streaming content monitor that stops harmful answers early, and its baseline;
+  then the training-free measurements inside the policies: ``shiftdc`` (the image-induced activation
+  shift and its calibration) and ``safety_neurons`` (change scores, activation patching, a
+  pre-generation safeguard).
 
 Trained stages live in the artifact cache (:mod:`saferlhfv.artifacts`): a second
 run, or a notebook, reuses them unless their config changed.
@@ -177,6 +180,19 @@ def _print_table(summary: dict[str, Any]) -> None:
             )
             if m.get("baseline"):
                 note += f"; baseline {m['baseline']['prefix_macro_f1']:.2f} from prefixes"
+        elif name == "shiftdc":
+            h = m["headline"]
+            note = (
+                f"{h['policy']}: harmful requests safe {h['image_safety']:.2f} by picture, {h['text_safety']:.2f} "
+                f"as caption text; ShiftDC (alpha {h['alpha']}) safety {h['safety_gain']:+.2f}, "
+                f"benign helpfulness {-h['helpfulness_drop']:+.2f}"
+            )
+        elif name == "safety_neurons":
+            h = m["headline"]
+            note = (
+                f"top {h['fraction']:.0%} neurons restore {h['top_restored']:.0%} of the safety gap (random "
+                f"{h['random_restored']:.0%}, all {h['all_restored']:.0%}); safeguard AUC {h['safeguard_auc']:.2f}"
+            )
         elif name.startswith("ppo"):
             note = (
                 f"safety {m['safety_rate']:.2f} (precursor {m['precursor']['safety_rate']:.2f}), "

@@ -172,9 +172,10 @@ STAGES: dict[str, Stage] = {
         Stage("monitor", "the streaming content monitor (SCM) and its baseline: early stopping of harmful answers",
               _build_monitor, ("sft",), ("monitor",)),
         Stage("shiftdc", "ShiftDC: the image-induced activation shift, measured and calibrated (training-free)",
-              _build_shiftdc, ("sft", "ppo_lag"), ("shiftdc",)),
+              _build_shiftdc, ("sft", "ppo_lag"), ("shiftdc",), hidden=("policies",)),
         Stage("safety_neurons", "safety neurons: change scores, activation patching, a pre-generation safeguard",
-              _build_safety_neurons, ("sft", "ppo_lag", "ppo_reward_only"), ("neurons",)),
+              _build_safety_neurons, ("sft", "ppo_lag", "ppo_reward_only"), ("neurons",),
+              hidden=("patching", "safeguard", "overlap", "score_stats")),
     )
 }  # fmt: skip
 
