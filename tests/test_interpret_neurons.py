@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from saferlhfv.evaluate import fit_logistic
 from saferlhfv.interpret.hooks import decoder_layers, num_layers, num_neurons, record_mlp
 from saferlhfv.interpret.neurons import (
     change_scores,
-    fit_logistic,
     greedy_tokens,
     last_prompt_neurons,
     overlap,

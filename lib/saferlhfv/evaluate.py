@@ -46,6 +46,7 @@ __all__ = [
     "prompt_safety",
     "score_samples",
     "compensation",
+    "fit_logistic",
     "linear_probe_accuracy",
     "harm_probe",
 ]
@@ -308,25 +309,40 @@ def grounding_accuracy(model, processor, data_cfg, *, n: int = 100, offset: int 
     return round(sum(analyse(c, a).names_right_object for c, a in zip(rows["context"], answers)) / n, 4)
 
 
-def _fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, *, steps: int = 300):
-    """Fit an L2-regularised logistic regression: ``predict(x) -> [N]`` 0/1 (see :func:`linear_probe_accuracy`)."""
-    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    a = (train_x - mu) / sd
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, steps: int = 300, l2: float = 1e-2):
+    """An L2-regularised logistic regression on standardised features (Adam, full batch).
+
+    Args:
+        x: ``[N, D]`` features; y: ``[N]`` 0/1 labels.
+        l2: weight of ``|w|^2`` in the loss.
+
+    Returns:
+        ``score(x') -> [N']`` logits (``> 0``: class 1).
+    """
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    a = (x - mu) / sd
     w = torch.zeros(a.shape[1], requires_grad=True)
     c = torch.zeros(1, requires_grad=True)
     opt = torch.optim.Adam([w, c], lr=0.05)
-    y = train_y.float()
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, y) + 1e-2 * w.square().sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    target = y.float()
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, target) + l2 * w.square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
     @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return (((x - mu) / sd @ w + c) > 0).float()
+    def score(z: torch.Tensor) -> torch.Tensor:
+        return (z - mu) / sd @ w + c
 
-    return predict
+    return score
+
+
+def _fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, *, steps: int = 300):
+    """:func:`fit_logistic` as a classifier: ``predict(x) -> [N]`` 0/1 (see :func:`linear_probe_accuracy`)."""
+    score = fit_logistic(train_x, train_y, steps=steps)
+    return lambda x: (score(x) > 0).float()
 
 
 def linear_probe_accuracy(

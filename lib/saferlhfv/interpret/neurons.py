@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from saferlhfv.evaluate import fit_logistic
 from saferlhfv.interpret.hooks import edit_mlp, num_layers, num_neurons, record_mlp
 from saferlhfv.models.generation import VISION_KEYS, encode_prompts, media_token_ids, model_inputs, response_mask
 from saferlhfv.models.streaming import cache_kwargs, cache_of
@@ -50,7 +51,6 @@ __all__ = [
     "restored_share",
     "last_prompt_neurons",
     "roc_auc",
-    "fit_logistic",
     "safeguard_auc",
     "overlap",
     "run_safety_neurons",
@@ -325,36 +325,6 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     greater = (pos[:, None] > neg[None, :]).double().sum()
     ties = (pos[:, None] == neg[None, :]).double().sum()
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, steps: int = 300, l2: float = 1e-2):
-    """An L2-regularised logistic regression on standardised features, as in
-    :func:`saferlhfv.evaluate.linear_probe_accuracy` (Adam, full batch), returning *logits*.
-
-    Args:
-        x: ``[N, D]`` features; y: ``[N]`` 0/1 labels.
-
-    Returns:
-        ``score(x') -> [N']`` logits.
-    """
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    a = (x - mu) / sd
-    w = torch.zeros(a.shape[1], requires_grad=True)
-    c = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([w, c], lr=0.05)
-    target = y.float()
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, target) + l2 * w.square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    @torch.no_grad()
-    def score(z: torch.Tensor) -> torch.Tensor:
-        return (z - mu) / sd @ w + c
-
-    return score
 
 
 def _features(acts: torch.Tensor, selection: Selection) -> torch.Tensor:
