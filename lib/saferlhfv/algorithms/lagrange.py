@@ -39,6 +39,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from saferlhfv.finite import check_finite
+
 __all__ = ["Lagrange", "PIDLagrange", "MULTIPLIERS"]
 
 #: ``ppo.multiplier`` names: the paper's log-space gradient step, or the PID controller.
@@ -56,6 +58,14 @@ def _as_floats(costs: torch.Tensor | Iterable[float] | float | None) -> list[flo
     if isinstance(costs, (int, float)):
         return [float(costs)]
     return [float(c) for c in costs]
+
+
+def _finite_costs(lag: Lagrange, episode_costs) -> list[float]:
+    """The batch's costs as floats; a NaN / inf one raises :class:`~saferlhfv.finite.NonFiniteError`
+    before it enters the window (and so before it can reach log lambda), as omnisafe asserts."""
+    costs = _as_floats(episode_costs)
+    check_finite("episode cost", costs, stage=type(lag).__name__, step=lag.num_updates_called + 1)
+    return costs
 
 
 def _distributed() -> bool:
@@ -210,7 +220,8 @@ class Lagrange:
         """Add this batch's episode costs to the window, then take lambda's step.
 
         1. append ``episode_costs`` (``[N]`` end costs C of this process's
-           rollouts; may be empty) to the window of the last ``cost_window``;
+           rollouts; may be empty) to the window of the last ``cost_window``
+           (a NaN / inf cost raises :class:`~saferlhfv.finite.NonFiniteError` and changes nothing);
         2. ``J_C`` = mean of the windows of all processes;
         3. if this is call ``k > update_delay_steps``, the multiplier is learned
            and ``J_C`` is defined:
@@ -223,7 +234,7 @@ class Lagrange:
             ``{"lambda", "log_lambda", "Jc", "cost_gap" (J_C - d), "window" (pooled
             count), "updated" (bool)}``.
         """
-        self.window.extend(_as_floats(episode_costs))
+        self.window.extend(_finite_costs(self, episode_costs))
         self.num_updates_called += 1
         jc, count = self.cost_mean()
         updated = False
@@ -347,7 +358,7 @@ class PIDLagrange(Lagrange):
         Returns:
             :meth:`Lagrange.update`'s keys plus ``"pid_p"``, ``"pid_i"``, ``"pid_d"`` (the three terms).
         """
-        self.window.extend(_as_floats(episode_costs))
+        self.window.extend(_finite_costs(self, episode_costs))
         self.num_updates_called += 1
         jc, count = self.cost_mean()
         updated = False

@@ -52,6 +52,7 @@ __all__ = [
     "SINGLE_RESPONSE_HUB_ID",
     "MINI_DIRNAME",
     "BeaverTailsUnavailableError",
+    "UnreadableDataFileError",
     "load_beavertails_v",
     "load_preference_data",
     "mini_dir",
@@ -65,6 +66,19 @@ _DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 class BeaverTailsUnavailableError(RuntimeError):
     """The requested BeaverTails-V source cannot be reached (offline hub, missing files)."""
+
+
+class UnreadableDataFileError(BeaverTailsUnavailableError):
+    """A parquet / json / jsonl file exists but cannot be read (damaged, truncated, not that format)."""
+
+
+def _unreadable(path: Path, kind: str, err: BaseException) -> UnreadableDataFileError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return UnreadableDataFileError(
+        f"cannot read {path} as {kind} ({type(err).__name__}: {first}): the file is damaged, truncated or not "
+        f"{kind}. Download or copy it again (a partial download is the usual cause), or remove it from the "
+        "data source; data.source='mini' needs no files."
+    )
 
 
 def mini_dir() -> Path:
@@ -87,15 +101,23 @@ def _check_configs(configs: Sequence[str] | None) -> list[str] | None:
 
 
 def _read_parquet(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:  # ArrowInvalid: not parquet / truncated; OSError: unreadable
+        raise _unreadable(path, "parquet", err) from err
 
 
 def _read_json(path: Path) -> Dataset:
-    text = path.read_text()
-    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = json.loads(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise _unreadable(path, "JSON Lines" if path.suffix == ".jsonl" else "JSON", err) from err
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise _unreadable(path, "JSON records", TypeError("expected a list of objects, one per record"))
     base = str(path.parent)
     for r in rows:
         img = r.get("image")
@@ -192,7 +214,7 @@ def _load_hub(source: str, configs: list[str] | None, split: str) -> Dataset:
     parts = []
     for name in names:
         try:
-            parts.append(datasets.load_dataset(source, name=name, split=split))
+            parts.append(datasets.load_dataset(source, name=name, split=split, trust_remote_code=False))
         except Exception as err:  # offline, unknown repo, gated ... : say what to do instead
             offline = any(
                 os.environ.get(v, "0") not in ("0", "", "false", "False")

@@ -134,6 +134,12 @@ class ValidationReport:
         """Number of defects per field."""
         return dict(Counter(p.field for p in self.problems))
 
+    def dropped_by_field(self) -> dict[str, int]:
+        """Number of *dropped records* with a defect in each field (a record bad in two fields counts in both;
+        every dropped record counts at least once)."""
+        dropped = set(self.dropped)
+        return dict(Counter(f for i, f in {(p.index, p.field) for p in self.problems if p.index in dropped}))
+
     def summary(self, max_lines: int = 10) -> str:
         """A readable summary: counts, then the first ``max_lines`` problems."""
         if self.ok:
@@ -142,6 +148,8 @@ class ValidationReport:
             f"{len(self.bad_indices)} of {self.n_records} records are invalid "
             f"({len(self.problems)} problems; by field: {self.counts()})"
         )
+        if self.dropped:
+            head += f"; dropped {len(self.dropped)} records, by field: {self.dropped_by_field()}"
         lines = [head] + [f"  {p}" for p in self.problems[:max_lines]]
         if len(self.problems) > max_lines:
             lines.append(f"  ... and {len(self.problems) - max_lines} more")
@@ -153,6 +161,7 @@ class ValidationReport:
             "n_records": self.n_records,
             "n_bad": len(self.bad_indices),
             "dropped": list(self.dropped),
+            "dropped_by_field": self.dropped_by_field(),
             "problems": [{"index": p.index, "field": p.field, "reason": p.reason} for p in self.problems],
         }
 

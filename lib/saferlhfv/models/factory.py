@@ -365,9 +365,14 @@ def load_pretrained_vlm(cfg: ModelConfig) -> tuple[PreTrainedModel, ProcessorMix
         raise ValueError(f"model.family must be 'tiny' or one of {sorted(REAL_FAMILIES)}, got {cfg.family!r}")
     name = cfg.name_or_path or REAL_FAMILIES[cfg.family]
     try:
-        processor = AutoProcessor.from_pretrained(name)
+        # untrusted files: never run code shipped with a hub repo (docs/reliability.md)
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(
-            name, dtype=_dtype(cfg.dtype), device_map=cfg.device_map, attn_implementation=cfg.attn_implementation
+            name,
+            dtype=_dtype(cfg.dtype),
+            device_map=cfg.device_map,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=False,
         )
     except (OSError, ValueError) as err:  # offline, gated, wrong id, missing files
         raise ModelNotAvailableError(
@@ -418,7 +423,7 @@ def save_vlm(model: PreTrainedModel, processor: ProcessorMixin, path: str | Path
 
 
 def load_saved_vlm(path: str | Path, *, dtype: str = "float32") -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load what :func:`save_vlm` wrote."""
+    """Load what :func:`save_vlm` wrote: safetensors weights only (no pickle), no code from the folder."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no saved model in {path} (config.json missing); train it first or check the path")
@@ -428,8 +433,10 @@ def load_saved_vlm(path: str | Path, *, dtype: str = "float32") -> tuple[PreTrai
     if saved.get("processor_class") == TinyQwen2VLProcessor.__name__:
         processor = TinyQwen2VLProcessor.from_pretrained(path)
     else:
-        processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=_dtype(dtype))
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=False
+    )
     return model, processor
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from saferlhfv.data.rgb import to_rgb
 from saferlhfv.masks import position_ids_from_mask
 from saferlhfv.threads import busy, rebalance
 
@@ -78,7 +79,7 @@ def encode_prompts(
     previous, tokenizer.padding_side = tokenizer.padding_side, padding_side
     try:
         texts = render_prompts(processor, questions, responses)
-        return processor(images=[img.convert("RGB") for img in images], text=texts, return_tensors="pt", padding=True)
+        return processor(images=[to_rgb(img) for img in images], text=texts, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = previous
 

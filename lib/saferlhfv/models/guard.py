@@ -43,6 +43,7 @@ from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.data.content import CATEGORIES, SEVERITY_NAMES
+from saferlhfv.data.rgb import to_rgb
 from saferlhfv.io import atomic_directory
 from saferlhfv.models.factory import load_saved_vlm, save_vlm
 from saferlhfv.models.generation import render_prompts
@@ -157,7 +158,7 @@ def encode_guard_inputs(
     tokenizer = processor.tokenizer
     previous, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
-        return processor(images=[im.convert("RGB") for im in images], text=texts, return_tensors="pt", padding=True)
+        return processor(images=[to_rgb(im) for im in images], text=texts, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = previous
 

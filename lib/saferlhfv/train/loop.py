@@ -18,6 +18,7 @@ Pseudocode::
     for epoch in epochs:
         for batch in shuffled(dataset, seed + epoch)[skip already-done batches]:
             loss, stats = loss_fn(model, batch)
+            stop on a non-finite loss (saferlhfv.finite: the checkpoint on disk stays the last good one)
             backward; clip grad norm; optimizer step; scheduler step
             log; every eval_every: eval_fn(model); every save_every: checkpoint
 """
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from saferlhfv.config import TrainConfig
+from saferlhfv.finite import check_finite
 from saferlhfv.io import append_metrics, read_metrics, truncate_metrics
 from saferlhfv.threads import busy, rebalance
 
@@ -215,6 +217,12 @@ class Trainer:
         if self.accelerator.is_main_process:
             append_metrics(self.out_dir / METRICS, record)
 
+    def _check_finite(self, name: str, value: Any, step: int | None = None) -> None:
+        """Stop with :class:`~saferlhfv.finite.NonFiniteError` on a NaN / inf ``value`` of step ``step``
+        (default: the step being taken), naming this stage (``desc``) and the last checkpoint."""
+        check_finite(name, value, stage=self.desc, step=self.state.step + 1 if step is None else step,
+                     checkpoint=self.checkpoint_dir)  # fmt: skip
+
     # ------------------------------------------------------------------ training
 
     def evaluate(self) -> dict[str, float]:
@@ -259,6 +267,8 @@ class Trainer:
                 rebalance()
                 with acc.accumulate(self.model):
                     loss, stats = self.loss_fn(self.model, batch)
+                    if acc.num_processes == 1:  # several: checked below on the reduced loss, so all ranks stop
+                        self._check_finite("loss", loss)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -270,6 +280,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.step_in_epoch += 1
                 loss_value = float(acc.reduce(loss.detach(), reduction="mean"))
+                self._check_finite("loss", loss_value, step=self.state.step)
                 self._log(
                     {
                         "step": self.state.step,

@@ -32,6 +32,7 @@ from PIL import Image
 from saferlhfv.config import Config
 from saferlhfv.data.content import CATEGORIES
 from saferlhfv.data.oracle import harmful_word_spans, judge
+from saferlhfv.data.rgb import to_rgb
 from saferlhfv.data.world import render_image, render_response, sample_context
 from saferlhfv.data.world.grammar import (
     PRECURSOR_BENIGN,
@@ -142,7 +143,7 @@ def _policy_rows(prompts: _Prompts, split: str, n: int, policy: Policy, seed: in
     """
     drawn = [prompts.draw(split, 1_000_000 + j, harmful=j % 3 != 2) for j in range(n)]
     contexts, images = [d[0] for d in drawn], [d[1] for d in drawn]
-    pictures = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    pictures = [to_rgb(Image.open(io.BytesIO(b))) for b in images]
     answers = policy(pictures, [c["question"] for c in contexts], seed=seed)
     rows = rows_from_answers(contexts, images, answers)
     want = {True: n // 2, False: n - n // 2}

@@ -22,6 +22,10 @@ solved by alternating a step on lambda and a PPO step on the policy. One iterati
     refresh_score_models (ppo.online_labels): annotators label pairs of answers to the same
         prompt (oracle + label noise); RM-V and CM-V take one step on them
 
+Every iteration checks R, C, lambda, the advantages and each loss before they are used
+(:meth:`PPOTrainer.check_finite`): the first NaN / inf stops training with a
+:class:`~saferlhfv.finite.NonFiniteError` naming the iteration, the quantity and the last checkpoint.
+
 Methods are subclasses registered under a name (:func:`register_algorithm`), chosen by
 ``ppo.algorithm``; :func:`make_trainer` builds the one a config names:
 
@@ -101,10 +105,11 @@ from saferlhfv.algorithms.losses import (
     whiten,
 )
 from saferlhfv.config import Config, ConfigError
+from saferlhfv.finite import NonFiniteError, check_finite
 from saferlhfv.io import append_metrics, truncate_metrics
 from saferlhfv.models.generation import token_logprobs
 from saferlhfv.threads import busy, rebalance
-from saferlhfv.train.loop import METRICS, load_checkpoint, make_accelerator, save_checkpoint
+from saferlhfv.train.loop import CHECKPOINT, METRICS, load_checkpoint, make_accelerator, save_checkpoint
 from saferlhfv.train.ppo.roles import build_roles
 from saferlhfv.train.ppo.rollout import Rollout, make_rollout
 
@@ -304,6 +309,7 @@ class PPOTrainer:
             stats["online_reward_accuracy"] = st["accuracy"]
         else:
             loss = 0.0 * scores.sum()
+        self.check_finite({"online reward-model loss": loss})
         self._optimise(loss, "reward_model")
         costs = r.cost_model(**inputs).end_scores.float()
         if labels["harmless"]:
@@ -314,6 +320,7 @@ class PPOTrainer:
             stats["online_cost_accuracy"] = st["accuracy"]
         else:
             loss = 0.0 * costs.sum()
+        self.check_finite({"online cost-model loss": loss})
         self._optimise(loss, "cost_model")
         return stats
 
@@ -358,10 +365,14 @@ class PPOTrainer:
     def step(self) -> dict[str, Any]:
         """One iteration (see the module docstring); returns the logged metrics."""
         ro = self.rollout(self._prompt_rows(self.iteration))
+        self.check_finite({"reward": ro.end_reward, "cost": ro.end_cost})
         lag_stats = self.multiplier_step(ro)
         lam = self.lagrange.lambda_
+        self.check_finite({"lambda": lam})
         self.compute_advantages(ro, self.shape_rewards(ro), self.shape_costs(ro))
         ro.advantages = self.combine_advantages(ro, lam)
+        self.check_finite({"reward advantages": ro.reward_adv, "cost advantages": ro.cost_adv,
+                           "advantages": ro.advantages})  # fmt: skip
         stats = self.update(ro)
         stats.update(self.refresh_score_models(ro))
         record = self.metrics(ro, lag_stats, stats)
@@ -395,6 +406,7 @@ class PPOTrainer:
         ppo, r = self.cfg.ppo, self.roles
         logp, _ = token_logprobs(r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"])
         loss_a, a_stats = self.actor_objective(mb, logp)
+        self.check_finite({"actor loss": loss_a})
         self._optimise(loss_a, "actor")
         out = {"actor_loss": loss_a.item(), **a_stats}
         if not r.critics:
@@ -406,9 +418,41 @@ class PPOTrainer:
         ):
             values = critic(**inputs).scores[:, :-1].float()
             loss_c = critic_loss(values, old, ret, mb["mask"], ppo.clip_range_value)
+            self.check_finite({f"{name} critic loss": loss_c})
             self._optimise(loss_c, f"{name}_critic")
             out[f"{name}_critic_loss"] = loss_c.item()
         return out
+
+    def check_finite(self, values: dict[str, Any]) -> None:
+        """Raise :class:`~saferlhfv.finite.NonFiniteError` if any of ``values`` (name -> number / tensor) holds
+        a NaN or infinity, naming this method, the iteration being taken and the last checkpoint.
+
+        With several processes it is a collective (every rank calls it at the same points): all of them
+        stop together, not only the one that met the value.
+        """
+        acc, error = self.accelerator, None
+        stage, step = f"ppo ({self.algorithm})", self.iteration + 1
+        for name, value in values.items():
+            if value is None:
+                continue
+            try:
+                check_finite(name, value, stage=stage, step=step, checkpoint=self.out_dir / CHECKPOINT)
+            except NonFiniteError as err:
+                error = err
+                break
+        if acc.num_processes > 1:
+            flagged = float(acc.reduce(torch.tensor(float(error is not None), device=acc.device), "sum"))
+            if error is None and flagged > 0:
+                raise NonFiniteError(
+                    f"another process met a non-finite value in stage {stage!r} at step {step} (its error names it); "
+                    "training stopped",
+                    stage=stage,
+                    step=step,
+                    quantity="(on another process)",
+                    checkpoint=self.out_dir / CHECKPOINT,
+                )
+        if error is not None:
+            raise error
 
     def _optimise(self, loss: torch.Tensor, role: str) -> None:
         """Backward, reduce gradients (shared base, several processes), clip, step, zero."""
