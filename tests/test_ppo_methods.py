@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from saferlhfv.algorithms.losses import clipped_surrogate, group_advantages, rectified_costs, reference_kl
 from saferlhfv.config import ConfigError, load_config
+from saferlhfv.data.world import rl_prompts
+from saferlhfv.data.world.text_carried import caption_question, neutral_picture
 from saferlhfv.io import read_metrics
-from saferlhfv.train.ppo import GRPOLag, GRPORePO, RePO, make_trainer
+from saferlhfv.train.ppo import GRPOLag, GRPORePO, PPOLag, RePO, TextAlignedPPOLag, make_trainer
 from tests.helpers import SMALL_MODEL_AND_WORLD, run_ppo_two_processes, upstream_artifacts
 from tests.test_ppo_hooks import _bare, _rollout
 
@@ -189,6 +192,26 @@ def test_repo_trains(upstream, tmp_path):
     trainer.train()
     lambdas = [r["lambda"] for r in read_metrics(tmp_path / "metrics.jsonl")]
     assert all(b >= a for a, b in zip(lambdas, lambdas[1:]))  # the multiplier of a zero-violation target
+
+
+def test_text_aligned_ppo_lag_trains_on_caption_carried_prompts(upstream, tmp_path):
+    """``ppo_lag_text``: every train prompt as caption + question with the neutral picture, context unchanged."""
+    _, dirs = upstream
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=ppo_lag_text"])
+    trainer = make_trainer(cfg, out_dir=tmp_path, **dirs)
+    assert isinstance(trainer, TextAlignedPPOLag) and isinstance(trainer, PPOLag)
+    original = rl_prompts(cfg.data, "train")
+    assert len(trainer.prompts) == len(original) and trainer.prompts.features == original.features
+    assert list(trainer.prompts["question"]) == [
+        caption_question(c, q) for c, q in zip(original["context"], original["question"])
+    ]
+    assert trainer.prompts[0]["question"].startswith("the picture shows ")
+    assert list(trainer.prompts["context"]) == list(original["context"])  # the oracle's ground truth
+    blank = np.asarray(neutral_picture(cfg.data.image_size))
+    rows = trainer._prompt_rows(0)
+    assert all(np.array_equal(np.asarray(img.convert("RGB")), blank) for img in rows["image"])
+    assert set(rows["question"]) <= set(trainer.prompts["question"])
+    assert trainer.train(stop_after=1)["iterations"] >= 1
 
 
 @pytest.mark.parametrize("method", [GRPO, ["ppo.algorithm=repo"]], ids=["grpo_lag", "repo"])

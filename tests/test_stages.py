@@ -46,6 +46,7 @@ def test_every_upstream_comes_before_its_stage_and_sections_close_over_them():
         "guard_model",
         "guard",
         *PPO_METHODS,
+        "ppo_lag_text",
         "monitor",
         "shiftdc",
         "safety_neurons",

@@ -34,13 +34,13 @@ import torch
 from saferlhfv.artifacts import RESULT
 from saferlhfv.config import add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
-from saferlhfv.stages import PPO_METHODS, STAGES, artifact_dir, ensure, resolve, upstream_dirs
+from saferlhfv.stages import PPO_METHODS, PPO_SETTINGS, STAGES, artifact_dir, ensure, resolve, upstream_dirs
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    names = [*STAGES, *PPO_METHODS]
+    names = [*STAGES, *PPO_METHODS, *PPO_SETTINGS]
     parser = argparse.ArgumentParser(
         prog="python -m saferlhfv.run",
         description="Train (or read from the cache) one stage of the stage table, and print its result as JSON.",

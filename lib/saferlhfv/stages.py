@@ -13,15 +13,20 @@ stage            upstream            own sections        what it trains (module)
 ``ppo``          sft, reward, cost   ppo                 the RL stage (:mod:`saferlhfv.train.ppo_lag`)
 ``monitor``      sft                 monitor             the streaming content monitor and its baseline
                                                          (:mod:`saferlhfv.train.monitor`)
+``shiftdc``      sft, ppo_lag,       shiftdc             nothing: ShiftDC's modality shift measured and
+                 ppo_lag_text                            calibrated (:mod:`saferlhfv.interpret.shiftdc`)
+``safety_        sft, ppo_lag,       neurons             nothing: safety neurons scored and patched
+neurons``        ppo_reward_only                         (:mod:`saferlhfv.interpret.neurons`)
 ===============  ==================  ==================  ==========================================
 
 A stage's artifact key hashes its own sections and those of every stage upstream of it, so a
 change to ``ppo`` retrains only PPO, while a change to ``sft`` retrains everything. The ``ppo``
-stage has *variants*: the methods the pipeline compares (:data:`PPO_METHODS`), each the same
-stage under a few config overrides. Everything that needs a trained model (the pipeline, the
-bench, the widgets, the notebooks, the diagnostics) asks :func:`ensure` for it, which trains
-what is missing upstream first, then caches (:func:`saferlhfv.artifacts.cached`). An upstream entry
-may name a variant (``ppo_lag``): the stage then reads that method's policy.
+stage has *variants*: the methods the pipeline compares (:data:`PPO_METHODS`) and the runs a later
+stage measures (:data:`PPO_SETTINGS`), each the same stage under a few config overrides. Everything
+that needs a trained model (the pipeline, the bench, the widgets, the notebooks, the diagnostics)
+asks :func:`ensure` for it, which trains what is missing upstream first, then caches
+(:func:`saferlhfv.artifacts.cached`). An upstream entry may name a variant (``ppo_lag``): the
+stage then reads that method's policy.
 
 Adding a stage is one :class:`Stage` entry here and its build function in ``train/``; adding a
 PPO method to the pipeline is one line of :data:`PPO_METHODS`.
@@ -41,6 +46,7 @@ __all__ = [
     "Stage",
     "STAGES",
     "PPO_METHODS",
+    "PPO_SETTINGS",
     "PIPELINE",
     "stage",
     "resolve",
@@ -116,7 +122,8 @@ def _build_monitor(cfg: Config, folder: Path, upstream: dict[str, Path], resume:
 def _build_shiftdc(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
     from saferlhfv.interpret.shiftdc import run_shiftdc
 
-    return run_shiftdc(cfg, folder, sft_dir=upstream["sft"], aligned_dir=upstream["ppo_lag"])
+    return run_shiftdc(cfg, folder, sft_dir=upstream["sft"], aligned_dir=upstream["ppo_lag"],
+                       text_aligned_dir=upstream["ppo_lag_text"])  # fmt: skip
 
 
 def _build_safety_neurons(cfg: Config, folder: Path, upstream: dict[str, Path], resume: bool) -> dict[str, Any]:
@@ -152,6 +159,12 @@ PPO_METHODS: dict[str, dict[str, Any]] = {
     "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4, "ppo.lambda_max": 5.0},
 }
 
+#: PPO runs that a later stage measures, not methods the pipeline compares: the ``ppo`` stage under
+#: these overrides, variants like the methods (``python -m saferlhfv.run ppo_lag_text``). PPO-Lagrangian
+#: aligned on text-carried requests only (caption + question, a neutral picture) is ShiftDC's setting:
+#: a model made safe on text, then asked with the picture (:mod:`saferlhfv.interpret.shiftdc`).
+PPO_SETTINGS: dict[str, dict[str, Any]] = {"ppo_lag_text": {"ppo.algorithm": "ppo_lag_text"}}
+
 #: stage name -> :class:`Stage`, in training order (every stage after its upstream ones).
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -167,12 +180,12 @@ STAGES: dict[str, Stage] = {
         Stage("guard", "Beaver-Guard-V at work: moderation, filter-and-regenerate rounds, probes", _build_guard,
               ("sft", "guard_model"), ("guardrail",), hidden=("output", "input")),
         Stage("ppo", "the RL stage (ppo.algorithm), evaluated against the precursor", _build_ppo,
-              ("sft", "reward", "cost"), ("ppo",), variants=PPO_METHODS,
+              ("sft", "reward", "cost"), ("ppo",), variants={**PPO_METHODS, **PPO_SETTINGS},
               hidden=("per_category_safety", "behaviour", "prompt_costs"), processes=True),
         Stage("monitor", "the streaming content monitor (SCM) and its baseline: early stopping of harmful answers",
               _build_monitor, ("sft",), ("monitor",)),
         Stage("shiftdc", "ShiftDC: the image-induced activation shift, measured and calibrated (training-free)",
-              _build_shiftdc, ("sft", "ppo_lag"), ("shiftdc",), hidden=("policies",)),
+              _build_shiftdc, ("sft", "ppo_lag", "ppo_lag_text"), ("shiftdc",), hidden=("policies",)),
         Stage("safety_neurons", "safety neurons: change scores, activation patching, a pre-generation safeguard",
               _build_safety_neurons, ("sft", "ppo_lag", "ppo_reward_only"), ("neurons",),
               hidden=("patching", "safeguard", "overlap", "score_stats")),

@@ -23,8 +23,11 @@ Shapes: ``N`` prompts, ``L`` layers (recorded or edited), ``H`` the hidden size.
 units of ``|s_l|``: by construction the unsafe mean projects 1 above the safe mean on ``s_l``.
 
 :func:`run_shiftdc` is the ``shiftdc`` stage (:mod:`saferlhfv.stages`): it measures the distortion and
-the calibration on the precursor (SFT) and the PPO-Lagrangian policy, on the held-out evaluation
-prompts' image-coupled requests (where the picture decides whether a request is harmful).
+the calibration on the precursor (SFT) and the PPO-Lagrangian policy, and optionally on a PPO-Lagrangian
+policy aligned on text-carried prompts only (``ppo.algorithm=ppo_lag_text``,
+:mod:`saferlhfv.train.ppo.text_aligned`: the paper's setting), on the held-out evaluation prompts'
+image-coupled requests (where the picture decides whether a request is harmful). The text-carried
+helpers live in :mod:`saferlhfv.data.world.text_carried` (re-exported here).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from saferlhfv.data.content import CAPTION_TEMPLATES, fill
 from saferlhfv.data.images import BACKGROUNDS
+from saferlhfv.data.world.text_carried import caption_of, caption_question, neutral_picture
 from saferlhfv.interpret.hooks import edit_hidden, num_layers, record_hidden
 
 __all__ = [
@@ -68,26 +71,6 @@ __all__ = [
 MODES = ("safety", "whole")
 #: per-prompt answers the stage writes into its folder.
 SAMPLES = "shiftdc_samples.json"
-
-
-def neutral_picture(size: int) -> Image.Image:
-    """The stand-in picture of a text-carried request: the world's first background, nothing drawn.
-
-    Returns:
-        A ``size`` x ``size`` RGB picture of one colour.
-    """
-    return Image.new("RGB", (size, size), BACKGROUNDS[0])
-
-
-def caption_of(context: str | dict[str, Any]) -> str:
-    """The world's caption of a prompt's picture (``CAPTION_TEMPLATES[0]``): ``"the picture shows some pills."``."""
-    ctx = json.loads(context) if isinstance(context, str) else context
-    return fill(CAPTION_TEMPLATES[0], ctx["object"])
-
-
-def caption_question(context: str | dict[str, Any], question: str) -> str:
-    """The text-carried request: the picture's caption, then the question (``"the picture shows ... . <q>"``)."""
-    return f"{caption_of(context)} {question}"
 
 
 def upper_half(n_layers: int) -> list[int]:
@@ -452,8 +435,16 @@ def _effect(m: dict[str, Any], alpha: float = 1.0) -> dict[str, Any]:
     return out
 
 
-def run_shiftdc(cfg, folder: str | Path, *, sft_dir: str | Path, aligned_dir: str | Path) -> dict[str, Any]:
-    """The ``shiftdc`` stage: :func:`measure_policy` on the precursor and on the PPO-Lagrangian policy.
+def run_shiftdc(
+    cfg,
+    folder: str | Path,
+    *,
+    sft_dir: str | Path,
+    aligned_dir: str | Path,
+    text_aligned_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The ``shiftdc`` stage: :func:`measure_policy` on the precursor, the PPO-Lagrangian policy and, when
+    given, the text-aligned PPO-Lagrangian policy (``ppo.algorithm=ppo_lag_text``).
 
     Directions from the text-carried versions of the RL train prompts; measurement on the image-coupled
     requests of the held-out evaluation prompts (``cfg.shiftdc``: ``alphas``, ``ablation_alphas``,
@@ -480,7 +471,10 @@ def run_shiftdc(cfg, folder: str | Path, *, sft_dir: str | Path, aligned_dir: st
     if c.max_prompts:
         evaluation = evaluation.select(range(min(c.max_prompts, len(evaluation))))
     policies, samples = {}, {}
-    for name, path in (("sft", Path(sft_dir)), ("ppo_lag", Path(aligned_dir))):
+    runs = [("sft", Path(sft_dir)), ("ppo_lag", Path(aligned_dir))]
+    if text_aligned_dir is not None:
+        runs.append(("ppo_lag_text", Path(text_aligned_dir)))
+    for name, path in runs:
         model, processor = load_saved_vlm(path / "model", dtype=cfg.model.dtype)
         metrics, rows = measure_policy(
             model.eval(), processor, train=train, evaluation=evaluation, alphas=c.alphas,
@@ -502,10 +496,10 @@ def run_shiftdc(cfg, folder: str | Path, *, sft_dir: str | Path, aligned_dir: st
         policies[name], samples[name] = metrics, rows
         del model
     write_json_atomic(folder / SAMPLES, samples)
-    aligned = policies["ppo_lag"]
+    head = "ppo_lag_text" if text_aligned_dir is not None else "ppo_lag"
     return {
         "policies": policies,
-        "headline": {"policy": "ppo_lag", **aligned["distortion"], **aligned["effect"]},
+        "headline": {"policy": head, **policies[head]["distortion"], **policies[head]["effect"]},
         "neutral_picture": f"plain {cfg.data.image_size} px picture of colour {list(BACKGROUNDS[0])}",
         "alphas": list(c.alphas),
         "ablation_alphas": list(c.ablation_alphas),

@@ -10,6 +10,9 @@
 * :mod:`~saferlhfv.train.ppo.repo`: RePO, the rectified per-answer constraint (``repo``).
 * :mod:`~saferlhfv.train.ppo.grpo`: safe GRPO, critic-free with group baselines (``grpo_lag``), and
   with RePO's rectified constraint (``grpo_repo``).
+* :mod:`~saferlhfv.train.ppo.text_aligned`: PPO-Lagrangian on text-carried prompts only (caption +
+  question, neutral picture: ``ppo_lag_text``; with the oracle's scores ``oracle_ppo_lag_text``), the
+  setting of ShiftDC's distortion.
 The stage's build around it (train, then evaluate against the precursor) is
 :mod:`saferlhfv.train.ppo_lag`; budget sweeps and seeds (mean +- std) over cached runs are
 :mod:`saferlhfv.sweep`.
@@ -19,6 +22,7 @@ from saferlhfv.train.ppo.grpo import GRPOLag, GRPORePO
 from saferlhfv.train.ppo.repo import RectifiedConstraint, RePO
 from saferlhfv.train.ppo.roles import Roles, SeparateRoles, SharedRoles, build_roles
 from saferlhfv.train.ppo.rollout import Rollout, make_rollout
+from saferlhfv.train.ppo.text_aligned import OracleTextAlignedPPOLag, TextAlignedPPOLag
 from saferlhfv.train.ppo.trainer import (
     ALGORITHMS,
     FixedLambda,
@@ -39,6 +43,7 @@ __all__ = [
     "GRPOLag",
     "GRPORePO",
     "OracleScores",
+    "OracleTextAlignedPPOLag",
     "PPOLag",
     "PPOTrainer",
     "RePO",
@@ -49,6 +54,7 @@ __all__ = [
     "Rollout",
     "SeparateRoles",
     "SharedRoles",
+    "TextAlignedPPOLag",
     "annotate_pairs",
     "build_roles",
     "make_rollout",
