@@ -50,6 +50,10 @@ SMALL_MODEL_AND_WORLD = [
     "data.prompts_per_category_train=2",
     "data.prompts_per_category_eval=1",
     "data.sft_per_category=4",
+    # a few steps of vision pretraining, not the preset's 2,000 (about 55 s per upstream fixture): these
+    # tests check mechanics, not what the precursor sees (tests/test_vision_pretrain.py does)
+    "sft.vision_steps=20",
+    "sft.caption_examples=64",
     "ppo.rollout_batch_size=4",
     "ppo.batch_size=2",
     "ppo.max_new_tokens=6",
