@@ -29,7 +29,7 @@ Hooks are removed when the ``with`` block ends, also on an exception.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -43,6 +43,7 @@ __all__ = [
     "edit_hidden",
     "record_mlp",
     "edit_mlp",
+    "at_last_prompt_token",
 ]
 
 #: what a recording context yields: layer -> the activation of each forward pass, in order.
@@ -184,3 +185,48 @@ def edit_mlp(model: torch.nn.Module, edits: dict[int, Edit]) -> Iterator[None]:
 
     with _hooks([blocks[i].mlp.down_proj.register_forward_pre_hook(hook(fn)) for i, fn in edits.items()]):
         yield
+
+
+@torch.no_grad()
+def at_last_prompt_token(
+    model: torch.nn.Module,
+    processor,
+    images,
+    questions,
+    *,
+    record: Callable[..., AbstractContextManager[Recording]] = record_hidden,
+    layers: Iterable[int] | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """What ``record`` reads at the last prompt token (where the answer starts), one forward pass per batch.
+
+    Prompts are left padded, so the last position of every row is its last real token.
+
+    Args:
+        images, questions: ``N`` pictures and their questions (the chat template adds the rest).
+        record: :func:`record_hidden` (the residual stream, ``D = H``) or :func:`record_mlp` (neurons, ``D = I``).
+        layers: decoder layers to read (all when None).
+
+    Returns:
+        ``[N, L, D]`` float32 on the CPU, layers in the order given.
+    """
+    from saferlhfv.models.generation import VISION_KEYS, encode_prompts, model_inputs
+
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    chosen = _layers(model, layers)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            stop = start + batch_size
+            enc = encode_prompts(processor, list(images[start:stop]), list(questions[start:stop])).to(device)
+            vision = {k: enc[k] for k in VISION_KEYS if k in enc}
+            with record(model, chosen) as rec:
+                model(**model_inputs(enc["input_ids"], enc["attention_mask"], vision), use_cache=False)
+            out.append(torch.stack([rec[i][0][:, -1] for i in chosen], dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from saferlhfv.evaluate import fit_logistic
-from saferlhfv.interpret.hooks import edit_mlp, num_layers, num_neurons, record_mlp
+from saferlhfv.interpret.hooks import at_last_prompt_token, edit_mlp, num_layers, num_neurons, record_mlp
 from saferlhfv.models.generation import VISION_KEYS, encode_prompts, media_token_ids, model_inputs, response_mask
 from saferlhfv.models.streaming import cache_kwargs, cache_of
 
@@ -296,17 +296,7 @@ def last_prompt_neurons(model, processor, images, questions, *, batch_size: int 
     Returns:
         ``[N, L, I]`` float32.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start, stop in _batches(len(questions), batch_size):
-        enc = encode_prompts(processor, list(images[start:stop]), list(questions[start:stop])).to(device)
-        vision = {k: enc[k] for k in VISION_KEYS if k in enc}
-        with record_mlp(model) as rec:
-            model(**model_inputs(enc["input_ids"], enc["attention_mask"], vision), use_cache=False)
-        # left padding: the last position is the last prompt token of every row
-        out.append(torch.stack([rec[layer][0][:, -1] for layer in sorted(rec)], dim=1).cpu())
-    return torch.cat(out)
+    return at_last_prompt_token(model, processor, images, questions, record=record_mlp, batch_size=batch_size)
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -44,7 +44,7 @@ from PIL import Image
 
 from saferlhfv.data.images import BACKGROUNDS
 from saferlhfv.data.world.text_carried import caption_of, caption_question, neutral_picture
-from saferlhfv.interpret.hooks import edit_hidden, num_layers, record_hidden
+from saferlhfv.interpret.hooks import at_last_prompt_token, edit_hidden, num_layers, record_hidden
 
 __all__ = [
     "MODES",
@@ -99,26 +99,8 @@ def last_token_states(
     Returns:
         ``[N, L, H]`` float32 on the CPU, layers in the order given.
     """
-    from saferlhfv.models.generation import VISION_KEYS, encode_prompts, model_inputs
-
-    if len(images) != len(questions):
-        raise ValueError(f"{len(images)} images for {len(questions)} questions")
-    layers = list(range(num_layers(model))) if layers is None else list(layers)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    try:
-        for start in range(0, len(questions), batch_size):
-            stop = start + batch_size
-            enc = encode_prompts(processor, list(images[start:stop]), list(questions[start:stop])).to(device)
-            vision = {k: enc[k] for k in VISION_KEYS if k in enc}
-            with record_hidden(model, layers) as rec:
-                model(**model_inputs(enc["input_ids"], enc["attention_mask"], vision), use_cache=False)
-            out.append(torch.stack([rec[i][0][:, -1] for i in layers], dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    return at_last_prompt_token(model, processor, images, questions, record=record_hidden, layers=layers,
+                                batch_size=batch_size)  # fmt: skip
 
 
 def safety_directions(unsafe_states: torch.Tensor, safe_states: torch.Tensor) -> torch.Tensor:
@@ -452,9 +434,10 @@ def run_shiftdc(
     per-prompt answers of each policy).
 
     Returns:
-        ``policies`` (``sft`` / ``ppo_lag``: :func:`measure_policy`'s metrics, plus ``effect``: safety gain
-        and helpfulness drop at alpha 1, ShiftDC and whole shift), ``headline`` (the PPO-Lagrangian
-        policy's distortion and effect: the aligned model is the one the paper's claim is about),
+        ``policies`` (``sft`` / ``ppo_lag`` / ``ppo_lag_text``: :func:`measure_policy`'s metrics, plus
+        ``effect``: safety gain and helpfulness drop at alpha 1, ShiftDC and whole shift), ``headline``
+        (the distortion and effect of ``ppo_lag_text`` when given, the paper's setting of a model aligned
+        on text; else of PPO-Lagrangian),
         with ``cfg.shiftdc.coupled_direction_check`` each policy's ``coupled_direction`` (the same measurement,
         alphas 0 and 1, with directions from the image-coupled train requests only),
         ``neutral_picture`` (what stands in for "no picture"), ``seconds``.
