@@ -109,7 +109,10 @@ class ModelConfig:
     freeze_vision_tower: bool = False
     #: LoRA adapters (section model.lora).
     lora: LoraConfig = field(default_factory=LoraConfig)
-    # ---- the tiny LLaVA architecture (used only when family == "tiny") ----
+    # ---- the tiny model (used only when family == "tiny") ----
+    #: the real classes, chat template and special tokens the tiny model is built with: llava (LLaVA-1.5
+    #: layout, what the tiny preset trains) | llava_next | qwen2_vl | qwen2_5_vl (tests, the GPU check).
+    tiny_arch: str = "llava"
     #: size of the BPE vocabulary trained on the world's corpus, special tokens included.
     tiny_vocab_size: int = 1024
     #: width of the tiny decoder.
@@ -321,10 +324,16 @@ class PPOConfig:
     ``warmup_ratio``, ``eval_every`` or ``gradient_accumulation_steps`` to set by mistake).
     """
 
-    #: actor learning rate (AdamW, constant).
+    #: actor learning rate (AdamW; schedule: lr_scheduler).
     learning_rate: float = 1e-5
     #: actor weight decay (critics use 0, as the reference does).
     weight_decay: float = 0.0
+    #: learning-rate schedule of the actor and the critics: "constant" or "cosine" (to 0 at the last step).
+    lr_scheduler: str = "constant"
+    #: share of the run's optimiser steps over which the learning rates warm up linearly from 0.
+    lr_warmup_ratio: float = 0.0
+    #: AdamW's beta2 of the actor and the critics (beta1 is 0.9; the reference uses 0.95, torch 0.999).
+    adam_beta2: float = 0.999
     #: minibatch size of the PPO update (episodes).
     batch_size: int = 8
     #: clip each model's global gradient norm to this.

@@ -37,7 +37,14 @@ from PIL import Image
 
 from saferlhfv.evaluate import fit_logistic
 from saferlhfv.interpret.hooks import at_last_prompt_token, edit_mlp, num_layers, num_neurons, record_mlp
-from saferlhfv.models.generation import VISION_KEYS, encode_prompts, media_token_ids, model_inputs, response_mask
+from saferlhfv.models.generation import (
+    VISION_KEYS,
+    encode_prompts,
+    end_token_ids,
+    media_token_ids,
+    model_inputs,
+    response_mask,
+)
 from saferlhfv.models.streaming import cache_kwargs, cache_of
 
 __all__ = [
@@ -164,13 +171,13 @@ def patched_generate(
     for model in (sft, aligned):
         if model is not None:
             model.eval()
-    eos = processor.tokenizer.eos_token_id
+    ends = end_token_ids(sft, processor)
     texts: list[str] = []
     tokens: list[torch.Tensor] = []
     for start, stop in _batches(len(questions), batch_size):
         _, generated = _generate_batch(sft, aligned, processor, list(images[start:stop]), list(questions[start:stop]),
                                        neurons, max_new_tokens=max_new_tokens)  # fmt: skip
-        keep = response_mask(generated, eos).bool() if eos is not None else torch.ones_like(generated, dtype=torch.bool)
+        keep = response_mask(generated, ends).bool() if ends else torch.ones_like(generated, dtype=torch.bool)
         tokens += [g[m].cpu() for g, m in zip(generated, keep)]
         texts += [t.strip() for t in processor.batch_decode(generated, skip_special_tokens=True)]
     return (texts, tokens) if return_tokens else texts

@@ -2,11 +2,13 @@
 
 Two routes, one interface (``(model, processor)``, both Hugging Face objects):
 
-* **tiny** (``ModelConfig.family == "tiny"``): a real LLaVA (or, for tests,
-  Qwen2-VL) architecture with random weights, sized from the ``tiny_*`` fields,
-  with a byte-level BPE tokenizer trained locally on a corpus the caller gives
-  and a processor with a chat template. Offline, deterministic from
-  the ``seed`` argument (a run's ``Config.seed``), about 1-2 M parameters: a CPU trains it in minutes.
+* **tiny** (``ModelConfig.family == "tiny"``): the real classes of one family
+  (``model.tiny_arch``: LLaVA-1.5, the default and what the tiny preset trains; LLaVA-NeXT,
+  Qwen2-VL, Qwen2.5-VL for tests and the GPU check) with random weights, sized from the
+  ``tiny_*`` fields, with a byte-level BPE tokenizer trained locally on a corpus the caller
+  gives and a processor with the family's chat template and special tokens. Offline,
+  deterministic from the ``seed`` argument (a run's ``Config.seed``), about 1-2 M parameters:
+  a CPU trains it in minutes.
 * **real** (``"llava"``, ``"llava_next"``, ``"qwen2_vl"``, ``"qwen2_5_vl"``):
   ``from_pretrained`` with dtype, device map, gradient checkpointing, a frozen
   vision tower and LoRA (peft) as the config asks. Without network access a
@@ -34,10 +36,17 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -59,6 +68,7 @@ __all__ = [
     "merged_copy",
     "load_saved_vlm",
     "apply_lora",
+    "prepare_for_training",
     "vision_tower",
     "language_model",
     "count_parameters",
@@ -71,11 +81,15 @@ REAL_FAMILIES = {
     "qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
-#: architectures the tiny route can build (LLaVA for training, Qwen2-VL for tests of that family).
-TINY_ARCHS = ("llava", "qwen2_vl")
+#: architectures the tiny route can build: the real classes of each family (LLaVA is what the tiny
+#: preset trains; the others run in tests and the GPU check).
+TINY_ARCHS = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
 QWEN_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+#: Qwen2-VL-Instruct's text specials: pad / end of text, and the turn markers (its eos is <|im_end|>).
+QWEN_TEXT = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -90,6 +104,40 @@ _CHAT_TEMPLATE = (
     "{% endif %}" + EOS + "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+#: LLaVA-NeXT (llava-v1.6-mistral-7b-hf's chat_template.json): "[INST] <image>\nq [/INST] answer</s> ".
+_LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'][0]['text'] + '</s> '}}"
+    "{% endif %}{% endfor %}"
+)
+
+#: Qwen2-VL-Instruct's chat template (also Qwen2.5-VL-Instruct's): a system turn, then
+#: "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>q<|im_end|>\n<|im_start|>assistant\n".
+_QWEN_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -113,6 +161,16 @@ class TinyQwen2VLProcessor(Qwen2VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` for images only, like :class:`TinyQwen2VLProcessor`."""
+
+    __init__ = TinyQwen2VLProcessor.__init__
+
+
+#: processors of the tiny route that ``AutoProcessor`` cannot rebuild from a saved folder.
+_TINY_PROCESSORS = {cls.__name__: cls for cls in (TinyQwen2VLProcessor, TinyQwen2_5_VLProcessor)}
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 
@@ -125,14 +183,17 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 1024, arch: str 
     Args:
         corpus: the texts to learn merges from (the mini world's questions and responses).
         vocab_size: final vocabulary size, special tokens and the 256 byte symbols included.
-        arch: ``"llava"`` adds ``<image>``; ``"qwen2_vl"`` adds Qwen's vision tokens.
+        arch: a :data:`TINY_ARCHS` name. The LLaVA families get ``<pad> <s> </s> <image>``; the Qwen
+            families get Qwen2-VL-Instruct's specials: pad ``<|endoftext|>``, eos ``<|im_end|>``, the
+            turn marker ``<|im_start|>`` and the vision tokens (no BOS, as Qwen has none).
 
     Returns:
-        A ``PreTrainedTokenizerFast`` with pad / bos / eos set and ``image_token`` attached.
+        A ``PreTrainedTokenizerFast`` with pad / eos (and bos) set and ``image_token`` attached.
     """
     if arch not in TINY_ARCHS:
         raise ValueError(f"unknown tiny arch {arch!r}; choose one of {TINY_ARCHS}")
-    specials = [PAD, BOS, EOS] + ([IMAGE] if arch == "llava" else list(QWEN_SPECIALS))
+    qwen = arch in QWEN_ARCHS
+    specials = list(QWEN_TEXT + QWEN_SPECIALS) if qwen else [PAD, BOS, EOS, IMAGE]
     texts = [t for t in corpus if t]
     if not texts:
         raise ValueError("train_tokenizer needs a non-empty corpus")
@@ -146,18 +207,19 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 1024, arch: str 
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    image_token = IMAGE if arch == "llava" else "<|image_pad|>"
-    extra = {"image_token": image_token}
-    if arch == "qwen2_vl":
-        extra.update(
-            {
-                "vision_bos_token": "<|vision_start|>",
-                "vision_eos_token": "<|vision_end|>",
-                "video_token": "<|video_pad|>",
-            }
+    if not qwen:
+        extra = {"image_token": IMAGE}
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, extra_special_tokens=extra
         )
+    extra = {
+        "image_token": "<|image_pad|>",
+        "vision_bos_token": "<|vision_start|>",
+        "vision_eos_token": "<|vision_end|>",
+        "video_token": "<|video_pad|>",
+    }
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, extra_special_tokens=extra
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=extra
     )
 
 
@@ -172,8 +234,8 @@ def _seeded(seed: int):
         yield
 
 
-def _tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
-    text = LlamaConfig(
+def _tiny_llama_text(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.tiny_hidden_size,
         intermediate_size=cfg.tiny_intermediate_size,
@@ -186,7 +248,10 @@ def _tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[P
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    vision = CLIPVisionConfig(
+
+
+def _tiny_clip(cfg: ModelConfig) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
         hidden_size=cfg.tiny_vision_hidden_size,
         intermediate_size=4 * cfg.tiny_vision_hidden_size,
         num_hidden_layers=cfg.tiny_vision_layers,
@@ -195,10 +260,13 @@ def _tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[P
         patch_size=cfg.tiny_patch_size,
         projection_dim=cfg.tiny_vision_hidden_size,
     )
+
+
+def _tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     n_image_tokens = (cfg.tiny_image_size // cfg.tiny_patch_size) ** 2
     config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=_tiny_clip(cfg),
+        text_config=_tiny_llama_text(cfg, tokenizer),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         image_seq_length=n_image_tokens,
         vision_feature_select_strategy="default",  # drop CLS: one token per patch
@@ -221,25 +289,66 @@ def _tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[P
     return model, processor
 
 
-def _tiny_qwen2_vl(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _tiny_llava_next(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA-NeXT ("anyres"): the picture as a whole plus tiles at one grid resolution (the picture's own size)."""
+    side = cfg.tiny_image_size
+    config = LlavaNextConfig(
+        vision_config=_tiny_clip(cfg),
+        text_config=_tiny_llama_text(cfg, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_grid_pinpoints=[[side, side]],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    model = LlavaNextForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=[[side, side]]
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.tiny_patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_LLAVA_NEXT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _qwen_text(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
     head_dim = cfg.tiny_hidden_size // cfg.tiny_heads
     half = head_dim // 2  # mrope splits the rotary half-dimension over (time, height, width)
     section = [half - 2 * (half // 3), half // 3, half // 3]
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cfg.tiny_hidden_size,
+        "intermediate_size": cfg.tiny_intermediate_size,
+        "num_hidden_layers": cfg.tiny_layers,
+        "num_attention_heads": cfg.tiny_heads,
+        "num_key_value_heads": cfg.tiny_heads,
+        "max_position_embeddings": cfg.tiny_max_positions,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _qwen_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
+
+
+def _tiny_qwen2_vl(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     merge = 2
     config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": cfg.tiny_hidden_size,
-            "intermediate_size": cfg.tiny_intermediate_size,
-            "num_hidden_layers": cfg.tiny_layers,
-            "num_attention_heads": cfg.tiny_heads,
-            "num_key_value_heads": cfg.tiny_heads,
-            "max_position_embeddings": cfg.tiny_max_positions,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
+        text_config=_qwen_text(cfg, tokenizer),
         vision_config={
             "depth": cfg.tiny_vision_layers,
             "embed_dim": cfg.tiny_vision_hidden_size,
@@ -249,23 +358,51 @@ def _tiny_qwen2_vl(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tupl
             "spatial_merge_size": merge,
             "temporal_patch_size": 2,
         },
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_qwen_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = Qwen2VLForConditionalGeneration(config)
+    return model, _qwen_processor(cfg, tokenizer, TinyQwen2VLProcessor, merge)
+
+
+def _tiny_qwen2_5_vl(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen2.5-VL: Qwen2-VL's layout with a windowed-attention vision tower (RMSNorm, SwiGLU)."""
+    merge = 2
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(cfg, tokenizer),
+        vision_config={
+            "depth": cfg.tiny_vision_layers,
+            "hidden_size": cfg.tiny_vision_hidden_size,
+            "intermediate_size": 2 * cfg.tiny_vision_hidden_size,
+            "out_hidden_size": cfg.tiny_hidden_size,
+            "num_heads": cfg.tiny_vision_heads,
+            "patch_size": cfg.tiny_patch_size,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+            "window_size": 2 * merge * cfg.tiny_patch_size,  # windows of 2 x 2 merged patches
+            "fullatt_block_indexes": [cfg.tiny_vision_layers - 1],
+        },
+        **_qwen_token_ids(tokenizer),
+        tie_word_embeddings=False,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    return model, _qwen_processor(cfg, tokenizer, TinyQwen2_5_VLProcessor, merge)
+
+
+def _qwen_processor(cfg: ModelConfig, tokenizer, cls, merge: int) -> ProcessorMixin:
     pixels = cfg.tiny_image_size**2
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=cfg.tiny_patch_size, merge_size=merge, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels
     )
-    processor = TinyQwen2VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=_CHAT_TEMPLATE.replace("@IMAGE@", "<|vision_start|><|image_pad|><|vision_end|>"),
-    )
-    return model, processor
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=_QWEN_TEMPLATE)
+
+
+_TINY_BUILDERS = {
+    "llava": _tiny_llava,
+    "llava_next": _tiny_llava_next,
+    "qwen2_vl": _tiny_qwen2_vl,
+    "qwen2_5_vl": _tiny_qwen2_5_vl,
+}
 
 
 def build_tiny_vlm(
@@ -276,8 +413,9 @@ def build_tiny_vlm(
     Args:
         cfg: model config; its ``tiny_*`` fields set the sizes.
         corpus: texts the tokenizer learns its merges from.
-        arch: ``"llava"`` (CLIP vision tower + Llama decoder, what the tiny preset trains)
-            or ``"qwen2_vl"`` (same classes as the real Qwen2-VL, used by tests).
+        arch: a :data:`TINY_ARCHS` name: ``"llava"`` (CLIP vision tower + Llama decoder, what the tiny
+            preset trains), ``"llava_next"``, ``"qwen2_vl"`` or ``"qwen2_5_vl"`` (the real classes of
+            those families, with their chat templates: tests and the GPU check).
 
     Returns:
         ``(model, processor)``: a ``*ForConditionalGeneration`` in train mode and its processor.
@@ -289,9 +427,11 @@ def build_tiny_vlm(
             f"model.tiny_patch_size ({cfg.tiny_patch_size})"
         )
     with _seeded(seed):
-        model, processor = (_tiny_llava if arch == "llava" else _tiny_qwen2_vl)(cfg, tokenizer)
+        model, processor = _TINY_BUILDERS[arch](cfg, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Qwen2-VL-Instruct stops on <|im_end|> and on <|endoftext|> (its generation_config.json lists both)
+    ends = [tokenizer.eos_token_id] + ([tokenizer.pad_token_id] if arch in QWEN_ARCHS else [])
+    model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
     return model.to(_dtype(cfg.dtype)), processor
 
 
@@ -343,12 +483,24 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig, *, adapter_name: str = 
     return get_peft_model(model, peft_cfg, adapter_name=adapter_name)
 
 
-def _finish(model: PreTrainedModel, cfg: ModelConfig):
-    if cfg.freeze_vision_tower:
+def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig, *, freeze_vision: bool = False) -> PreTrainedModel:
+    """What every stage that fine-tunes a loaded model does first, as ``model`` (the config section) asks.
+
+    The vision tower is frozen with ``cfg.freeze_vision_tower`` (or ``freeze_vision``: a stage's own
+    switch) and activations are recomputed with ``cfg.gradient_checkpointing``. The same for SFT,
+    RM-V / CM-V, the guard, the monitor and PPO's actor and critics: the paper freezes the tower in
+    every stage after pretraining. Returns ``model`` (changed in place); LoRA is the caller's choice.
+    """
+    if cfg.freeze_vision_tower or freeze_vision:
         vision_tower(model).requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    return model
+
+
+def _finish(model: PreTrainedModel, cfg: ModelConfig):
+    model = prepare_for_training(model, cfg)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     return model
@@ -392,7 +544,7 @@ def load_vlm(
     if cfg.family == "tiny":
         if corpus is None:
             raise ValueError("the tiny model trains its tokenizer on a corpus: pass corpus=...")
-        model, processor = build_tiny_vlm(cfg, corpus, seed=seed)
+        model, processor = build_tiny_vlm(cfg, corpus, arch=cfg.tiny_arch, seed=seed)
         return _finish(model, cfg), processor
     return load_pretrained_vlm(cfg)
 
@@ -430,8 +582,8 @@ def load_saved_vlm(path: str | Path, *, dtype: str = "float32") -> tuple[PreTrai
     saved = (
         json.loads((path / "processor_config.json").read_text()) if (path / "processor_config.json").is_file() else {}
     )
-    if saved.get("processor_class") == TinyQwen2VLProcessor.__name__:
-        processor = TinyQwen2VLProcessor.from_pretrained(path)
+    if saved.get("processor_class") in _TINY_PROCESSORS:
+        processor = _TINY_PROCESSORS[saved["processor_class"]].from_pretrained(path)
     else:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     model = AutoModelForImageTextToText.from_pretrained(

@@ -28,6 +28,8 @@ __all__ = [
     "model_inputs",
     "token_logprobs",
     "response_mask",
+    "end_token_ids",
+    "end_at_eos",
 ]
 
 
@@ -52,8 +54,22 @@ def render_prompts(
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         if responses is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": responses[i]}]})
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=responses is None, tokenize=False))
+        text = processor.apply_chat_template(messages, add_generation_prompt=responses is None, tokenize=False)
+        texts.append(text if responses is None else end_at_eos(text, processor.tokenizer.eos_token))
     return texts
+
+
+def end_at_eos(text: str, eos: str) -> str:
+    """A rendered conversation that ends exactly at its answer's end-of-sequence token, as a generated one does.
+
+    A policy's sampled answer ends at the EOS token it generated (``<|im_end|>`` for Qwen2-VL-Instruct,
+    ``</s>`` for LLaVA), so PPO reads RM-V's and CM-V's scores there. Chat templates differ in what
+    follows the answer: Qwen's adds a newline after ``<|im_end|>``, LLaVA-NeXT's a space after ``</s>``,
+    LLaVA-1.5's ends with a space and no ``</s>`` at all. Cut the trailing whitespace and end with
+    ``eos`` so that training (SFT labels, RM-V / CM-V end scores) sees the same last token as PPO.
+    """
+    text = text.rstrip()
+    return text if text.endswith(eos) else text + eos
 
 
 def encode_prompts(
@@ -177,7 +193,18 @@ VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_siz
 
 def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Keyword arguments of a forward pass: ids ``[B, L]``, mask ``[B, L]``, the processor's image tensors,
-    and for LLaVA-style models position ids that count real tokens only (left padding safe)."""
+    and for LLaVA-style models position ids that count real tokens only (left padding safe).
+
+    ``vision`` may come from the prompts alone (``[B, P]`` with ``P <= L``): Qwen2-VL's per-token
+    ``mm_token_type_ids`` are then extended with text (0) over the ``L - P`` tokens appended after
+    the prompt (the answer), which is what its 3-D rope positions need.
+    """
+    vision = dict(vision)
+    types = vision.get("mm_token_type_ids")
+    if types is not None and types.shape[1] < input_ids.shape[1]:
+        vision["mm_token_type_ids"] = torch.cat(
+            [types, types.new_zeros(types.shape[0], input_ids.shape[1] - types.shape[1])], dim=1
+        )
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **vision}
     if "image_grid_thw" not in vision:  # LLaVA: positions count real tokens only (left padding safe)
         inputs["position_ids"] = position_ids_from_mask(attention_mask)
@@ -199,15 +226,30 @@ def token_logprobs(
     return logp, entropy
 
 
-def response_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 on the real tokens of generated responses: up to and including the first EOS.
+def end_token_ids(model, processor: ProcessorMixin) -> list[int]:
+    """Every token id that ends an answer: the generation config's EOS ids (Qwen2-VL-Instruct lists
+    ``<|im_end|>`` and ``<|endoftext|>``) and the tokenizer's EOS. ``model`` may be wrapped (peft,
+    DDP) or ``None`` (the tokenizer's EOS only)."""
+    ids = {processor.tokenizer.eos_token_id}
+    for m in (model, getattr(model, "module", None), getattr(model, "base_model", None)):
+        config = getattr(m, "generation_config", None)
+        if config is not None:
+            eos = config.eos_token_id
+            ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return sorted(i for i in ids if i is not None)
+
+
+def response_mask(generated: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """1 on the real tokens of generated responses: up to and including the first end token.
 
     Args:
         generated: ``[B, R]`` the tokens ``generate`` appended after the prompts.
+        eos_token_id: the id, or every id (:func:`end_token_ids`), that ends an answer.
 
     Returns:
         ``[B, R]`` long mask (tokens after the first EOS are padding).
     """
-    is_eos = (generated == eos_token_id).long()
+    ends = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    is_eos = torch.isin(generated, ends.to(generated.device)).long()
     after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
     return (~after_eos).long()

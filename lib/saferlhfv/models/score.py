@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from saferlhfv.io import atomic_directory
 from saferlhfv.masks import last_real_index, position_ids_from_mask
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
+from saferlhfv.models.generation import model_inputs
 
 __all__ = [
     "VLMWithHeads",
@@ -119,12 +120,14 @@ class VLMWithHeads(nn.Module):
         return heads
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs) -> torch.Tensor:
-        """Decoder hidden states ``[B, T, H]``; positions count real tokens only (any padding side)."""
+        """Decoder hidden states ``[B, T, H]``; positions count real tokens only (any padding side).
+
+        The inputs go through :func:`~saferlhfv.models.generation.model_inputs`: LLaVA's position ids from
+        the mask, Qwen's prompt-length token types extended over an appended answer.
+        """
         core = self._base().model  # LlavaModel / Qwen2VLModel: decoder hidden states, no LM head
-        kwargs = dict(vision_inputs)
-        if "image_grid_thw" not in kwargs:  # Qwen2-VL derives its 3-D rope positions from the mask itself
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-        return core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
+        kwargs = model_inputs(input_ids, attention_mask, vision_inputs)
+        return core(**kwargs, use_cache=False).last_hidden_state
 
 
 class ScoreModel(VLMWithHeads):

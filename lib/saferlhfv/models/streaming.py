@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.masks import position_ids_from_mask
-from saferlhfv.models.generation import encode_prompts, media_token_ids
+from saferlhfv.models.generation import encode_prompts, end_token_ids, media_token_ids
 from saferlhfv.models.monitor import StreamingMonitor
 
 __all__ = ["MonitorStream", "StreamResult", "stream_generate", "cache_kwargs", "cache_of", "next_position_ids"]
@@ -159,8 +159,7 @@ def stream_generate(
     batch = encode_prompts(processor, [image], [question]).to(device)
     vision = {k_: v for k_, v in batch.items() if k_ not in ("input_ids", "attention_mask")}
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    eos = policy.generation_config.eos_token_id
-    eos_ids = {eos} if isinstance(eos, int) else set(eos or [processor.tokenizer.eos_token_id])
+    eos_ids = set(end_token_ids(policy, processor))
     banned = media_token_ids(processor)
     mrope = "image_grid_thw" in vision
     was = policy.training, monitor is not None and monitor.training

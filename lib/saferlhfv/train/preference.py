@@ -35,7 +35,7 @@ from saferlhfv.algorithms.losses import cost_loss, cost_signs, reward_loss
 from saferlhfv.config import Config
 from saferlhfv.data import load_preference_data
 from saferlhfv.models.collate import blank_like, pair_batch
-from saferlhfv.models.factory import apply_lora, load_saved_vlm
+from saferlhfv.models.factory import apply_lora, load_saved_vlm, prepare_for_training
 from saferlhfv.models.score import ScoreModel, load_score_model, save_score_model, score_texts
 from saferlhfv.train.loop import Trainer
 from saferlhfv.train.sft import PRECURSOR_SAMPLES
@@ -254,6 +254,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     stage_cfg = cfg.reward if kind == "reward" else cfg.cost
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+    backbone = prepare_for_training(backbone, cfg.model)
     if cfg.model.lora.enabled:  # a LoRA adapter on the frozen SFT model (+ the head): shared-base PPO loads it
         backbone = apply_lora(backbone, cfg.model.lora)
     model = ScoreModel(backbone, seed=cfg.seed)

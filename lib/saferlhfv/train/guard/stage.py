@@ -88,16 +88,12 @@ def _loss_fn(cfg: Config):
 
 
 def _load_backbone(cfg: Config, sft_dir: Path):
-    from saferlhfv.models.factory import apply_lora, load_saved_vlm, vision_tower
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm, prepare_for_training
 
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
-    if cfg.guard.freeze_vision_tower or (cfg.model.family != "tiny" and cfg.model.freeze_vision_tower):
-        vision_tower(backbone).requires_grad_(False)
-    if cfg.model.family != "tiny":
-        if cfg.model.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.model.lora.enabled and not hasattr(backbone, "get_base_model"):
-            backbone = apply_lora(backbone, cfg.model.lora)
+    backbone = prepare_for_training(backbone, cfg.model, freeze_vision=cfg.guard.freeze_vision_tower)
+    if cfg.model.family != "tiny" and cfg.model.lora.enabled:  # the tiny backbone is small: it trains whole
+        backbone = apply_lora(backbone, cfg.model.lora)
     return backbone, processor
 
 

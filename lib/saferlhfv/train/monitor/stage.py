@@ -103,16 +103,12 @@ def _loss_fn(alpha: float, gamma: float, prefixes: bool):
 
 
 def _load_backbone(cfg: Config, sft_dir: Path):
-    from saferlhfv.models.factory import apply_lora, load_saved_vlm, vision_tower
+    from saferlhfv.models.factory import apply_lora, load_saved_vlm, prepare_for_training
 
     backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
-    if cfg.model.family != "tiny":
-        if cfg.model.freeze_vision_tower:
-            vision_tower(backbone).requires_grad_(False)
-        if cfg.model.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.model.lora.enabled and not hasattr(backbone, "get_base_model"):
-            backbone = apply_lora(backbone, cfg.model.lora)
+    backbone = prepare_for_training(backbone, cfg.model)
+    if cfg.model.family != "tiny" and cfg.model.lora.enabled:  # the tiny backbone is small: it trains whole
+        backbone = apply_lora(backbone, cfg.model.lora)
     return backbone, processor
 
 

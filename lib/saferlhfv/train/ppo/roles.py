@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from saferlhfv.config import Config, ConfigError
-from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, save_vlm, vision_tower
+from saferlhfv.models.factory import _seeded, apply_lora, load_saved_vlm, prepare_for_training, save_vlm
 from saferlhfv.models.score import load_score_model
 
 __all__ = ["Roles", "SeparateRoles", "SharedRoles", "build_roles"]
@@ -84,17 +84,57 @@ class Roles:
         self.opt_reward_critic = self.opt_cost_critic = None
         self.params: dict[str, list[torch.nn.Parameter]] = {}
         self.build(sft_dir=Path(sft_dir), reward_dir=Path(reward_dir), cost_dir=Path(cost_dir))
+        self.make_schedulers()
 
     def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _optimizers(self, params: dict[str, list[torch.nn.Parameter]]) -> list[torch.optim.Optimizer]:
-        """AdamW of the actor, then (with critics) of the reward and the cost critic."""
+        """AdamW of the actor, then (with critics) of the reward and the cost critic: betas (0.9, ``adam_beta2``);
+        weight decay ``ppo.weight_decay`` for the actor and none for the critics, as the reference
+        (AdamW's default would be 0.01)."""
         ppo = self.cfg.ppo
-        opts = [torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay)]
+        betas = (0.9, ppo.adam_beta2)
+        opts = [torch.optim.AdamW(params["actor"], lr=ppo.learning_rate, weight_decay=ppo.weight_decay, betas=betas)]
         if self.critics:
-            opts += [torch.optim.AdamW(params[n], lr=ppo.critic_learning_rate) for n in CRITICS]
+            opts += [
+                torch.optim.AdamW(params[n], lr=ppo.critic_learning_rate, weight_decay=0.0, betas=betas)
+                for n in CRITICS
+            ]
         return opts
+
+    def make_schedulers(self) -> None:
+        """Learning-rate schedules of the actor and the critics (``ppo.lr_scheduler``, ``ppo.lr_warmup_ratio``).
+
+        One optimiser step per minibatch: ``iterations * ppo_epochs * ceil(rollout_batch_size / batch_size)``
+        steps in a run (fewer when ``target_kl`` stops epochs early). A constant rate without warm-up
+        needs no scheduler (none is made); the others are saved in checkpoints.
+        """
+        ppo = self.cfg.ppo
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        if ppo.lr_scheduler not in ("constant", "cosine"):
+            raise ConfigError(f"ppo.lr_scheduler must be 'constant' or 'cosine', got {ppo.lr_scheduler!r}")
+        if ppo.lr_scheduler == "constant" and not ppo.lr_warmup_ratio:
+            return
+        from transformers import get_scheduler
+
+        total = ppo.iterations * ppo.ppo_epochs * -(-ppo.rollout_batch_size // ppo.batch_size)
+        name = "cosine" if ppo.lr_scheduler == "cosine" else "constant_with_warmup"
+        for role in ("actor", *(CRITICS if self.critics else ())):
+            opt = self.optimizer(role)
+            self.schedulers[role] = get_scheduler(
+                name,
+                getattr(opt, "optimizer", opt),  # the torch optimiser under accelerate's wrapper
+                num_warmup_steps=int(ppo.lr_warmup_ratio * total),
+                num_training_steps=total,
+            )
+        self.accelerator.register_for_checkpointing(*self.schedulers.values())
+
+    def step(self, role: str) -> None:
+        """The optimiser step of ``role``, then its learning-rate schedule's."""
+        self.optimizer(role).step()
+        if role in self.schedulers:
+            self.schedulers[role].step()
 
     def optimizer(self, role: str) -> torch.optim.Optimizer:
         """The optimiser of a trainable role (a key of :attr:`OPTIMIZERS`)."""
@@ -141,9 +181,8 @@ class SeparateRoles(Roles):
         else:
             self.reward_model = _frozen(reward_model).to(acc.device)
             self.cost_model = _frozen(cost_model).to(acc.device)
-        if cfg.ppo.freeze_vision_tower:
-            for model in (actor, *(critic.backbone for critic in critics)):
-                vision_tower(model).requires_grad_(False)
+        for model in (actor, *(critic.backbone for critic in critics)):  # model.freeze_vision_tower or ppo's own
+            prepare_for_training(model, cfg.model, freeze_vision=cfg.ppo.freeze_vision_tower)
         trainable = dict(zip(("actor", "reward_critic", "cost_critic"), [actor, *critics], strict=False))
         params = {name: [p for p in model.parameters() if p.requires_grad] for name, model in trainable.items()}
         prepared = _prepare(acc, *trainable.values(), *self._optimizers(params))
@@ -193,6 +232,7 @@ class SharedRoles(Roles):
                 "adapters; launch it with the ddp config (or plain torchrun) instead."
             )
         base, self.processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
+        base = prepare_for_training(base, cfg.model)  # the base is frozen; this sets gradient checkpointing
         with _seeded(cfg.seed):  # the actor adapter's random A matrices
             shared = SharedBase(
                 base,

@@ -1,11 +1,12 @@
 """Rollouts of PPO: sample answers with the actor, score them with every role.
 
 :func:`make_rollout` is step 1 of an iteration (see :mod:`saferlhfv.train.ppo.trainer`): it samples
-responses for a batch of (image, question) prompts with the KV cache, cuts each at its first EOS
-(:func:`~saferlhfv.models.generation.response_mask`), and reads the actor's and the reference's
-per-token log-probabilities (:func:`~saferlhfv.models.generation.token_logprobs`), the reward and
-cost critics' per-token values and RM-V's / CM-V's end scores at the last real token. The result
-is a :class:`Rollout`, whose ``[B, L-1]`` tensors are indexed by the *predicted* token.
+responses for a batch of (image, question) prompts with the KV cache, cuts each at its first end
+token (any EOS id of the generation config: :func:`~saferlhfv.models.generation.response_mask`),
+and reads the actor's and the reference's per-token log-probabilities
+(:func:`~saferlhfv.models.generation.token_logprobs`), the reward and cost critics' per-token values
+and RM-V's / CM-V's end scores at the last real token. The result is a :class:`Rollout`, whose
+``[B, L-1]`` tensors are indexed by the *predicted* token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from saferlhfv.config import Config
 from saferlhfv.models.generation import (
     VISION_KEYS,
     encode_prompts,
+    end_token_ids,
     media_token_ids,
     model_inputs,
     response_mask,
@@ -148,7 +150,7 @@ def make_rollout(
     P = prompt["input_ids"].shape[1]
     generated = out[:, P:]
     eos = processor.tokenizer.eos_token_id
-    real = response_mask(generated, eos)
+    real = response_mask(generated, end_token_ids(actor, processor))
     attention_mask = torch.cat([prompt["attention_mask"], real], dim=1)
     input_ids = out.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
     mask = torch.zeros_like(input_ids[:, 1:])

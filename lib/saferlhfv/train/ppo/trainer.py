@@ -461,7 +461,7 @@ class PPOTrainer:
         self.roles.reduce_gradients(params)
         if self.cfg.ppo.max_grad_norm:
             acc.clip_grad_norm_(params, self.cfg.ppo.max_grad_norm)
-        optimizer.step()
+        self.roles.step(role)
         optimizer.zero_grad(set_to_none=True)
 
     def metrics(self, ro: Rollout, lag_stats: dict[str, Any], stats: dict[str, float]) -> dict[str, Any]:
