@@ -26,6 +26,14 @@ def test_paper_preset_has_the_paper_code_defaults():
     assert (ppo.lambda_init, ppo.lambda_max, ppo.lambda_lr, ppo.lambda_update_delay_steps) == (10.0, 20.0, 0.1, 1)
     assert (ppo.cost_window, ppo.threshold, ppo.kl_coeff, ppo.clip_range_ratio) == (128, -0.5, 0.02, 0.2)
     assert (ppo.clip_range_value, ppo.clip_range_score, ppo.gamma, ppo.gae_lambda) == (5.0, 50.0, 1.0, 0.95)
+    # the optimiser of the public trainer (saferlhf-v's safe_rlhf_v.yaml), not this project's tiny-model choices
+    assert (ppo.learning_rate, ppo.critic_learning_rate, ppo.lr_scheduler, ppo.lr_warmup_ratio) == (
+        5e-7, 5e-7, "cosine", 0.03)  # fmt: skip
+    assert (ppo.adam_beta2, ppo.weight_decay, ppo.max_grad_norm, ppo.ppo_epochs) == (0.95, 0.0, 1.0, 1)
+    assert ppo.kl_in_cost is True and (ppo.rollout_batch_size, ppo.batch_size, ppo.max_new_tokens) == (2, 2, 512)
+    assert (ppo.temperature, ppo.top_p) == (1.0, 1.0)
+    model = load_config("paper").model
+    assert model.freeze_vision_tower and model.dtype == "bfloat16"
 
 
 def test_overrides_from_dict_and_strings():

@@ -105,7 +105,8 @@ class ModelConfig:
     attn_implementation: str | None = None
     #: recompute activations in the backward pass (less memory, about 30 % more time).
     gradient_checkpointing: bool = False
-    #: real families: keep the vision tower fixed in SFT and the guard (PPO: ppo.freeze_vision_tower).
+    #: keep the vision tower fixed in every stage that fine-tunes the model: SFT, RM-V / CM-V, the guard,
+    #: the monitor, PPO's actor and critics (the paper's setting; ppo / guard have their own switch too).
     freeze_vision_tower: bool = False
     #: LoRA adapters (section model.lora).
     lora: LoraConfig = field(default_factory=LoraConfig)
