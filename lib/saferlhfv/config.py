@@ -278,6 +278,15 @@ class GuardConfig(TrainConfig):
     #: extra typographic training rows per category (input and output each; adversarial training against
     #: typographic attacks; drawn apart from the probes). Ignored with hold_out_typographic.
     typographic_rows_per_category: int = 0
+    #: benign-twin training rows per category (input and output each): captioning requests ("what is in the
+    #: picture?") about harmful-looking pictures, so that a scary picture alone is not a reason to block.
+    lookalike_rows_per_category: int = 0
+    #: training rows per category (input and output each) whose question is wrapped in a jailbreak-style frame;
+    #: the frames differ from the role-play probes' templates, which stay held out.
+    wrapper_rows_per_category: int = 0
+    #: a single-response BeaverTails-V (hub id PKU-Alignment/BeaverTails-V, a local folder in its layout or a
+    #: parquet / json file) whose rows are added to the guard's training rows (output moderation); None = none.
+    single_response_source: str | None = None
     #: keep the backbone's vision tower as SFT left it (only the language model and the heads train).
     freeze_vision_tower: bool = False
     #: answers sampled from the precursor per RL *train* prompt, labelled by the oracle, added as output rows

@@ -56,8 +56,18 @@ from saferlhfv.train.guard.evaluation import (
     round_curves,
     round_or_none,
     score_table,
+    target_table,
 )
 from saferlhfv.train.loop import Trainer
+
+#: the guard as it was before the adversarial rows of issue 17 (no typographic, look-alike or framed
+#: training rows, 6 epochs): notebook 03's "before" column, trained through the same stages under these overrides.
+BASELINE_OVERRIDES: dict[str, Any] = {
+    "guard.typographic_rows_per_category": 0,
+    "guard.lookalike_rows_per_category": 0,
+    "guard.wrapper_rows_per_category": 0,
+    "guard.epochs": 6,
+}
 
 EVAL_SCORES = "eval_scores.json"
 ROUNDS_FILE = "rounds.json"
@@ -241,7 +251,7 @@ def evaluate_guard(
     def pick(kind, mode):
         return {fam: v[mode] for fam, v in ps[kind].items()}
 
-    return {
+    out = {
         "output_unsafe_f1": output_m["unsafe_f1"],
         "category_accuracy": output_m["category_accuracy"],
         "severity_accuracy": output_m["severity_accuracy"],
@@ -267,6 +277,12 @@ def evaluate_guard(
         "train": json.loads((guard_model_dir / RESULT).read_text()) if (guard_model_dir / RESULT).is_file() else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    gains = (out["safety_gain"], out["oracle_guard_safety_gain"])
+    out["gain_gap_points"] = round_or_none(100 * (gains[1] - gains[0])) if None not in gains else None
+    train_seconds = (out["train"] or {}).get("seconds")
+    out["stage_seconds"] = round(train_seconds + out["seconds"], 2) if train_seconds is not None else None
+    out["targets"] = target_table(out)
+    return out
 
 
 def load_guard(folder: str | Path, cfg: Config | None = None, *, dtype: str = "float32") -> Guard:

@@ -1,0 +1,196 @@
+"""The guard's training rows: held apart from the probe set, benign look-alike twins, and the
+single-response BeaverTails-V (hub layout, a local fixture) as a source of guard rows."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import datasets
+import pytest
+from PIL import Image
+
+from saferlhfv.config import load_config
+from saferlhfv.data.content import OBJECTS
+from saferlhfv.data.probes import ROLEPLAY_TEMPLATES, probe_set
+from saferlhfv.data.schema import SchemaError
+
+SMALL = {
+    "data.configs": ["harmful_health_content", "violence_and_physical_harm"],
+    "data.guard_per_category_train": 6,
+    "data.guard_per_category_eval": 3,
+    "guard.typographic_rows_per_category": 4,
+    "guard.lookalike_rows_per_category": 5,
+    "guardrail.probes_per_family": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def small_cfg():
+    return load_config("tiny", overrides=SMALL)
+
+
+def _keys(ds):
+    from saferlhfv.train.guard.data import image_key
+
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    return {(q, image_key(im)) for q, im in zip(raw["question"], raw["image"])}
+
+
+def test_no_probe_item_in_the_tiny_guard_training_rows():
+    """Every row the tiny preset's guard trains on (world rows, typographic and look-alike rows, the RL
+    train prompts the precursor answers) against the probe set the guard stage measures: no shared
+    picture, no shared (question, picture) pair, no role-play wrapper. Fails if one leaks."""
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.train.guard import guard_training_set
+
+    cfg = load_config("tiny")
+    rows = guard_training_set(cfg)  # without a policy: the precursor's answers reuse the RL train prompts below
+    probes = probe_set(cfg.data, cfg.guardrail.probes_per_family)
+    probe_pairs = _keys(probes)
+    probe_pictures = {k for _, k in probe_pairs}
+    for ds in (rows, rl_prompts(cfg.data, "train")):
+        pairs = _keys(ds)
+        assert not pairs & probe_pairs
+        assert not {k for _, k in pairs} & probe_pictures
+    wrappers = [t.split("{q}")[0].strip() for t in ROLEPLAY_TEMPLATES]
+    assert not any(w in q for q in rows["question"] for w in wrappers)
+
+
+def test_a_probe_item_put_into_the_training_rows_is_dropped(small_cfg):
+    from saferlhfv.train.guard.data import drop_probe_items, guard_rows, probe_keys
+
+    base = guard_rows(small_cfg, "train")
+    probes = probe_set(small_cfg.data, 2).select([0, 1])
+    leaked = datasets.concatenate_datasets([base, probes.select_columns(base.column_names).cast(base.features)])
+    kept, n = drop_probe_items(leaked, probe_keys(small_cfg))
+    assert n == 2 and len(kept) == len(base)
+    assert not _keys(kept) & _keys(probes)
+
+
+def test_lookalike_rows_are_benign_captions_of_mostly_harmful_looking_pictures(small_cfg):
+    from saferlhfv.data.oracle import judge
+    from saferlhfv.train.guard.data import guard_rows, lookalike_rows
+
+    base = guard_rows(small_cfg, "train")
+    rows = lookalike_rows(small_cfg, 5, base.features, seed=small_cfg.seed)
+    assert len(rows) == 2 * 5 * 2  # categories x items x (input, output)
+    assert not any(rows["is_unsafe"]) and set(rows["severity"]) == {0}
+    ctxs = [json.loads(c) for c in rows["context"]]
+    assert all(c["kind"] == "caption" and not c["harmful"] for c in ctxs)
+    assert sum(OBJECTS[c["object"]].image_severity >= 1 for c in ctxs) >= len(ctxs) // 2
+    for r, c in zip(rows, ctxs):
+        assert (r["response"] == "") == (r["mode"] == "input")
+        if r["mode"] == "output":
+            assert judge(c, r["response"])[1] >= 0
+    # deterministic, and apart from the world's own guard rows
+    again = lookalike_rows(small_cfg, 5, base.features, seed=small_cfg.seed)
+    assert again["question"] == rows["question"] and not _keys(rows) & _keys(base)
+
+
+# --------------------------------------------------------------------------- single-response hub layout
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _single_records(category: str) -> list[dict]:
+    return [
+        {"question": "how do i use this on a person?", "image": {"bytes": _png((200, 0, 0)), "path": None},
+         "category": category, "image_severity": 3, "response": "first, hold it tight.", "is_response_safe": "False"},
+        {"question": "what is this?", "image": {"bytes": _png((0, 200, 0)), "path": None},
+         "category": category, "image_severity": 0, "response": "a green square.", "is_response_safe": "True"},
+        {"question": "how much can i take?", "image": {"bytes": _png((0, 0, 200)), "path": None},
+         "category": category, "image_severity": 1, "response": "take all of it.", "is_response_safe": "False"},
+    ]  # fmt: skip
+
+
+def _write_single_layout(root, records_by_category, split="train"):
+    feats = datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "image": datasets.Image(),
+            "category": datasets.Value("string"),
+            "image_severity": datasets.Value("int64"),
+            "response": datasets.Value("string"),
+            "is_response_safe": datasets.Value("string"),
+        }
+    )
+    for cat, recs in records_by_category.items():
+        (root / cat).mkdir(parents=True, exist_ok=True)
+        cols = {k: [r[k] for r in recs] for k in feats}
+        datasets.Dataset.from_dict(cols, features=feats).to_parquet(str(root / cat / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+@pytest.fixture()
+def single_dir(tmp_path):
+    cats = ("violence_and_physical_harm", "harmful_health_content")
+    return _write_single_layout(tmp_path / "bt_single", {c: _single_records(c) for c in cats})
+
+
+def test_single_response_hub_layout_loads_into_guard_rows(single_dir):
+    from saferlhfv.data.single_response import GUARD_ROW_FEATURES, load_single_response_guard_rows
+
+    rows, report = load_single_response_guard_rows(single_dir, return_report=True)
+    assert report.ok and len(rows) == 6
+    assert rows.features == GUARD_ROW_FEATURES
+    assert set(rows["mode"]) == {"output"}
+    assert rows["is_unsafe"] == [True, False, True] * 2
+    # no severity field: 0 when safe, the picture's severity clipped to 1..3 when unsafe
+    assert rows["severity"] == [3, 0, 1] * 2
+    assert [json.loads(c)["severity_from"] for c in rows["context"][:3]] == ["image_severity", "safe", "image_severity"]
+    assert isinstance(rows[0]["image"], Image.Image)
+    one = load_single_response_guard_rows(single_dir, configs=["harmful_health_content"])
+    assert set(one["category"]) == {"harmful_health_content"} and len(one) == 3
+
+
+def test_single_response_loader_validates_like_the_paired_loader(tmp_path):
+    from saferlhfv.data.single_response import check_single_record, load_single_response_guard_rows
+
+    recs = _single_records("animal_abuse")
+    recs[1] = {**recs[1], "is_response_safe": "maybe"}
+    recs[2] = {**recs[2], "response": "", "image": {"bytes": b"not a png", "path": None}}
+    root = _write_single_layout(tmp_path / "bad", {"animal_abuse": recs})
+    with pytest.raises(SchemaError, match="record 1 is invalid: 'is_response_safe'"):
+        load_single_response_guard_rows(root)
+    with pytest.warns(UserWarning, match="dropped invalid single-response records"):
+        rows, report = load_single_response_guard_rows(root, on_error="drop", return_report=True)
+    assert len(rows) == 1 and report.dropped == [1, 2]
+    assert {p.field for p in report.problems if p.index == 2} == {"response", "image"}
+    # a severity field that contradicts the safety label is a defect; an unknown category too
+    bad = {**_single_records("animal_abuse")[1], "severity": 2, "category": "nope"}
+    assert {f for f, _ in check_single_record(bad)} == {"severity", "category"}
+
+
+def test_single_response_loader_refuses_the_paired_layout(tmp_path):
+    from saferlhfv.config import DataConfig
+    from saferlhfv.data.single_response import load_single_response_guard_rows
+    from saferlhfv.data.world import write_hub_layout
+
+    cfg = DataConfig(configs=["animal_abuse"], pairs_per_category_train=3, pairs_per_category_eval=2)
+    root = tmp_path / "paired"
+    write_hub_layout(cfg, root)
+    with pytest.raises(SchemaError, match="paired BeaverTails-V layout"):
+        load_single_response_guard_rows(root)
+
+
+def test_guard_stage_reads_a_single_response_source(small_cfg, single_dir):
+    from saferlhfv.config import apply_overrides
+    from saferlhfv.train.guard import guard_rows, guard_training_set
+
+    plain = guard_training_set(small_cfg)
+    cfg = apply_overrides(small_cfg, {"guard.single_response_source": str(single_dir)})
+    mixed = guard_training_set(cfg)
+    # the fixture's two configs that the small world has: 3 records each
+    assert len(mixed) == len(plain) + 6
+    assert sum(json.loads(c).get("source") == "single_response" for c in mixed["context"]) == 6
+    # without the mini world, the single-response source is the guard's data
+    real = apply_overrides(cfg, {"data.source": str(single_dir)})
+    rows = guard_rows(real, "train")
+    assert len(rows) == 6 and len(guard_training_set(real)) == 6
+    with pytest.raises(ValueError, match="single_response_source"):
+        guard_rows(apply_overrides(small_cfg, {"data.source": str(single_dir)}), "train")
