@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("saferlhfv.stages",),
     ("saferlhfv.sweep", "saferlhfv.run", "saferlhfv.diagnostics", "saferlhfv.pipeline", "saferlhfv.bench",
      "saferlhfv.rollout_table", "saferlhfv.dual", "saferlhfv.live", "saferlhfv.widgets", "saferlhfv.figures",
-     "saferlhfv.train.monitor.__main__"),  # a stage's own command line sits above the stage table
+     # a stage's own command line sits above the stage table
+     "saferlhfv.train.monitor.__main__", "saferlhfv.check_gpu"),
 )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from saferlhfv.bench.measure import (
     stage_times,
 )
 from saferlhfv.bench.memory import role_memory
+from saferlhfv.bench.plan import add_plan_arguments, plan_command
 from saferlhfv.config import Config, add_config_arguments, config_from_args
 
 PARTS = ("model", "score", "ppo", "methods", "stages", "memory", "concurrent")
@@ -181,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", help="a pipeline run's summary.json for the stage wall times")
     parser.add_argument("--no-live-stages", action="store_true", help="do not time the data and smoke stages")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_plan_arguments(parser)
     args = parser.parse_args(argv)
+    if args.plan:  # from the model config alone: nothing is built or measured
+        print(plan_command(args))
+        return 0
     cfg: Config = config_from_args(args)
     result = run_bench(
         cfg,
