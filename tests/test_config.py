@@ -30,7 +30,7 @@ def test_paper_preset_has_the_paper_code_defaults():
     assert (ppo.learning_rate, ppo.critic_learning_rate, ppo.lr_scheduler, ppo.lr_warmup_ratio) == (
         5e-7, 5e-7, "cosine", 0.03)  # fmt: skip
     assert (ppo.adam_beta2, ppo.weight_decay, ppo.max_grad_norm, ppo.ppo_epochs) == (0.95, 0.0, 1.0, 1)
-    assert ppo.kl_in_cost is True and (ppo.rollout_batch_size, ppo.batch_size, ppo.max_new_tokens) == (2, 2, 512)
+    assert ppo.kl_in_cost is True and (ppo.rollout_batch_size, ppo.batch_size, ppo.max_new_tokens) == (16, 2, 512)
     assert (ppo.temperature, ppo.top_p) == (1.0, 1.0)
     model = load_config("paper").model
     assert model.freeze_vision_tower and model.dtype == "bfloat16"

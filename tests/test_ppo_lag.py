@@ -72,3 +72,28 @@ def test_two_processes_agree(upstream, tmp_path):
     result = run_ppo_two_processes(art, tmp_path / "ppo", SMALL)
     assert result["processes"] == 2 and result["ranks_agree"] is True
     assert result["iterations"] == 3
+
+
+def test_a_dying_rank_stops_the_other_within_a_minute(upstream, tmp_path):
+    """Rank 1 raises mid-run (its second iteration); rank 0, waiting in a collective, must not hang: the
+    launcher stops it and the run exits with an error naming the failure, in well under a minute."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    art, _ = upstream
+    script = Path(__file__).with_name("dying_rank.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    cmd += ["ppo", "--preset", "tiny", "--out", str(tmp_path / "ppo")]
+    for item in SMALL:
+        cmd += ["--set", item]
+    env = dict(os.environ, SAFERLHFV_ARTIFACTS=str(art), OMP_NUM_THREADS="1")
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "rank 1 dies on purpose" in proc.stderr
+    assert elapsed < 60, f"the surviving rank took {elapsed:.0f} s to stop"
+    assert not (tmp_path / "ppo" / "result.json").exists()  # no result from a failed run

@@ -232,3 +232,17 @@ def test_model_inputs_extend_qwen_token_types_over_the_answer():
     vision = {"mm_token_type_ids": types, "image_grid_thw": torch.ones(2, 3)}
     inputs = model_inputs(torch.zeros(2, 7, dtype=torch.long), torch.ones(2, 7), vision)
     assert torch.equal(inputs["mm_token_type_ids"], torch.tensor([[0, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]]))
+
+
+def test_ppo_under_deepspeed_says_what_to_launch_instead(tmp_path):
+    """accelerate prepares one model per Accelerator under DeepSpeed (an AssertionError deep inside it);
+    PPO's actor + critics stop first with a ConfigError that names the ddp launch and the shared base."""
+    from types import SimpleNamespace
+
+    from saferlhfv.config import ConfigError
+    from saferlhfv.train.ppo.roles import SeparateRoles
+
+    fake = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=object()))
+    cfg = load_config("paper")
+    with pytest.raises(ConfigError, match=r"ddp\.yaml.*ppo\.shared_base=true"):
+        SeparateRoles(cfg, fake, sft_dir=tmp_path, reward_dir=tmp_path, cost_dir=tmp_path)

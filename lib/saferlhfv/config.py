@@ -356,7 +356,7 @@ class PPOConfig:
     critic_learning_rate: float = 5e-6
     #: rollout-then-update iterations.
     iterations: int = 100
-    #: answers sampled per iteration and process.
+    #: answers sampled per iteration, split evenly over the processes.
     rollout_batch_size: int = 16
     #: passes of PPO updates over each rollout batch.
     ppo_epochs: int = 1

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if state.num_processes > 1 and not stage.processes:
         raise SystemExit(f"{stage.name} runs in a single process; only {[s for s in STAGES if STAGES[s].processes]} "
                          "run under accelerate launch / torchrun")  # fmt: skip
+    finished = False
     try:
         if state.num_processes == 1 and not args.out:
             folder, result = ensure(stage.name, cfg, force=args.no_resume)
@@ -106,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             _print(result, stage.hidden, full=args.json)
             if not args.json:
                 print(f"artifact: {folder}")
+        finished = True
     finally:
-        # gloo process groups can abort at exit unless they are torn down explicitly
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # gloo process groups can abort at exit unless they are torn down explicitly. After an error, no
+        # barrier: the other ranks may be inside another collective, and a mismatched one hangs them all;
+        # this process exits with the error and the launcher (torchrun, accelerate) stops the others.
+        if finished and torch.distributed.is_available() and torch.distributed.is_initialized():
             state.wait_for_everyone()
             torch.distributed.destroy_process_group()
     return 0

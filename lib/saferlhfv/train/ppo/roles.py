@@ -106,11 +106,14 @@ class Roles:
     def make_schedulers(self) -> None:
         """Learning-rate schedules of the actor and the critics (``ppo.lr_scheduler``, ``ppo.lr_warmup_ratio``).
 
-        One optimiser step per minibatch: ``iterations * ppo_epochs * ceil(rollout_batch_size / batch_size)``
-        steps in a run (fewer when ``target_kl`` stops epochs early). A constant rate without warm-up
-        needs no scheduler (none is made); the others are saved in checkpoints.
+        One optimiser step per minibatch: ``iterations * ppo_epochs * ceil(rows / batch_size)`` steps in a
+        run, ``rows`` being this process's share of ``rollout_batch_size`` (fewer steps when ``target_kl``
+        stops epochs early). A constant rate without warm-up needs no scheduler (none is made); the
+        others are saved in checkpoints.
         """
         ppo = self.cfg.ppo
+        k = ppo.samples_per_prompt
+        rows = max(1, ppo.rollout_batch_size // self.accelerator.num_processes // k) * k  # as the trainer splits
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         if ppo.lr_scheduler not in ("constant", "cosine"):
             raise ConfigError(f"ppo.lr_scheduler must be 'constant' or 'cosine', got {ppo.lr_scheduler!r}")
@@ -118,7 +121,7 @@ class Roles:
             return
         from transformers import get_scheduler
 
-        total = ppo.iterations * ppo.ppo_epochs * -(-ppo.rollout_batch_size // ppo.batch_size)
+        total = ppo.iterations * ppo.ppo_epochs * -(-rows // ppo.batch_size)
         name = "cosine" if ppo.lr_scheduler == "cosine" else "constant_with_warmup"
         for role in ("actor", *(CRITICS if self.critics else ())):
             opt = self.optimizer(role)
@@ -165,6 +168,16 @@ class SeparateRoles(Roles):
     def build(self, *, sft_dir: Path, reward_dir: Path, cost_dir: Path) -> None:
         cfg, acc = self.cfg, self.accelerator
         dtype, lora = cfg.model.dtype, cfg.model.lora
+        if acc.state.deepspeed_plugin is not None and (self.critics or cfg.ppo.online_labels):
+            # accelerate prepares one model per Accelerator under DeepSpeed; several trainable roles would
+            # need one engine each, which this trainer does not build (yet)
+            raise ConfigError(
+                "PPO trains several models at once (the actor and two critics) and accelerate prepares only "
+                "one model under DeepSpeed: launch PPO with lib/saferlhfv/presets/accelerate/ddp.yaml instead. "
+                "For a 7B model on 80 GB GPUs add --set model.lora.enabled=true --set ppo.shared_base=true "
+                "(python -m saferlhfv.bench --plan paper: 27 GiB on one GPU, 18 GiB each on 8). SFT, RM-V, CM-V "
+                "and the guard do run under DeepSpeed."
+            )
         actor, self.processor = load_saved_vlm(sft_dir / "model", dtype=dtype)
         reference = copy.deepcopy(actor)
         reward_model, _ = load_score_model(reward_dir / "model", dtype=dtype)
