@@ -2,7 +2,8 @@
 
 At the repository root so that it also applies when only notebooks are collected.
 
-Set at import so notebook kernels started by nbmake inherit them too.
+Set at import so notebook kernels started by nbmake, and pytest-xdist workers (one shared artifact
+cache), inherit them too.
 """
 
 import os
