@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import datasets
-from datasets import Dataset, Features, Value
+from datasets import Dataset
 
 from saferlhfv.data.content import CATEGORIES
 from saferlhfv.data.schema import (
@@ -38,6 +38,7 @@ from saferlhfv.data.schema import (
     _image_problem,
     _is_int,
 )
+from saferlhfv.data.world.datasets import GUARD_FEATURES
 
 __all__ = [
     "GUARD_ROW_FEATURES",
@@ -48,18 +49,7 @@ __all__ = [
 ]
 
 #: the columns of a guard row (as :func:`saferlhfv.data.world.guard_dataset` has them).
-GUARD_ROW_FEATURES = Features(
-    {
-        "image": datasets.Image(),
-        "question": Value("string"),
-        "response": Value("string"),
-        "mode": Value("string"),
-        "is_unsafe": Value("bool"),
-        "category": Value("string"),
-        "severity": Value("int64"),
-        "context": Value("string"),
-    }
-)
+GUARD_ROW_FEATURES = GUARD_FEATURES
 #: names a record's severity (0 none .. 3 severe) may have, first found wins.
 SEVERITY_FIELDS: tuple[str, ...] = ("severity", "response_severity", "severity_level")
 #: severity of an unsafe answer when neither a severity field nor image_severity says (moderate).

@@ -344,7 +344,8 @@ def caption_dataset(cfg: DataConfig, n: int) -> Dataset:
     return _cached(f"captions-{n}", cfg, lambda: _build_captions(cfg, n))
 
 
-_GUARD_FEATURES = Features(
+#: the columns of a guard row (also of the single-response hub loader's rows).
+GUARD_FEATURES = Features(
     {
         "image": datasets.Image(),
         "question": Value("string"),
@@ -368,7 +369,7 @@ def _build_guard(cfg: DataConfig, split: str) -> Dataset:
                 ctx = sample_context(rng, c)
                 image = render_image(ctx, cfg.image_size, rng)
                 rows.append(guard_row(ctx, mode, image, rng, misname=0.05))
-    return Dataset.from_dict({k: [r[k] for r in rows] for k in _GUARD_FEATURES}, features=_GUARD_FEATURES)
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in GUARD_FEATURES}, features=GUARD_FEATURES)
 
 
 def guard_row(ctx: dict[str, Any], mode: str, image: bytes, rng: random.Random, *, misname: float = 0.0):
