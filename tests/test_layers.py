@@ -18,7 +18,7 @@ PACKAGE = Path(saferlhfv.__file__).resolve().parent
 #: ``saferlhfv`` itself names only the package's ``__init__``).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("saferlhfv", "saferlhfv.paths", "saferlhfv.io", "saferlhfv.config", "saferlhfv.masks", "saferlhfv.plotting",
-     "saferlhfv.artifacts", "saferlhfv.threads", "saferlhfv.finite"),
+     "saferlhfv.artifacts", "saferlhfv.threads", "saferlhfv.finite", "saferlhfv.faults"),
     ("saferlhfv.data",),
     ("saferlhfv.algorithms",),
     ("saferlhfv.models",),

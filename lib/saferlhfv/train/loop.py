@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from saferlhfv import faults
 from saferlhfv.config import TrainConfig
 from saferlhfv.finite import check_finite
 from saferlhfv.io import append_metrics, read_metrics, truncate_metrics
@@ -90,19 +91,31 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: dict[s
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # ... and has finished before the folder is renamed
     if accelerator.is_main_process:
+        faults.reached("checkpoint:tmp")
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         old = out_dir / f".{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)  # left by a run killed after its last swap
         if final.exists():
             os.replace(final, old)
+            faults.reached("checkpoint:old")
         os.replace(tmp, final)
+        faults.reached("checkpoint:swapped")
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
 def load_checkpoint(accelerator: Accelerator, out_dir: str | Path) -> dict[str, Any] | None:
-    """Restore what :func:`save_checkpoint` wrote into the prepared objects; return its state (None if absent)."""
+    """Restore what :func:`save_checkpoint` wrote into the prepared objects; return its state (None if absent).
+
+    A run killed between moving the previous checkpoint aside and putting the new one in place left
+    only ``.checkpoint.old``: it is the last complete checkpoint, and is put back first.
+    """
     final = Path(out_dir) / CHECKPOINT
+    old = Path(out_dir) / f".{CHECKPOINT}.old"
+    if accelerator.is_main_process and not final.exists() and (old / "trainer_state.json").is_file():
+        os.replace(old, final)
+    accelerator.wait_for_everyone()
     state_file = final / "trainer_state.json"
     if not state_file.is_file():
         return None
@@ -209,9 +222,16 @@ class Trainer:
         return True
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines logged after ``step`` (they will be logged again)."""
+        """Drop metric lines that training from the checkpoint at ``step`` logs again: those after ``step``,
+        and, from the final checkpoint, the final evaluation (logged at the last step, before that
+        checkpoint, and run again after it)."""
+        final = step >= self.total_steps
+
+        def keep(record: dict[str, Any]) -> bool:
+            return record["step"] < step or (record["step"] == step and not (final and record["split"] == "eval"))
+
         if self.accelerator.is_main_process:
-            truncate_metrics(self.out_dir / METRICS, lambda record: record["step"] <= step)
+            truncate_metrics(self.out_dir / METRICS, keep)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -295,6 +315,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < self.total_steps:
                     self.evaluate()
+                faults.reached("step")
                 if cfg.save_every and self.state.step % cfg.save_every == 0 and self.state.step < self.total_steps:
                     self.save_checkpoint()
                 if self.state.step >= self.total_steps:

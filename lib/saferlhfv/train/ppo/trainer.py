@@ -90,6 +90,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from saferlhfv import faults
 from saferlhfv.algorithms.gae import masked_gae
 from saferlhfv.algorithms.lagrange import MULTIPLIERS, Lagrange
 from saferlhfv.algorithms.losses import (
@@ -533,6 +534,7 @@ class PPOTrainer:
             self._log(record)
             bar.update(1)
             bar.set_postfix(R=f"{record['reward']:.2f}", C=f"{record['cost']:.2f}", lam=f"{record['lambda']:.2f}")
+            faults.reached("iteration")
             if ppo.save_every and self.iteration % ppo.save_every == 0:
                 save_checkpoint(acc, self.out_dir, self._state())
         bar.close()
