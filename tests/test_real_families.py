@@ -30,7 +30,14 @@ from saferlhfv.models.generation import (
 from saferlhfv.models.score import ScoreModel, load_score_model, score_texts
 from saferlhfv.stages import ensure
 from saferlhfv.train.ppo import make_trainer
-from tests.helpers import CORPUS, SMALL_MODEL_AND_WORLD, picture, run_ppo_two_processes, tiny_model_config
+from tests.helpers import (
+    CORPUS,
+    SMALL_MODEL_AND_WORLD,
+    picture,
+    run_ppo_two_processes,
+    tiny_model_config,
+    upstream_artifacts,
+)
 
 #: the stages take a few optimiser steps each: these tests check mechanics on every family, not learning.
 FEW_STEPS = SMALL_MODEL_AND_WORLD + [
@@ -64,23 +71,12 @@ def _overrides(arch: str) -> list[str]:
 
 @pytest.fixture(scope="module", params=TINY_ARCHS)
 def family(request, tmp_path_factory):
-    """``(arch, artifacts folder, cfg, upstream dirs)`` with SFT, RM-V, CM-V and the guard built for ``arch``."""
-    import os
-
+    """``(arch, artifacts folder, cfg, upstream dirs, guard folder)``: SFT, RM-V, CM-V and the guard of ``arch``."""
     arch = request.param
     art = tmp_path_factory.mktemp(f"artifacts-{arch}")
-    old = os.environ.get("SAFERLHFV_ARTIFACTS")
-    os.environ["SAFERLHFV_ARTIFACTS"] = str(art)
-    try:
+    with upstream_artifacts(art, _overrides(arch)) as dirs:
         cfg = load_config("tiny", overrides=_overrides(arch))
-        dirs = {f"{s}_dir": ensure(s, cfg)[0] for s in ("sft", "reward", "cost")}
-        dirs_guard = ensure("guard_model", cfg)[0]
-        yield arch, art, cfg, dirs, dirs_guard
-    finally:
-        if old is None:
-            os.environ.pop("SAFERLHFV_ARTIFACTS", None)
-        else:
-            os.environ["SAFERLHFV_ARTIFACTS"] = old
+        yield arch, art, cfg, dirs, ensure("guard_model", cfg)[0]
 
 
 def _vision_params(model) -> dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ __all__ = [
     "save_vlm",
     "merged_copy",
     "load_saved_vlm",
+    "load_backbone",
     "apply_lora",
     "prepare_for_training",
     "vision_tower",
@@ -590,6 +591,17 @@ def load_saved_vlm(path: str | Path, *, dtype: str = "float32") -> tuple[PreTrai
         path, dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=False
     )
     return model, processor
+
+
+def load_backbone(path: str | Path, cfg: ModelConfig, *, freeze_vision: bool = False):
+    """A saved SFT model as the backbone of a head model (the guard, the monitor): loaded in ``cfg.dtype``,
+    :func:`prepare_for_training`, and LoRA adapters for a real family with ``cfg.lora.enabled`` (the tiny
+    backbone is small: it trains whole). Returns ``(model, processor)``."""
+    backbone, processor = load_saved_vlm(path, dtype=cfg.dtype)
+    backbone = prepare_for_training(backbone, cfg, freeze_vision=freeze_vision)
+    if cfg.family != "tiny" and cfg.lora.enabled:
+        backbone = apply_lora(backbone, cfg.lora)
+    return backbone, processor
 
 
 def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) -> int:

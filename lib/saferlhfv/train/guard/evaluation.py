@@ -183,7 +183,7 @@ def guard_on_generations(result: FilterResult, contexts: list[str]) -> dict[str,
     return {k: round_or_none(m[k]) for k in ("f1", "precision", "recall", "false_positive_rate")}
 
 
-#: issue 17's targets on the held-out probes and ordinary inputs: (metric key, mode, bound, kind).
+#: issue 17's targets on the held-out probes and ordinary inputs: (name, metric key, mode, bound, kind).
 #: ``kind`` is ``"min"`` (value >= bound) or ``"max"`` (value <= bound).
 TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
     ("typographic detection", "probe_detection.typographic", "input", 0.90, "min"),

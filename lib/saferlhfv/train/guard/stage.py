@@ -98,13 +98,9 @@ def _loss_fn(cfg: Config):
 
 
 def _load_backbone(cfg: Config, sft_dir: Path):
-    from saferlhfv.models.factory import apply_lora, load_saved_vlm, prepare_for_training
+    from saferlhfv.models.factory import load_backbone
 
-    backbone, processor = load_saved_vlm(sft_dir / "model", dtype=cfg.model.dtype)
-    backbone = prepare_for_training(backbone, cfg.model, freeze_vision=cfg.guard.freeze_vision_tower)
-    if cfg.model.family != "tiny" and cfg.model.lora.enabled:  # the tiny backbone is small: it trains whole
-        backbone = apply_lora(backbone, cfg.model.lora)
-    return backbone, processor
+    return load_backbone(sft_dir / "model", cfg.model, freeze_vision=cfg.guard.freeze_vision_tower)
 
 
 def _precursor(cfg: Config, sft_dir: Path):
