@@ -51,7 +51,7 @@ def test_figures_command_executes_notebooks_and_writes_the_index(tmp_path):
     nbs, figs = tmp_path / "notebooks", tmp_path / "figures"
     nbs.mkdir()
     path = _notebook(nbs / "01_fake.ipynb", FAKE)
-    _notebook(nbs / "02_other.ipynb", ['PRESET = "tiny"', "from saferlhfv.plotting import save_figure\nx = 1"])
+    _notebook(nbs / "03_other.ipynb", ['PRESET = "tiny"', "from saferlhfv.plotting import save_figure\nx = 1"])
     before = path.read_text()
     code = main(["--preset", "small", "--notebooks-dir", str(nbs), "--figures-dir", str(figs), "--timeout", "120"])
     assert code == 0
@@ -63,10 +63,10 @@ def test_figures_command_executes_notebooks_and_writes_the_index(tmp_path):
     assert len(index["01_fake_line"]["date"]) == 10
 
     # only one notebook: the other rows stay; a figure that a notebook names but that is missing is listed
-    _notebook(nbs / "02_other.ipynb", ['PRESET = "tiny"', 'save_figure(fig, "02_missing")'])
+    _notebook(nbs / "03_other.ipynb", ['PRESET = "tiny"', 'save_figure(fig, "03_missing")'])
     assert main(["--index-only", "--notebooks-dir", str(nbs), "--figures-dir", str(figs)]) == 0
     index = read_index(figs / INDEX)
-    assert index["01_fake_line"]["preset"] == "small" and index["02_missing"]["date"] == "not generated"
+    assert index["01_fake_line"]["preset"] == "small" and index["03_missing"]["date"] == "not generated"
 
 
 def test_a_failing_notebook_is_reported_and_the_command_fails(tmp_path, capsys):
@@ -81,12 +81,12 @@ def test_write_index_keeps_old_rows(tmp_path):
     nbs, figs = tmp_path / "nb", tmp_path / "figs"
     nbs.mkdir()
     figs.mkdir()
-    _notebook(nbs / "03_a.ipynb", ['save_figure(fig, "03_one")\nsave_figure(fig, name="ignored")'])
-    (figs / "03_one.png").write_bytes(b"png")
+    _notebook(nbs / "04_a.ipynb", ['save_figure(fig, "04_one")\nsave_figure(fig, name="ignored")'])
+    (figs / "04_one.png").write_bytes(b"png")
     (figs / INDEX).write_text("| figure | notebook | preset | date |\n|---|---|---|---|\n"
-                              "| [`03_one`](03_one.png) | `03_a.ipynb` | tiny | 2024-01-02 |\n")  # fmt: skip
+                              "| [`04_one`](04_one.png) | `04_a.ipynb` | tiny | 2024-01-02 |\n")  # fmt: skip
     write_index(figs, find_notebooks(nbs), preset="tiny")
-    assert read_index(figs / INDEX) == {"03_one": {"notebook": "03_a.ipynb", "preset": "tiny", "date": "2024-01-02"}}
+    assert read_index(figs / INDEX) == {"04_one": {"notebook": "04_a.ipynb", "preset": "tiny", "date": "2024-01-02"}}
 
 
 # --------------------------------------------------------------------------- the repository's own notebooks
@@ -136,7 +136,7 @@ def test_notebooks_are_committed_without_outputs():
         assert not dirty, f"{nb.name} has outputs in cells {dirty}: clear them (nbstripout)"
 
 
-@pytest.mark.parametrize("name", ["05_lambda_budget_explorer.ipynb"])
+@pytest.mark.parametrize("name", ["06_lambda_budget_explorer.ipynb"])
 def test_explorer_notebook_asserts_after_each_widget(name):
     """Each widget cell is followed by a cell that asserts the widget produced its result."""
     cells = [c for c in json.loads((NOTEBOOKS / name).read_text())["cells"] if c["cell_type"] == "code"]

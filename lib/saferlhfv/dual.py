@@ -1,7 +1,7 @@
 r"""The multiplier's dynamics on a fast model of the policy, and the budget's trade-off frontier.
 
 Pure NumPy over a :class:`~saferlhfv.rollout_table.RolloutTable`; the explorers of
-:mod:`saferlhfv.widgets` (notebook 05) are thin shells around these functions.
+:mod:`saferlhfv.widgets` (notebook 06) are thin shells around these functions.
 
 **Dual dynamics** (:func:`simulate_dual`, :class:`~saferlhfv.widgets.DualDynamicsExplorer`). Training a
 policy takes minutes; the multiplier's behaviour needs hundreds of iterations for

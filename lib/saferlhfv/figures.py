@@ -7,7 +7,7 @@ written into ``figures/`` (``$SAFERLHFV_FIGURES``), then rewrites
 preset it was made on and the date. The notebooks themselves are never written
 back (they stay committed without outputs).
 
-Options: ``--notebooks 04 05`` runs only notebooks whose name starts with those
+Options: ``--notebooks 05 06`` runs only notebooks whose name starts with those
 prefixes (the other rows of the index are kept); ``--index-only`` executes
 nothing and refreshes the index from the notebooks' ``save_figure`` calls and the
 files present (figures a notebook names but that are missing are listed as *not

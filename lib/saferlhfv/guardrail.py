@@ -25,7 +25,7 @@ list[str]`` (:func:`vlm_policy` wraps a VLM) and a *guard* anything with
 ``moderate(images, questions, responses=None) -> list[dict]`` (:class:`Guard` wraps a
 :class:`~saferlhfv.models.guard.GuardModel`). The small pure functions at the end
 (:func:`binary_metrics`, :func:`confusion_matrix`, :func:`threshold_tradeoff`,
-:func:`overblocking_cost`) turn score tables into the numbers notebook 03 shows.
+:func:`overblocking_cost`) turn score tables into the numbers notebook 04 shows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Live samples (notebook 05): one picture and a question, the precursor's and the aligned policy's
+"""Live samples (notebook 06): one picture and a question, the precursor's and the aligned policy's
 answers with their RM-V, CM-V, guard and oracle verdicts.
 
 :func:`load_live_models` loads every model through the stage table (training what is missing);

@@ -1,5 +1,5 @@
 """Figures: the helper every notebook saves with, and the notebooks' plots
-(learning curves; the dual-dynamics, response-curve and trade-off figures of notebook 05).
+(learning curves; the dual-dynamics, response-curve and trade-off figures of notebook 06).
 
 Every plot takes plain dicts / arrays and returns a ``matplotlib.figure.Figure``.
 """
@@ -31,7 +31,7 @@ def save_figure(fig, name: str, *, formats: tuple[str, ...] = ("png",), dpi: int
 
     Args:
         fig: a ``matplotlib.figure.Figure``.
-        name: file stem, by convention ``<notebook number>_<what>``, e.g. ``"04_lambda_trajectory"``.
+        name: file stem, by convention ``<notebook number>_<what>``, e.g. ``"05_lambda_trajectory"``.
         formats: file extensions to write.
         dpi: resolution of raster formats.
 

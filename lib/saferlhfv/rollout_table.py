@@ -2,7 +2,7 @@
 by RM-V and CM-V and judged by the oracle, as arrays.
 
 It is the fast model of the policy that the dual-dynamics explorer (:mod:`saferlhfv.dual`,
-notebook 05) reweights instead of training. :func:`ensure_rollout_table` builds it once per
+notebook 06) reweights instead of training. :func:`ensure_rollout_table` builds it once per
 config into the artifact cache (:func:`saferlhfv.artifacts.cached`, name ``rollouts``);
 :func:`synthetic_rollout_table` gives a hand-made one for tests.
 """

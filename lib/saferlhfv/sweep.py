@@ -1,4 +1,4 @@
-"""Many PPO runs from one config: a budget sweep (notebooks 04 and 05) and seeds (mean +- std).
+"""Many PPO runs from one config: a budget sweep (notebooks 05 and 06) and seeds (mean +- std).
 
 Every run is a cached ``ppo`` artifact (:func:`saferlhfv.stages.ensure`), so notebooks, the
 pipeline and the command line share them.
@@ -25,7 +25,7 @@ __all__ = [
     "load_budget_runs",
 ]
 
-#: the budgets of the tiny preset's sweep (notebooks 04 and 05 share these cached runs), on CM-V's
+#: the budgets of the tiny preset's sweep (notebooks 05 and 06 share these cached runs), on CM-V's
 #: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.diagnostics``).
 SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
 #: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).

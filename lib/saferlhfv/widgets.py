@@ -1,4 +1,4 @@
-r"""Interactive explorers of notebook 05: the multiplier's dynamics, the budget's trade-off, live samples.
+r"""Interactive explorers of notebook 06: the multiplier's dynamics, the budget's trade-off, live samples.
 
 Every widget here is a thin ``ipywidgets`` shell around a **pure library function**
 (tested without a browser): a slider change calls the function with the new settings and

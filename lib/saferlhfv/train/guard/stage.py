@@ -61,7 +61,7 @@ from saferlhfv.train.guard.evaluation import (
 from saferlhfv.train.loop import Trainer
 
 #: the guard as it was before the adversarial rows of issue 17 (no typographic, look-alike or framed
-#: training rows, 6 epochs): notebook 03's "before" column, trained through the same stages under these overrides.
+#: training rows, 6 epochs): notebook 04's "before" column, trained through the same stages under these overrides.
 BASELINE_OVERRIDES: dict[str, Any] = {
     "guard.typographic_rows_per_category": 0,
     "guard.lookalike_rows_per_category": 0,
