@@ -171,6 +171,21 @@ def test_dual_explorer_set_recomputes_once(table):
     assert ex.calls == calls + 1 and ex.result["lambda"][0] == pytest.approx(2.0)
 
 
+def test_dual_explorer_bug_is_shown_in_the_widget_and_raised_outside_ipython(table, monkeypatch):
+    """A callback bug (not a rejected setting) turns the status red with its type, and raises outside IPython."""
+    ex = DualDynamicsExplorer(table, DualSettings(iterations=20))
+    good = ex.result
+
+    def broken(*_a, **_k):
+        raise RuntimeError("simulation broke")
+
+    monkeypatch.setattr("saferlhfv.widgets.simulate_dual", broken)
+    with pytest.raises(RuntimeError, match="simulation broke"):
+        ex.controls["lambda_lr"].value = 0.5
+    assert ex.error == "RuntimeError: simulation broke" and "the update failed" in ex.status.value
+    assert ex.result is good
+
+
 # --------------------------------------------------------------------------- budget -> trade-off
 
 

@@ -82,6 +82,16 @@ class _Explorer:
         except ValueError as err:  # a slider combination the algorithm rejects: say why, keep the last plot
             self.error = str(err)
             self.status.value = f"<span style='color:#b00'>{html.escape(self.error)}</span>"
+        except Exception as err:  # a bug: show it in the widget, not only in JupyterLab's log console
+            self.error = f"{type(err).__name__}: {err}"
+            self.status.value = f"<span style='color:#b00'>the update failed: {html.escape(self.error)}</span>"
+            if not _in_ipython():
+                raise
+            from IPython import get_ipython
+
+            with self.output:
+                get_ipython().showtraceback()
+            return
         self._render()
 
     def _render(self) -> None:
