@@ -108,6 +108,23 @@ class NotebookRun:
     seconds: float
     figures: list[str] = field(default_factory=list)
     error: str | None = None
+    #: seconds from the start until the first cell that shows a widget had run (None: no widget shown)
+    first_widget_seconds: float | None = None
+
+
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _first_widget_seconds(nb, started: _dt.datetime) -> float | None:
+    """Seconds from ``started`` to the end of the first cell whose outputs show a widget (nbclient's timing)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not any(_WIDGET_MIME in o.get("data", {}) for o in cell.get("outputs", [])):
+            continue
+        done = cell.get("metadata", {}).get("execution", {}).get("shell.execute_reply")
+        if done is None:
+            return None
+        return round((_dt.datetime.fromisoformat(done.replace("Z", "+00:00")) - started).total_seconds(), 1)
+    return None
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -131,6 +148,7 @@ def execute_notebook(path: str | Path, *, preset: str, figures: str | Path, time
     os.environ["SAFERLHFV_FIGURES"] = str(figures.resolve())
     os.environ.pop("MPLBACKEND", None)  # the notebooks choose the inline backend themselves
     start = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc)
     error = None
     try:
         client = NotebookClient(
@@ -149,7 +167,8 @@ def execute_notebook(path: str | Path, *, preset: str, figures: str | Path, time
                 os.environ[key] = value
     after = _snapshot(figures)
     written = sorted(Path(n).stem for n, t in after.items() if before.get(n) != t)
-    return NotebookRun(path.name, round(time.perf_counter() - start, 1), sorted(set(written)), error)
+    seconds = round(time.perf_counter() - start, 1)
+    return NotebookRun(path.name, seconds, sorted(set(written)), error, _first_widget_seconds(nb, started))
 
 
 #: a row of the index: | [`name`](name.png) or `name` | `notebook` | preset | date |
