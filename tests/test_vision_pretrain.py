@@ -1,5 +1,7 @@
 """Vision pretraining of the tiny VLM (stage 0 of SFT): the vision tower learns to tell the objects apart."""
 
+import json
+
 import pytest
 import torch
 
@@ -18,6 +20,11 @@ def test_vision_pretraining_learns_the_objects_and_leaves_the_decoder(tmp_path):
     result = pretrain_vision(model, processor, cfg, tmp_path)
     # 30 objects: chance is 0.033 on the 200 held-out pictures
     assert result["vision_steps"] == 150 and result["vision_accuracy"] > 0.25, result
+    # the accuracy curve over steps: ten points (every 15 steps, the last at the end), rising
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e.get("split") == "eval"]
+    assert [e["step"] for e in evals] == list(range(15, 151, 15))
+    assert evals[-1]["vision_accuracy"] == result["vision_accuracy"] > evals[0]["vision_accuracy"]
     assert any(not torch.equal(a, b) for a, b in zip(vision_before, vision_tower(model).parameters()))
     assert all(torch.equal(a, b) for a, b in zip(decoder_before, language_model(model).parameters()))
 
