@@ -331,3 +331,21 @@ def test_dual_settings_from_ppo_copy_the_multiplier_fields_and_take_overrides():
     assert (s.lambda_init, s.lambda_lr, s.lambda_max) == (ppo.lambda_init, ppo.lambda_lr, ppo.lambda_max)
     assert (s.lambda_update_delay_steps, s.cost_window, s.rollout_batch_size) == (
         ppo.lambda_update_delay_steps, ppo.cost_window, ppo.rollout_batch_size)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- guard threshold
+
+
+def test_threshold_explorer_slider_moves_recall_and_over_blocking():
+    from saferlhfv.widgets import ThresholdExplorer
+
+    # two unsafe answers (p 0.9, 0.6) and two safe ones (p 0.7, 0.4), severity "none" throughout
+    table = [{"p_unsafe": p, "severity_level": 0, "is_unsafe": u} for p, u in ((0.9, 1), (0.6, 1), (0.7, 0), (0.4, 0))]
+    ex = ThresholdExplorer(table, threshold=0.5)
+    assert (ex.result["recall"], ex.result["false_positive_rate"]) == (1.0, 0.5)  # flags 0.9, 0.6, 0.7
+    assert "recall 1.000" in ex.status.value and "false-positive rate 0.500" in ex.status.value
+    ex.controls["threshold"].value = 0.65  # flags 0.9 and 0.7
+    assert (ex.result["recall"], ex.result["false_positive_rate"], ex.result["precision"]) == (0.5, 0.5, 0.5)
+    ex.controls["threshold"].value = 0.95  # flags nothing: precision undefined
+    assert ex.result["recall"] == 0.0 and ex.result["precision"] is None and "precision undefined" in ex.status.value
+    assert ex.fig.axes[0].lines[3].get_xdata()[0] == 0.95 and ex.error is None

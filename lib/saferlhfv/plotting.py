@@ -21,6 +21,7 @@ __all__ = [
     "plot_learning_curves",
     "plot_dual",
     "plot_response_curve",
+    "plot_threshold_curves",
     "plot_tradeoff",
     "short_category",
 ]
@@ -180,6 +181,36 @@ def plot_response_curve(curve: Mapping[str, np.ndarray], *, threshold: float | N
 def short_category(category: str) -> str:
     """A harm category's config name for a tick label: ``"sexual_crimes"`` -> ``"sexual crimes"``."""
     return category.replace("_and_", " & ").replace("_", " ")
+
+
+def plot_threshold_curves(
+    grid: np.ndarray, curve: list[Mapping[str, Any]], threshold: float, *, title: str | None = None, fig=None
+):
+    """Recall, precision and false-positive rate of a guard against its threshold, a line at ``threshold``.
+
+    Args:
+        grid: ``[G]`` thresholds on ``p_unsafe``.
+        curve: :func:`saferlhfv.guardrail.threshold_tradeoff` at each threshold of ``grid`` (None = undefined).
+
+    Returns:
+        The figure; ``fig.axes[0].lines[3]`` is the threshold's vertical line.
+    """
+    from matplotlib.figure import Figure
+
+    if fig is None:
+        fig = Figure(figsize=(6.5, 4))
+    fig.clear()
+    ax = fig.subplots()
+    for key, style in (("recall", "o-"), ("precision", "s-"), ("false_positive_rate", "^-")):
+        values = [c[key] if c[key] is not None else np.nan for c in curve]
+        ax.plot(grid, values, style, ms=3, label=key.replace("_", " "))
+    ax.axvline(threshold, color="grey", ls=":")
+    ax.set_xlabel("threshold on p_unsafe")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
 
 
 def plot_tradeoff(

@@ -10,6 +10,8 @@ redraws the figure from what it returns.
   (:func:`saferlhfv.dual.frontier_from_runs`, :func:`saferlhfv.dual.tradeoff_at`).
 * :class:`LiveSampleExplorer`: a picture and a question, both policies' answers and every
   verdict (:func:`saferlhfv.live.live_sample`).
+* :class:`ThresholdExplorer` (notebook 04): a guard's threshold against detection and over-blocking
+  (:func:`saferlhfv.guardrail.threshold_tradeoff`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from saferlhfv.dual import DualSettings, dynamics_summary, equilibrium, frontier_from_runs, simulate_dual, tradeoff_at
+from saferlhfv.guardrail import threshold_tradeoff
 from saferlhfv.live import LiveModels, live_sample, question_choices, verdict_rows
-from saferlhfv.plotting import plot_dual, plot_tradeoff, short_category
+from saferlhfv.plotting import plot_dual, plot_threshold_curves, plot_tradeoff, short_category
 from saferlhfv.rollout_table import RolloutTable
 
-__all__ = ["DualDynamicsExplorer", "TradeoffExplorer", "LiveSampleExplorer"]
+__all__ = ["DualDynamicsExplorer", "TradeoffExplorer", "LiveSampleExplorer", "ThresholdExplorer"]
 
 
 def _in_ipython() -> bool:
@@ -264,6 +267,64 @@ class TradeoffExplorer(_Explorer):
             f"d = {r['threshold']:.2f} ({where}): safety rate {r['safety_rate']:.2f}, harmful-prompt safety "
             f"{r['harmful_safety_rate']:.2f}, helpful win rate {r['helpful_winrate']:.2f}, "
             f"mean cost {r['mean_cost']:.2f}"
+        )
+
+    def _ui(self):
+        import ipywidgets as W
+
+        return W.VBox([self.controls["threshold"], self.status, self.output])
+
+
+class ThresholdExplorer(_Explorer):
+    """A threshold slider over a guard's score table: what it catches and what it blocks for nothing.
+
+    Args:
+        table: rows with ``p_unsafe``, ``severity_level`` and ``is_unsafe`` (one moderation mode).
+        threshold: where the slider starts.
+        grid: ``[G]`` thresholds at which the curves are drawn (default 25 from 0.02 to 0.98).
+
+    ``explorer.controls["threshold"].value = t`` recomputes ``explorer.result``
+    (:func:`threshold_tradeoff` of ``table`` at ``t``), the status line and the figure's vertical line.
+    """
+
+    def __init__(
+        self, table, *, threshold: float = 0.5, step: float = 0.05, grid: np.ndarray | None = None, title: str = ""
+    ) -> None:
+        import ipywidgets as W
+
+        super().__init__()
+        self.table = list(table)
+        self.grid = np.linspace(0.02, 0.98, 25) if grid is None else np.asarray(grid, dtype=float)
+        self.curve = [threshold_tradeoff(self.table, float(t)) for t in self.grid]
+        self.title = title
+        self.controls = {
+            "threshold": W.FloatSlider(
+                value=threshold,
+                min=0.0,
+                max=1.0,
+                step=step,
+                description="threshold",
+                continuous_update=False,
+                layout=W.Layout(width="500px"),
+            )  # fmt: skip
+        }
+        self._watch()
+        self.update()
+
+    def _compute(self) -> None:
+        t = float(self.controls["threshold"].value)
+        self.result = threshold_tradeoff(self.table, t)
+        self.fig = plot_threshold_curves(self.grid, self.curve, t, title=self.title, fig=self.fig)
+
+    def _status_text(self) -> str:
+        r = self.result
+
+        def num(key):
+            return "undefined" if r[key] is None else f"{r[key]:.3f}"
+
+        return (
+            f"threshold {r['threshold']:.2f}: recall {num('recall')} (unsafe answers caught), false-positive rate "
+            f"{num('false_positive_rate')} (safe answers redrawn for nothing), precision {num('precision')}"
         )
 
     def _ui(self):
