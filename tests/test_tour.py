@@ -42,3 +42,22 @@ def test_tour_table_adds_up_each_pass():
     lines = format_tour(rows).splitlines()
     assert lines[3] == "| empty cache | `06_b.ipynb` | 5.0 min | 10.0 min | 11.0 min |  |"
     assert lines[5] == "| warm cache | `06_b.ipynb` | 0.1 min | 0.4 min | 0.9 min | E: x |"
+
+
+def test_execution_stops_at_the_first_widget(tmp_path):
+    """``stop_at_widget``: the cells after the first widget do not run (here the next one would fail)."""
+    from saferlhfv.figures import execute_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell('PRESET = "tiny"\nx = 1'),
+        nbformat.v4.new_code_cell("import ipywidgets as W\nW.IntSlider(value=x)"),
+        nbformat.v4.new_code_cell("raise RuntimeError('ran past the widget')"),
+    ]
+    path = tmp_path / "01_w.ipynb"
+    nbformat.write(nb, path)
+    run = execute_notebook(path, preset="tiny", figures=tmp_path / "figs", timeout=120, stop_at_widget=True)
+    assert run.error is None and run.first_widget_seconds is not None and run.first_widget_seconds <= run.seconds
+    full = execute_notebook(path, preset="tiny", figures=tmp_path / "figs", timeout=120)
+    assert "ran past the widget" in full.error

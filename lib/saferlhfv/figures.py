@@ -115,10 +115,14 @@ class NotebookRun:
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
+def _shows_widget(cell) -> bool:
+    return cell.cell_type == "code" and any(_WIDGET_MIME in o.get("data", {}) for o in cell.get("outputs", []))
+
+
 def _first_widget_seconds(nb, started: _dt.datetime) -> float | None:
     """Seconds from ``started`` to the end of the first cell whose outputs show a widget (nbclient's timing)."""
     for cell in nb.cells:
-        if cell.cell_type != "code" or not any(_WIDGET_MIME in o.get("data", {}) for o in cell.get("outputs", [])):
+        if not _shows_widget(cell):
             continue
         done = cell.get("metadata", {}).get("execution", {}).get("shell.execute_reply")
         if done is None:
@@ -133,8 +137,13 @@ def _snapshot(folder: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in folder.iterdir() if p.suffix in _FIG_EXT}
 
 
-def execute_notebook(path: str | Path, *, preset: str, figures: str | Path, timeout: int = 1800) -> NotebookRun:
-    """Run one notebook top to bottom on ``preset`` with figures saved into ``figures``; never writes it back."""
+def execute_notebook(
+    path: str | Path, *, preset: str, figures: str | Path, timeout: int = 1800, stop_at_widget: bool = False
+) -> NotebookRun:
+    """Run one notebook top to bottom on ``preset`` with figures saved into ``figures``; never writes it back.
+
+    ``stop_at_widget``: stop after the first cell that shows a widget (when the student can first play).
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -154,7 +163,14 @@ def execute_notebook(path: str | Path, *, preset: str, figures: str | Path, time
         client = NotebookClient(
             nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
         )
-        client.execute()
+        if stop_at_widget:
+            with client.setup_kernel():
+                for index, cell in enumerate(nb.cells):
+                    client.execute_cell(cell, index)
+                    if _shows_widget(cell):
+                        break
+        else:
+            client.execute()
     except Exception as err:  # CellExecutionError, DeadKernelError, timeouts: report, go on
         lines = [ln for ln in _ANSI.sub("", str(err)).strip().splitlines() if ln.strip()]
         head = lines[:4] if len(lines) > 12 else []  # nbclient puts the failing cell's source first
