@@ -91,7 +91,7 @@ class JupyterLab:
 
     def url(self, notebook: str) -> str:
         """The URL that opens ``notebook`` (a path under ``root``) in JupyterLab, token included."""
-        return f"{self.base_url}/lab/tree/{notebook}?token={self.token}"
+        return f"{self.base_url}/lab/tree/{notebook}?reset&token={self.token}"
 
     def log(self) -> str:
         """Everything the server and its kernels wrote so far."""
