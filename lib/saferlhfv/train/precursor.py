@@ -29,10 +29,9 @@ from saferlhfv.config import Config, DataConfig
 from saferlhfv.data.content import CATEGORIES, OBJECTS
 from saferlhfv.data.oracle import analyse, parse_context
 from saferlhfv.data.world.grammar import BEHAVIOUR_TYPES, COMPLIANCE
-from saferlhfv.train.sft import PRECURSOR_SAMPLES, ObjectProbe
+from saferlhfv.train.sft import PRECURSOR_SAMPLES, ObjectProbe, sft_split
 
 __all__ = [
-    "SFT_HELD_OUT",
     "load_precursor_samples",
     "sft_training_rows",
     "sft_mixture",
@@ -47,9 +46,6 @@ __all__ = [
     "pick_coupled_examples",
 ]
 
-#: share of the SFT mixture :func:`saferlhfv.train.sft.train_sft` holds out for its eval loss (never trained on).
-SFT_HELD_OUT = 0.05
-
 
 def load_precursor_samples(sft_dir: str | Path) -> list[dict[str, Any]]:
     """The precursor's judged answers to the evaluation prompts, as the SFT stage saved them.
@@ -62,16 +58,13 @@ def load_precursor_samples(sft_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def sft_training_rows(cfg: Config):
-    """The rows the SFT stage trains on: the mixture of :func:`saferlhfv.data.world.sft_dataset` less
-    the share :data:`SFT_HELD_OUT` that :func:`~saferlhfv.train.sft.train_sft` holds out (same split,
-    same seed; ``tests/test_precursor.py`` checks that they agree).
+    """The rows the SFT stage trains on: the ``train`` part of :func:`saferlhfv.train.sft.sft_split`
+    (``tests/test_precursor.py`` checks them against what :func:`~saferlhfv.train.sft.train_sft` trains on).
 
     Returns:
         A ``datasets.Dataset`` with the mixture's columns (``behaviour``, ``is_harmful``, ...).
     """
-    from saferlhfv.data.world import sft_dataset
-
-    return sft_dataset(cfg.data).train_test_split(test_size=SFT_HELD_OUT, seed=cfg.seed)["train"]
+    return sft_split(cfg)["train"]
 
 
 def _share(part: int, whole: int) -> float:

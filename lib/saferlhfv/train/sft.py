@@ -137,6 +137,18 @@ def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: boo
     return {"vision_steps": result["steps"], **result["eval"]}
 
 
+#: share of the SFT mixture held out for the eval loss (never trained on)
+SFT_HELD_OUT = 0.05
+
+
+def sft_split(cfg: Config):
+    """The SFT mixture (:func:`saferlhfv.data.world.sft_dataset`) split into ``train`` and the held-out
+    ``test`` share :data:`SFT_HELD_OUT` (seeded by ``cfg.seed``): a ``datasets.DatasetDict``."""
+    from saferlhfv.data.world import sft_dataset
+
+    return sft_dataset(cfg.data).train_test_split(test_size=SFT_HELD_OUT, seed=cfg.seed)
+
+
 def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
     """Train the precursor into ``out_dir/model`` and judge its answers; returns metrics.
 
@@ -145,7 +157,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         evaluation of :func:`saferlhfv.evaluate.evaluate_policy` on the evaluation prompts
         under ``policy``, and ``seconds``.
     """
-    from saferlhfv.data.world import caption_dataset, rl_prompts, sft_dataset, text_corpus
+    from saferlhfv.data.world import caption_dataset, rl_prompts, text_corpus
     from saferlhfv.evaluate import evaluate_policy
 
     start = time.perf_counter()
@@ -157,7 +169,7 @@ def train_sft(cfg: Config, out_dir: str | Path, *, resume: bool = True) -> dict[
         # also its pretraining) trains every weight. Later stages put their adapters on this precursor.
         model_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
     model, processor = load_vlm(model_cfg, corpus, seed=cfg.seed)
-    data = sft_dataset(cfg.data).train_test_split(test_size=0.05, seed=cfg.seed)
+    data = sft_split(cfg)
     collate = sft_collate(processor)
     held_out = collate([data["test"][i] for i in range(min(64, len(data["test"])))])
 
