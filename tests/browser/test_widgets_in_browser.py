@@ -1,6 +1,6 @@
 """The widget explorers as a student meets them: JupyterLab 4 in headless Chromium.
 
-Opens notebook 06 (the multiplier and budget explorers) and notebook 04 (the guard's threshold
+Opens notebook 06 (the multiplier explorer) and notebook 04 (the guard's threshold
 slider) in a real JupyterLab, runs every cell from the Run menu, moves each explorer's main slider
 with the keyboard and checks what the page then shows: the slider's label, the explorer's printed
 numbers (moving the way the algorithm says they must) and its figure. No cell may show an error and
@@ -225,20 +225,8 @@ def test_multiplier_and_budget_explorers(lab, page, tmp_path):
     _figure_changes(dual, fig1)
     _shoot(dual.locator(".jp-OutputArea").first, "browser_06_dual_explorer_moved", tmp_path)
 
-    # the trade-off explorer: the budget slider walks the trained frontier
-    trade = _cell(page, "TradeoffExplorer(runs")
-    trade.scroll_into_view_if_needed()
-    status = trade.locator(".widget-html").first
-    budget = slider_by_label(trade, "budget d")
-    before, d_before, fig_before = status.inner_text(), _readout(budget), _figure_src(trade)
-    press_on_slider(budget, "End")  # the loosest trained budget (the notebook left it at the tightest)
-    d_max = _readout(budget)
-    assert d_max > d_before
-    after = _text_changes(status, before, until=lambda text: text.startswith(f"d = {d_max:.2f} "))
-    assert "(a trained run)" in after
-    _figure_changes(trade, fig_before)
-    _shoot(trade.locator(".jp-OutputArea").first, "browser_06_tradeoff_explorer", tmp_path)
-    _no_errors(page)
+    # an explorer's callback bug shows as an error output in the widget itself (saferlhfv.widgets)
+    assert visible_errors(page) == [], visible_errors(page)
 
 
 def test_guard_threshold_slider(lab, page, tmp_path):
