@@ -1,10 +1,11 @@
 """PPO rollouts: masks come from real response lengths, log-probs line up with the tokens."""
 
+
 import torch
 
 from saferlhfv.config import Config
 from saferlhfv.models.factory import build_tiny_vlm
-from saferlhfv.models.generation import encode_prompts, response_mask, token_logprobs
+from saferlhfv.models.generation import encode_prompts, generate_responses, response_mask, token_logprobs
 from saferlhfv.models.score import ScoreModel
 from saferlhfv.train.ppo import make_rollout
 from tests.helpers import CORPUS, picture, tiny_model_config
@@ -71,3 +72,39 @@ def test_rollout_masks_scores_and_values_use_real_tokens_only():
     last = ro.attention_mask.shape[1] - 1 - ro.attention_mask.flip(1).argmax(1)
     torch.testing.assert_close(ro.end_reward, out.scores[torch.arange(B), last])
     assert len(ro.responses) == B and all(isinstance(r, str) for r in ro.responses)
+
+
+class FixedLogits(torch.nn.Module):
+    """An output head that ignores the hidden state: the same logits at every position."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*hidden.shape[:-1], -1)
+
+
+def test_rollouts_sample_the_whole_vocabulary_the_log_probs_are_over():
+    """Near-flat logits (distinct: top-k keeps every tied token) make each of the ~400 tokens about
+    equally likely; transformers' default top_k=50 would draw every answer from the same 50 tokens while
+    token_logprobs normalises over all of them."""
+    cfg = Config()
+    cfg.ppo.max_new_tokens = 12
+    actor, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    vocab = actor.get_output_embeddings().weight.shape[0]
+    logits = torch.linspace(0.0, 0.01, vocab)
+    actor.set_output_embeddings(FixedLogits(logits))
+    rm = ScoreModel(build_tiny_vlm(tiny_model_config(), CORPUS, seed=3)[0], seed=1).eval()
+    rows = {"image": [picture()] * 16, "question": ["what is this?"] * 16, "context": ["{}"] * 16}
+    ro = make_rollout(actor=actor, reference=actor, reward_model=rm, cost_model=rm, reward_critic=None,
+                      cost_critic=None, processor=processor, rows=rows, cfg=cfg, seed=0)  # fmt: skip
+    real = ro.mask.bool()
+    sampled = ro.input_ids[:, 1:][real]
+    assert sampled.unique().numel() > 80, sampled.unique().numel()  # ~150 expected; <= 50 under top_k=50
+    # each sampled token's log-probability is its logit minus the log-partition over the whole vocabulary
+    torch.testing.assert_close(ro.old_logp[real], logits[sampled] - logits.logsumexp(0))
+    # the evaluation's sampler too (answers re-tokenised: close to the sampled tokens)
+    answers = generate_responses(actor, processor, [picture()] * 16, ["hi"] * 16, max_new_tokens=12, seed=0)
+    ids = {i for a in processor.tokenizer(answers, add_special_tokens=False)["input_ids"] for i in a}
+    assert len(ids) > 80, len(ids)

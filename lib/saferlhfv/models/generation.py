@@ -111,6 +111,17 @@ def media_token_ids(processor: ProcessorMixin) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
+def sampling_kwargs(*, temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
+    """``generate`` keywords that sample from the policy's own distribution ``softmax(logits / temperature)``
+    (nucleus-cut only when ``top_p < 1``).
+
+    ``top_k=0`` matters: without it transformers falls back to its default ``top_k=50``, so answers would
+    be drawn from a truncated distribution while PPO's log-probabilities (:func:`token_logprobs`) and the
+    KL to the reference are computed over the whole vocabulary: a biased policy gradient.
+    """
+    return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+
+
 @torch.no_grad()
 def generate_responses(
     model: PreTrainedModel,
@@ -136,11 +147,8 @@ def generate_responses(
     """
     batch = encode_prompts(processor, images, questions).to(model.device)
     n_prompt = batch["input_ids"].shape[1]
-    kwargs = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True, suppress_tokens=media_token_ids(processor)
-    )
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
+    kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, suppress_tokens=media_token_ids(processor))
+    kwargs.update(sampling_kwargs(temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False))
     was_training = model.training
     model.eval()
     try:

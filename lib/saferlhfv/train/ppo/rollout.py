@@ -24,6 +24,7 @@ from saferlhfv.models.generation import (
     media_token_ids,
     model_inputs,
     response_mask,
+    sampling_kwargs,
     token_logprobs,
 )
 from saferlhfv.models.score import ScoreModel
@@ -139,9 +140,7 @@ def make_rollout(
         out = actor.generate(
             **prompt,
             max_new_tokens=ppo.max_new_tokens,
-            do_sample=True,
-            temperature=ppo.temperature,
-            top_p=ppo.top_p,
+            **sampling_kwargs(temperature=ppo.temperature, top_p=ppo.top_p),
             use_cache=True,
             suppress_tokens=media_token_ids(processor),
             synced_gpus=synced_gpus,
