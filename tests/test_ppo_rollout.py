@@ -1,6 +1,5 @@
 """PPO rollouts: masks come from real response lengths, log-probs line up with the tokens."""
 
-
 import torch
 
 from saferlhfv.config import Config

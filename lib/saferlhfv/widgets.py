@@ -42,6 +42,11 @@ def _in_ipython() -> bool:
     return get_ipython() is not None
 
 
+#: CSS class of every explorer's status line: what a browser test (or a user's stylesheet) finds it by
+#: (a cell that trained something first also shows tqdm's progress bars, HTML widgets themselves)
+STATUS_CLASS = "saferlhfv-explorer-status"
+
+
 class _Explorer:
     """Shared shell: ``controls`` (name -> widget), a figure, an output area, ``result`` and ``error``."""
 
@@ -53,6 +58,7 @@ class _Explorer:
         self.error: str | None = None
         self.calls = 0
         self.status = W.HTML()
+        self.status.add_class(STATUS_CLASS)
         self.output = W.Output()
         self.fig = None
         self._suspend = False

@@ -1,6 +1,6 @@
 """The widget explorers as a student meets them: JupyterLab 4 in headless Chromium.
 
-Opens notebook 06 (the multiplier explorer) and notebook 04 (the guard's threshold
+Opens notebook 06 (the multiplier and budget explorers) and notebook 04 (the guard's threshold
 slider) in a real JupyterLab, runs every cell from the Run menu, moves each explorer's main slider
 with the keyboard and checks what the page then shows: the slider's label, the explorer's printed
 numbers (moving the way the algorithm says they must) and its figure. No cell may show an error and
@@ -26,6 +26,7 @@ import nbformat
 import pytest
 
 from saferlhfv.paths import figures_dir, repo_root
+from saferlhfv.widgets import STATUS_CLASS
 from tests.browser.jupyterlab import (
     JupyterLab,
     find_chromium,
@@ -109,6 +110,12 @@ def _scratch_notebook(path: Path) -> None:
 def _cell(page, source_snippet: str):
     """The code cell whose source contains ``source_snippet``."""
     return page.locator(".jp-CodeCell").filter(has=page.locator(".jp-InputArea", has_text=source_snippet)).first
+
+
+def _status(cell):
+    """The explorer's status line in ``cell``: found by its class, since a cell that trained something
+    first (a cold cache) also shows tqdm's progress bars, HTML widgets of their own."""
+    return cell.locator(f".{STATUS_CLASS}").first
 
 
 def _changes(read, before: str, what: str, *, until=None, timeout_s: float = UPDATE_TIMEOUT_S) -> str:
@@ -201,7 +208,7 @@ def test_multiplier_and_budget_explorers(lab, page, tmp_path):
     # the dual-dynamics explorer: budget d and lambda_lr
     dual = _cell(page, "DualDynamicsExplorer(table")
     dual.scroll_into_view_if_needed()
-    status = dual.locator(".widget-html").first
+    status = _status(dual)
     _shoot(dual.locator(".jp-OutputArea").first, "browser_06_dual_explorer", tmp_path)
     budget = slider_by_label(dual, "budget d")
     d0 = _readout(budget)
@@ -225,8 +232,20 @@ def test_multiplier_and_budget_explorers(lab, page, tmp_path):
     _figure_changes(dual, fig1)
     _shoot(dual.locator(".jp-OutputArea").first, "browser_06_dual_explorer_moved", tmp_path)
 
-    # an explorer's callback bug shows as an error output in the widget itself (saferlhfv.widgets)
-    assert visible_errors(page) == [], visible_errors(page)
+    # the trade-off explorer: the budget slider walks the trained frontier
+    trade = _cell(page, "TradeoffExplorer(runs")
+    trade.scroll_into_view_if_needed()
+    status = _status(trade)
+    budget = slider_by_label(trade, "budget d")
+    before, d_before, fig_before = status.inner_text(), _readout(budget), _figure_src(trade)
+    press_on_slider(budget, "End")  # the loosest trained budget (the notebook left it at the tightest)
+    d_max = _readout(budget)
+    assert d_max > d_before
+    after = _text_changes(status, before, until=lambda text: text.startswith(f"d = {d_max:.2f} "))
+    assert "(a trained run)" in after, after
+    _figure_changes(trade, fig_before)
+    _shoot(trade.locator(".jp-OutputArea").first, "browser_06_tradeoff_explorer", tmp_path)
+    _no_errors(page)
 
 
 def test_guard_threshold_slider(lab, page, tmp_path):
@@ -237,7 +256,7 @@ def test_guard_threshold_slider(lab, page, tmp_path):
     cell = _cell(page, "ThresholdExplorer(output_table")
     cell.scroll_into_view_if_needed()
     slider = slider_by_label(cell, "threshold")
-    status = cell.locator(".widget-html").first
+    status = _status(cell)
     t0, text0, fig0 = _readout(slider), status.inner_text(), _figure_src(cell)
     press_on_slider(slider, "ArrowRight", 4)  # 4 steps of 0.05
     t1 = _readout(slider)
