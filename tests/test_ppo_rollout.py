@@ -64,7 +64,11 @@ def test_rollout_masks_scores_and_values_use_real_tokens_only():
     assert (ro.mask.sum(1) >= 1).all() and (ro.mask.sum(1) <= cfg.ppo.max_new_tokens).all()
     # and only predicted tokens that are real: mask[t] = 1 implies attention_mask[t + 1] = 1
     assert (ro.attention_mask[:, 1:][ro.mask.bool()] == 1).all()
-    torch.testing.assert_close(ro.old_logp, ro.ref_logp)  # actor == reference here
+    # actor == reference here: pi_old's log-probs, read off generation's logits (KV cache, one token at a
+    # time), equal the reference's from one forward pass over the whole sequence, on every response token
+    real = ro.mask.bool()
+    torch.testing.assert_close(ro.old_logp[real], ro.ref_logp[real], rtol=1e-4, atol=1e-4)
+    assert (ro.old_logp[~real] == 0).all() and (ro.entropy[real] > 0).all()
     # the end score is read at the last real token of each row
     with torch.no_grad():
         out = rm(input_ids=ro.input_ids, attention_mask=ro.attention_mask, **ro.vision)

@@ -227,9 +227,22 @@ def token_logprobs(
     Returns:
         ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``.
     """
-    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1]
+    return logprobs_from_logits(logits, input_ids[:, 1:])
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``tokens`` and the entropy under next-token ``logits`` (full softmax, float32).
+
+    Args:
+        logits: ``[B, T, V]`` next-token logits (any float dtype).
+        tokens: ``[B, T]`` the token chosen at each position.
+
+    Returns:
+        ``(logp, entropy)``, both ``[B, T]`` float32, in nats.
+    """
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 

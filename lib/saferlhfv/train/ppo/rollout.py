@@ -3,10 +3,10 @@
 :func:`make_rollout` is step 1 of an iteration (see :mod:`saferlhfv.train.ppo.trainer`): it samples
 responses for a batch of (image, question) prompts with the KV cache, cuts each at its first end
 token (any EOS id of the generation config: :func:`~saferlhfv.models.generation.response_mask`),
-and reads the actor's and the reference's per-token log-probabilities
-(:func:`~saferlhfv.models.generation.token_logprobs`), the reward and cost critics' per-token values
-and RM-V's / CM-V's end scores at the last real token. The result is a :class:`Rollout`, whose
-``[B, L-1]`` tensors are indexed by the *predicted* token.
+and reads the actor's per-token log-probabilities from the logits generation computed, the
+reference's with a forward pass (:func:`~saferlhfv.models.generation.token_logprobs`), the reward
+and cost critics' per-token values and RM-V's / CM-V's end scores at the last real token. The
+result is a :class:`Rollout`, whose ``[B, L-1]`` tensors are indexed by the *predicted* token.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from saferlhfv.models.generation import (
     VISION_KEYS,
     encode_prompts,
     end_token_ids,
+    logprobs_from_logits,
     media_token_ids,
     model_inputs,
     response_mask,
@@ -144,18 +145,24 @@ def make_rollout(
             use_cache=True,
             suppress_tokens=media_token_ids(processor),
             synced_gpus=synced_gpus,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
     actor.train(was_training)
     P = prompt["input_ids"].shape[1]
-    generated = out[:, P:]
+    generated = out.sequences[:, P:]
     eos = processor.tokenizer.eos_token_id
     real = response_mask(generated, end_token_ids(actor, processor))
     attention_mask = torch.cat([prompt["attention_mask"], real], dim=1)
-    input_ids = out.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
+    input_ids = out.sequences.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
     mask = torch.zeros_like(input_ids[:, 1:])
     mask[:, P - 1 :] = real  # logp[:, t] predicts token t+1: response tokens start at t = P-1
 
-    old_logp, entropy = token_logprobs(actor, input_ids, attention_mask, vision)
+    # pi_old's log-probs from the logits generation already computed (raw: before temperature, top-p
+    # and the media-token suppression; in eval mode, as the answers were sampled), not a second pass
+    old_logp = torch.zeros(input_ids[:, 1:].shape, device=device)
+    entropy = torch.zeros_like(old_logp)
+    old_logp[:, P - 1 :], entropy[:, P - 1 :] = logprobs_from_logits(torch.stack(out.logits, dim=1), generated)
     ref_logp, _ = token_logprobs(reference, input_ids, attention_mask, vision)
     inputs = model_inputs(input_ids, attention_mask, vision)
     inputs.pop("position_ids", None)  # ScoreModel derives positions itself
