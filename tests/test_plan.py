@@ -174,3 +174,22 @@ def test_cli_prints_the_paper_verdict(capsys):
     verdict_line = next(line for line in out.splitlines() if line.startswith("verdict:"))
     assert "shared-base layout on 1 GPU of 80 GiB" in verdict_line
     assert ("FITS" in verdict_line) != ("does NOT fit" in verdict_line)
+
+
+def test_rollout_peak_is_the_largest_phase_by_hand():
+    """Generation holds the KV cache and each generated token's logits; pi_old's log-probs are read off
+    those logits; the reference's come from a full pass: the rollout needs the largest of the three."""
+    cfg = load_config("paper")
+    plan = plan_memory(cfg, gpus=1, gpu_gib=80)
+    counts, ppo = plan["model"], cfg.ppo
+    p, V, R = 2, counts["vocab_size"], ppo.max_new_tokens  # bf16
+    B = ppo.rollout_batch_size
+    T = max(cfg.data.max_prompt_tokens, counts["image_tokens"]) + R
+    layers, kv = counts["decoder"]["layers"], counts["decoder"]["kv_hidden"]
+    kv_cache = 2 * layers * B * T * kv * p
+    phases = {"generation": kv_cache + p * B * R * V, "old_logprobs": (2 * p + 16) * B * R * V,
+              "ref_logprobs": 16 * B * (T - 1) * V}  # fmt: skip
+    for layout in plan["layouts"]:
+        parts = layout["per_gpu"]["rollout_parts"]
+        assert {k: parts[k] for k in phases} == phases and parts["kv_cache"] == kv_cache
+        assert layout["per_gpu"]["rollout"] == max(phases.values())

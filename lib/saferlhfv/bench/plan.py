@@ -65,8 +65,11 @@ Conventions (printed with every plan):
   roles train one after the other (each backward frees its graph), so the micro-batch needs the largest
   role's activations, not their sum.
 * **Rollout** (not at the same time as the micro-batch): ``ppo.rollout_batch_size / GPUs`` answers are
-  generated at once with the KV cache, ``2 * L * B_r * T * h_kv * p`` bytes, then scored
-  (``16 * B_r * (T - 1) * vocab`` bytes for the log-probs): the rollout needs the larger of the two.
+  generated at once with the KV cache, ``2 * L * B_r * T * h_kv * p`` bytes, keeping the raw logits of
+  each of the ``R = ppo.max_new_tokens`` generated tokens (``p * B_r * R * vocab``: pi_old's log-probs
+  are read off them); then pi_old's log-probs (those logits, their stacked copy and the four fp32
+  tensors above: ``(2 p + 16) * B_r * R * vocab``), then the reference's (``16 * B_r * (T - 1) * vocab``),
+  each phase freeing the last's tensors: the rollout needs the largest of the three.
 * **Total per GPU** = weights + gradients + AdamW state + max(micro-batch activations, rollout). Not
   counted: the CUDA context and allocator fragmentation (1-3 GiB in practice), DeepSpeed's buckets,
   ZeRO-3's gathered layers, the processor's tensors.
@@ -602,7 +605,14 @@ def plan_memory(
                                          checkpointing=m.gradient_checkpointing, eager=eager)  # fmt: skip
     logits = logprob_bytes(batch=batch, tokens=tokens, vocab=counts.vocab_size)
     kv_cache = 2 * counts.decoder.layers * rollout * tokens * counts.decoder.kv_hidden * p
+    generated_logits = p * rollout * ppo.max_new_tokens * counts.vocab_size
+    old_logprobs = (2 * p + 16) * rollout * ppo.max_new_tokens * counts.vocab_size
     rollout_logprobs = logprob_bytes(batch=rollout, tokens=tokens, vocab=counts.vocab_size)
+    rollout_phases = {
+        "generation": kv_cache + generated_logits,
+        "old_logprobs": old_logprobs,
+        "ref_logprobs": rollout_logprobs,
+    }
     layouts = []
     for name, overrides in PLAN_LAYOUTS:
         lora, shared = overrides["model.lora.enabled"], overrides["ppo.shared_base"]
@@ -613,7 +623,7 @@ def plan_memory(
         layout_zero = 0 if shared else zero
         held = per_gpu_bytes(roles, zero=layout_zero, gpus=gpus)
         activations = sum(parts.values())  # the actor: the critics keep the same stacks without the logits
-        rollout_peak = max(kv_cache, rollout_logprobs)
+        rollout_peak = max(rollout_phases.values())
         total = held["weights"] + held["grads"] + held["adam"] + max(activations, rollout_peak)
         layouts.append({
             "layout": name,
@@ -621,7 +631,8 @@ def plan_memory(
             "roles": [asdict(r) for r in roles],
             "per_gpu": {**{k: round(v) for k, v in held.items()}, "activations": activations,
                         "activation_parts": parts, "rollout": rollout_peak,
-                        "rollout_parts": {"kv_cache": kv_cache, "logprobs": rollout_logprobs}, "total": round(total)},
+                        "rollout_parts": {"kv_cache": kv_cache, "generated_logits": generated_logits, **rollout_phases},
+                        "total": round(total)},
             "verdict": verdict(total, gpu_gib),
         })  # fmt: skip
     return {
@@ -698,8 +709,10 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"  {'held per GPU':<44} {'':>15} {g['weights'] / div:9.2f} {g['grads'] / div:9.2f} {g['adam'] / div:9.2f}",
             f"  {'activations of one micro-batch':<44} {g['activations'] / div:15.2f}   decoder "
             f"{parts['decoder'] / div:.2f} + vision {parts['vision'] / div:.2f} + logits {parts['logits'] / div:.2f}",
-            f"  {'rollout peak':<44} {g['rollout'] / div:15.2f}   the larger of KV cache {ro['kv_cache'] / div:.2f} "
-            f"and log-probs {ro['logprobs'] / div:.2f}",
+            f"  {'rollout peak':<44} {g['rollout'] / div:15.2f}   the largest of generation "
+            f"{ro['generation'] / div:.2f} (KV cache {ro['kv_cache'] / div:.2f} + logits "
+            f"{ro['generated_logits'] / div:.2f}), pi_old's log-probs {ro['old_logprobs'] / div:.2f}, "
+            f"the reference's {ro['ref_logprobs'] / div:.2f}",
             f"  = held + max(activations, rollout) = {g['total'] / div:.2f} {unit} per GPU: "
             + (f"fits {gpus}, {v['headroom_gib']:.1f} GiB headroom" if v["fits"]
                else f"does NOT fit {gpus}, {-v['headroom_gib']:.1f} GiB over"),

@@ -149,12 +149,14 @@ def make_rollout(
             output_logits=True,
         )
     actor.train(was_training)
+    sequences, step_logits = out.sequences, out.logits
+    del out  # it also holds the KV cache (past_key_values): free it before the scoring passes
     P = prompt["input_ids"].shape[1]
-    generated = out.sequences[:, P:]
+    generated = sequences[:, P:]
     eos = processor.tokenizer.eos_token_id
     real = response_mask(generated, end_token_ids(actor, processor))
     attention_mask = torch.cat([prompt["attention_mask"], real], dim=1)
-    input_ids = out.sequences.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
+    input_ids = sequences.masked_fill(attention_mask == 0, processor.tokenizer.pad_token_id)
     mask = torch.zeros_like(input_ids[:, 1:])
     mask[:, P - 1 :] = real  # logp[:, t] predicts token t+1: response tokens start at t = P-1
 
@@ -162,7 +164,8 @@ def make_rollout(
     # and the media-token suppression; in eval mode, as the answers were sampled), not a second pass
     old_logp = torch.zeros(input_ids[:, 1:].shape, device=device)
     entropy = torch.zeros_like(old_logp)
-    old_logp[:, P - 1 :], entropy[:, P - 1 :] = logprobs_from_logits(torch.stack(out.logits, dim=1), generated)
+    old_logp[:, P - 1 :], entropy[:, P - 1 :] = logprobs_from_logits(torch.stack(step_logits, dim=1), generated)
+    del step_logits
     ref_logp, _ = token_logprobs(reference, input_ids, attention_mask, vision)
     inputs = model_inputs(input_ids, attention_mask, vision)
     inputs.pop("position_ids", None)  # ScoreModel derives positions itself
