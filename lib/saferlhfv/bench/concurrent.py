@@ -37,7 +37,7 @@ def _work(config: Path, rounds: int, batch_size: int, new_tokens: int, folder: P
     from saferlhfv.config import load_config
     from saferlhfv.data.world import sft_dataset
     from saferlhfv.models.factory import load_vlm
-    from saferlhfv.models.generation import encode_prompts
+    from saferlhfv.models.generation import encode_prompts, sampling_kwargs
     from saferlhfv.threads import busy, rebalance
 
     cfg = load_config(config)
@@ -56,7 +56,7 @@ def _work(config: Path, rounds: int, batch_size: int, new_tokens: int, folder: P
         optimizer.zero_grad(set_to_none=True)
         model.eval()
         with torch.no_grad():
-            model.generate(**prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True)
+            model.generate(**prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **sampling_kwargs())
 
     with busy():
         one_round()  # warm-up

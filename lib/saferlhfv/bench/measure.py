@@ -62,7 +62,7 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
     """Measure the preset's VLM; see the module docstring for the fields returned."""
     from saferlhfv.data.world import sft_dataset
     from saferlhfv.models.factory import count_parameters, load_vlm
-    from saferlhfv.models.generation import encode_prompts
+    from saferlhfv.models.generation import encode_prompts, sampling_kwargs
 
     device = _device()
     model, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
@@ -87,7 +87,7 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
 
     @torch.no_grad()
     def generate():
-        model.generate(**gen_batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True)
+        model.generate(**gen_batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **sampling_kwargs())
 
     gen_s = _median_time(generate, repeats, device)
     return {
