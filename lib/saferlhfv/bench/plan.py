@@ -606,7 +606,10 @@ def plan_memory(
     logits = logprob_bytes(batch=batch, tokens=tokens, vocab=counts.vocab_size)
     kv_cache = 2 * counts.decoder.layers * rollout * tokens * counts.decoder.kv_hidden * p
     generated_logits = p * rollout * ppo.max_new_tokens * counts.vocab_size
-    old_logprobs = (2 * p + 16) * rollout * ppo.max_new_tokens * counts.vocab_size
+    # the generated logits, their stacked copy, and logprob_bytes' four fp32 tensors over the R answer positions
+    old_logprobs = 2 * generated_logits + logprob_bytes(
+        batch=rollout, tokens=ppo.max_new_tokens + 1, vocab=counts.vocab_size
+    )
     rollout_logprobs = logprob_bytes(batch=rollout, tokens=tokens, vocab=counts.vocab_size)
     rollout_phases = {
         "generation": kv_cache + generated_logits,
