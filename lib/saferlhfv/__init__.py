@@ -7,4 +7,7 @@ training stages (:mod:`saferlhfv.train`) and the pipeline that chains them
 (:mod:`saferlhfv.pipeline`).
 """
 
-__version__ = "0.1.0"
+#: part of every artifact folder's name (``<stage>-<key>-v<version>``): bumped when a change alters what
+#: a stage trains without changing its config, so that no cache serves runs of the old code. 0.2.0: the
+#: rollouts sample the full softmax (they drew from the top 50 tokens before).
+__version__ = "0.2.0"
