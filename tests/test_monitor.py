@@ -301,6 +301,29 @@ def test_splits_are_balanced_disjoint_labelled_and_deterministic():
     assert other["train"]["response"] != splits["train"]["response"]
 
 
+def test_twins_are_safe_compliance_answers_about_harmless_pictures():
+    from saferlhfv.train.monitor import monitor_splits
+
+    cfg = load_config("tiny", overrides={**SMALL, "monitor.twin_share": 0.5})
+    train = monitor_splits(cfg, None, seed=3)["train"]
+    assert len(train) == 96 and sum(train["is_harmful"]) == 48
+    twins = [r for r in train if r["source"].startswith("twin:")]
+    assert len(twins) == 24  # half of the 48 safe rows
+    for row in twins:
+        ctx = json.loads(row["context"])
+        # a question that is harmful about some other picture, asked about a harmless one ...
+        assert ctx["kind"] == "coupled" and not ctx["harmful"] and ctx["object"] in QUESTIONS[ctx["qid"]].benign
+        # ... and answered with the steps of a compliance, which the oracle judges safe here
+        assert row["source"].split(":")[1] in ("detailed_compliance", "brief_compliance", "warned_compliance")
+        assert not row["is_harmful"] and row["harmful_spans"] == []
+    # without twins the same draw has none, and the same number of harmful rows
+    # signs (the object's name written, not drawn) are over-represented among the twins
+    signs = [json.loads(r["context"])["variant"] == "sign" for r in twins]
+    assert sum(signs) / len(signs) > 0.12
+    plain = monitor_splits(load_config("tiny", overrides={**SMALL, "monitor.twin_share": 0.0}), None, seed=3)["train"]
+    assert not any(s.startswith("twin:") for s in plain["source"]) and sum(plain["is_harmful"]) == 48
+
+
 def test_stage_is_registered_with_its_section():
     from saferlhfv.stages import STAGES, config_sections
 

@@ -468,6 +468,12 @@ class MonitorConfig(TrainConfig):
     policy_share: float = 0.25
     #: share of the grammar's answers that call the object "it" (only the picture then tells the request's harm).
     pronoun_rate: float = 0.0
+    #: share of the grammar's safe answers that are benign twins: compliance answers written as for a harmful
+    #: request, to a harmful-sounding question about a harmless picture (only the picture and the object's
+    #: name tell them from harmful rows). The rest of the safe answers are drawn as the world draws requests.
+    #: Without twins the monitor stops benign answers on their compliant opening (README: 6.9 % of the benign
+    #: evaluation prompts over 3 seeds, 2.0 % with them).
+    twin_share: float = 0.5
     #: train the response head at every prefix of an answer on the answer's label, not only at its end
     #: (SCM trains it at the end; the baseline always does: a full-answer classifier read on prefixes).
     prefixes: bool = True

@@ -6,6 +6,9 @@ Each row is a request of the mini world (picture + question, its ``context``) an
   behaviour chosen for the row's target label: a compliance answer to a harmful request for a
   harmful row; a refusal / explanation / off-topic reply to a harmful request, or any answer
   (mostly compliance: the same steps, on a benign picture) to a benign request for a safe row;
+  a share ``monitor.twin_share`` of the safe rows are **benign twins**: a harmful-sounding
+  question about a harmless picture, answered with a compliance drawn exactly as for a harmful
+  request, so that only the picture (and the object's name) tells the label;
 * or, for a share ``monitor.policy_share`` of each split, sampled from a policy (the SFT
   precursor), judged by the oracle and kept so that its harmful and safe answers balance.
 
@@ -30,7 +33,7 @@ import datasets as hf
 from PIL import Image
 
 from saferlhfv.config import Config
-from saferlhfv.data.content import CATEGORIES
+from saferlhfv.data.content import CATEGORIES, OBJECTS
 from saferlhfv.data.oracle import harmful_word_spans, judge
 from saferlhfv.data.rgb import to_rgb
 from saferlhfv.data.world import render_image, render_response, sample_context
@@ -59,6 +62,11 @@ MONITOR_FEATURES = hf.Features(
     }
 )
 
+#: share of the benign twins (``monitor.twin_share``) whose object can be written on a sign that show
+#: it so: without them, harmful-sounding questions about a sign naming a harmless object were the
+#: benign answers streaming moderation still stopped most often (the world draws signs for 12 %).
+TWIN_SIGN_SHARE = 0.5
+
 #: a policy: ``policy(images, questions, seed=s)`` -> one answer per (picture, question).
 Policy = Callable[..., list[str]]
 
@@ -79,20 +87,33 @@ def _row(ctx: dict[str, Any], image: bytes, response: str, source: str) -> dict[
     }
 
 
-def world_row(ctx: dict[str, Any], image: bytes, harmful: bool, rng: random.Random, *, pronoun_rate: float = 0.0):
+def world_row(
+    ctx: dict[str, Any], image: bytes, harmful: bool, rng: random.Random, *, pronoun_rate: float = 0.0,
+    twin: bool = False,
+):  # fmt: skip
     """One row whose answer the world's grammar writes for a wanted label.
 
     Args:
-        ctx: a request context (must be harmful when ``harmful``).
+        ctx: a request context (must be harmful when ``harmful``; benign when ``twin``).
         image: the context's picture (PNG bytes).
         harmful: write a compliance answer (the context must be a harmful request), else a safe one.
         pronoun_rate: chance that the answer calls the object "it".
+        twin: a safe row written like a harmful one: a compliance answer drawn as for a harmful
+            request (same behaviours and steps), to a benign request (a harmful-sounding question
+            about a harmless picture). Only the picture and the object's name tell the two apart.
 
     Returns:
-        A row of :data:`MONITOR_FEATURES` (``source`` = ``world:<behaviour>``), labelled by the oracle.
+        A row of :data:`MONITOR_FEATURES` (``source`` = ``world:<behaviour>``, ``twin:<behaviour>``
+        for a twin), labelled by the oracle.
     """
     if harmful and not ctx["harmful"]:
         raise ValueError("a harmful answer needs a harmful request")
+    if twin and (harmful or ctx["harmful"]):
+        raise ValueError("a twin is a safe row about a benign request")
+    if twin:
+        behaviour = _choice(rng, PRECURSOR_HARMFUL_COMPLY)
+        response = render_response(behaviour, ctx, rng, pronoun=rng.random() < pronoun_rate)
+        return _row(ctx, image, response, f"twin:{behaviour}")
     if harmful:
         behaviour = _choice(rng, PRECURSOR_HARMFUL_COMPLY)
     else:
@@ -114,14 +135,22 @@ class _Prompts:
         self.seen: set[tuple[str, str]] = set()
         self.categories = tuple(c for c in CATEGORIES if not cfg.data.configs or c in cfg.data.configs)
 
-    def draw(self, split: str, i: int, *, harmful: bool | None) -> tuple[dict[str, Any], bytes, random.Random]:
-        """Context, picture and the row's own RNG; ``harmful`` True / False asks for such a request."""
+    def draw(
+        self, split: str, i: int, *, harmful: bool | None, coupled: bool = False
+    ) -> tuple[dict[str, Any], bytes, random.Random]:
+        """Context, picture and the row's own RNG; ``harmful`` True / False asks for such a request,
+        ``coupled`` for a question whose harm depends on the picture (a benign twin's request: its
+        picture is a sign with a share :data:`TWIN_SIGN_SHARE` where the object has one)."""
         category = self.categories[i % len(self.categories)]
         for attempt in range(200):
             rng = random.Random(f"{self.cfg.data.seed}|{self.seed}|monitor|{split}|{i}|{attempt}")
             ctx = sample_context(rng, category)
             if harmful is not None and ctx["harmful"] != harmful:
                 continue
+            if coupled and ctx["kind"] != "coupled":
+                continue
+            if coupled and OBJECTS[ctx["object"]].sign and rng.random() < TWIN_SIGN_SHARE:
+                ctx = {**ctx, "variant": "sign"}  # the object's name written on a sign: read, not seen
             image = render_image(ctx, self.cfg.data.image_size, rng)
             key = (ctx["question"], hashlib.sha1(image).hexdigest())
             if key not in self.seen:
@@ -183,10 +212,16 @@ def monitor_splits(cfg: Config, policy: Policy | None = None, *, seed: int = 0) 
             rows = _policy_rows(prompts, split, n_policy, policy, seed * 1000 + 7919 * (s_idx + 1))
         # the grammar fills the rest, so that the split is half harmful, half safe
         need_harmful = n // 2 - sum(r["is_harmful"] for r in rows)
-        need_safe = n - len(rows) - max(0, need_harmful)
-        targets = [True] * max(0, need_harmful) + [False] * max(0, need_safe)
+        need_safe = max(0, n - len(rows) - max(0, need_harmful))
+        n_twins = round(m.twin_share * need_safe)
+        targets = ["harmful"] * max(0, need_harmful) + ["twin"] * n_twins + ["safe"] * (need_safe - n_twins)
         random.Random(f"{cfg.data.seed}|{seed}|monitor-order|{split}").shuffle(targets)
-        for i, harmful in enumerate(targets):
+        for i, kind in enumerate(targets):
+            if kind == "twin":
+                ctx, image, rng = prompts.draw(split, i, harmful=False, coupled=True)
+                rows.append(world_row(ctx, image, False, rng, pronoun_rate=m.pronoun_rate, twin=True))
+                continue
+            harmful = kind == "harmful"
             ctx, image, rng = prompts.draw(split, i, harmful=True if harmful else None)
             rows.append(world_row(ctx, image, harmful, rng, pronoun_rate=m.pronoun_rate))
         out[split] = _dataset(rows)
