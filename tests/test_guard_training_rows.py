@@ -194,3 +194,16 @@ def test_guard_stage_reads_a_single_response_source(small_cfg, single_dir):
     assert len(rows) == 6 and len(guard_training_set(real)) == 6
     with pytest.raises(ValueError, match="single_response_source"):
         guard_rows(apply_overrides(small_cfg, {"data.source": str(single_dir)}), "train")
+
+
+def test_guard_seed_redraws_the_extra_rows_only(small_cfg):
+    """``guard.seed`` is a replicate of the guard: its extra rows change, the world's rows do not."""
+    from saferlhfv.config import apply_overrides, replicate_seed
+    from saferlhfv.train.guard import guard_rows, guard_training_set
+
+    world = len(guard_rows(small_cfg, "train"))
+    a = guard_training_set(small_cfg)
+    b = guard_training_set(apply_overrides(small_cfg, {"guard.seed": 1}))
+    assert replicate_seed(small_cfg, "guard") == 0
+    assert a["question"][:world] == b["question"][:world]  # the world's rows come first, unchanged
+    assert a["question"][world:] != b["question"][world:]  # typographic / look-alike / framed rows redrawn

@@ -53,6 +53,7 @@ __all__ = [
     "PRESETS",
     "load_config",
     "apply_overrides",
+    "replicate_seed",
     "config_from_dict",
     "add_config_arguments",
     "config_from_args",
@@ -267,6 +268,9 @@ class GuardConfig(TrainConfig):
     severity_weight: float = 1.0
     #: weight of the auxiliary grounding head (names the object in the picture; mini world only; 0 = off).
     object_weight: float = 0.0
+    #: the guard's replicate: its heads' initialisation, data order and extra training rows (with the top-level
+    #: seed, :func:`replicate_seed`); the SFT backbone and the evaluation's answers are shared.
+    seed: int = 0
     #: the category term on unsafe rows only (default: every row; the request's category is its topic).
     category_on_unsafe_only: bool = False
     #: guard rows per category drawn from the world for training (None: data.guard_per_category_train);
@@ -701,6 +705,16 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str] | None) -
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return config_from_dict(_merge(cfg.to_dict(), tree))
+
+
+def replicate_seed(cfg: Config, section: str) -> int:
+    """A stage's replicate seed: ``1009 * seed + <section>.seed`` (0 with the defaults).
+
+    Varying ``<section>.seed`` (``ppo``, ``monitor``, ``guard``) re-runs only that stage's own
+    randomness (initialisation, data draw and order, sampling); the upstream stages, keyed by the
+    top-level ``seed``, stay shared, so replicates of a stage share one precursor.
+    """
+    return 1009 * cfg.seed + getattr(cfg, section).seed
 
 
 def load_config(preset: str | Path = "tiny", overrides: dict[str, Any] | list[str] | None = None) -> Config:

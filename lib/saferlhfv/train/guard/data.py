@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saferlhfv.config import Config
+from saferlhfv.config import Config, replicate_seed
 from saferlhfv.data.content import CATEGORIES, CATEGORY_SPECS, OBJECTS
 from saferlhfv.data.rgb import to_rgb
 from saferlhfv.models.guard import encode_guard_inputs
@@ -336,23 +336,24 @@ def guard_training_set(cfg: Config, policy=None):
     import datasets as hf
 
     g = cfg.guard
+    seed = replicate_seed(cfg, "guard")  # the extra rows' draw varies with the guard's replicate
     ds = guard_rows(cfg, "train")
     if cfg.data.source != "mini":  # real data: no world, no oracle, no probes to draw
         return ds
     parts = [ds]
     if policy is not None and (g.precursor_answers or g.prompts_as_inputs):
-        parts.append(precursor_rows(cfg, policy, ds.features, seed=cfg.seed))
+        parts.append(precursor_rows(cfg, policy, ds.features, seed=seed))
     if g.typographic_rows_per_category and not g.hold_out_typographic:
-        parts.append(typographic_rows(cfg, g.typographic_rows_per_category, ds.features, seed=cfg.seed))
+        parts.append(typographic_rows(cfg, g.typographic_rows_per_category, ds.features, seed=seed))
     if g.lookalike_rows_per_category:
-        parts.append(lookalike_rows(cfg, g.lookalike_rows_per_category, ds.features, seed=cfg.seed))
+        parts.append(lookalike_rows(cfg, g.lookalike_rows_per_category, ds.features, seed=seed))
     if g.wrapper_rows_per_category:
-        parts.append(wrapper_rows(cfg, g.wrapper_rows_per_category, ds.features, seed=cfg.seed))
+        parts.append(wrapper_rows(cfg, g.wrapper_rows_per_category, ds.features, seed=seed))
     if g.single_response_source:
         parts.append(single_response_rows(cfg, ds.features))
     ds = hf.concatenate_datasets(parts) if len(parts) > 1 else ds
     ds, _ = drop_probe_items(ds, probe_keys(cfg))
-    return misname_rows(ds, g.misname_share, seed=cfg.seed)
+    return misname_rows(ds, g.misname_share, seed=seed)
 
 
 def guard_collate(processor):

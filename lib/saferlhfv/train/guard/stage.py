@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saferlhfv.config import Config
+from saferlhfv.config import Config, replicate_seed
 from saferlhfv.data.content import OBJECTS
 from saferlhfv.guardrail import (
     REFUSAL,
@@ -127,7 +127,8 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
     # the precursor answers the RL train prompts: judged training rows of the policy the guard will moderate
     policy = _precursor(cfg, sft_dir)
     backbone, processor = _load_backbone(cfg, sft_dir)
-    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=cfg.seed)
+    seed = replicate_seed(cfg, "guard")
+    model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=seed)
     train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
     probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
@@ -148,7 +149,7 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
         out_dir=out_dir,
         eval_fn=eval_fn,
         desc="guard",
-        seed=cfg.seed,
+        seed=seed,
     )
     result = trainer.train(resume=resume)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()

@@ -33,6 +33,7 @@ import torch
 
 from saferlhfv.algorithms.streaming import KS, TAUS, choose_rule, macro_f1, rule_metrics
 from saferlhfv.config import Config
+from saferlhfv.config import replicate_seed as _replicate_seed
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.monitor import (
     LABEL_KEYS,
@@ -67,7 +68,7 @@ RESULT_KEYS = ("macro_f1", "prefix_macro_f1", "mean_fraction_seen", "tau", "k")
 
 def replicate_seed(cfg: Config) -> int:
     """The monitor stage's seed: ``1009 * seed + monitor.seed`` (0 for the defaults), as the RL stage's."""
-    return 1009 * cfg.seed + cfg.monitor.seed
+    return _replicate_seed(cfg, "monitor")
 
 
 def monitor_collate(processor):

@@ -105,7 +105,7 @@ from saferlhfv.algorithms.losses import (
     reward_loss,
     whiten,
 )
-from saferlhfv.config import Config, ConfigError
+from saferlhfv.config import Config, ConfigError, replicate_seed
 from saferlhfv.finite import NonFiniteError, check_finite
 from saferlhfv.io import append_metrics, truncate_metrics
 from saferlhfv.models.generation import token_logprobs
@@ -168,7 +168,7 @@ def run_seed(cfg: Config) -> int:
     Sampling, the prompt order and the actor adapter's initialisation follow it; the upstream
     stages (SFT, RM-V, CM-V) keep their own seeds, so seeds of PPO share one precursor.
     """
-    return cfg.seed * 1009 + cfg.ppo.seed
+    return replicate_seed(cfg, "ppo")
 
 
 def annotate_pairs(
