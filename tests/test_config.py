@@ -12,6 +12,7 @@ from saferlhfv.config import (
     config_from_args,
     config_from_dict,
     load_config,
+    replicate_seed,
 )
 
 
@@ -125,9 +126,12 @@ def test_help_lists_every_key_with_default_and_help(capsys):
 
 
 def test_one_training_seed_at_the_top():
-    # stage and model seeds derive from the top-level seed; data.seed names the world, ppo.seed the RL run
-    for key in ("model.seed", "sft.seed", "reward.seed", "cost.seed", "guard.seed"):
+    # stage and model seeds derive from the top-level seed; data.seed names the world; ppo.seed,
+    # monitor.seed and guard.seed are replicates of a downstream stage on a shared precursor
+    for key in ("model.seed", "sft.seed", "reward.seed", "cost.seed"):
         with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
             load_config("tiny", {key: 1})
-    cfg = load_config("tiny", {"seed": 3, "data.seed": 4, "ppo.seed": 5})
+    cfg = load_config("tiny", {"seed": 3, "data.seed": 4, "ppo.seed": 5, "guard.seed": 6})
     assert (cfg.seed, cfg.data.seed, cfg.ppo.seed) == (3, 4, 5)
+    assert replicate_seed(cfg, "ppo") == 3 * 1009 + 5 and replicate_seed(cfg, "guard") == 3 * 1009 + 6
+    assert replicate_seed(load_config("tiny"), "monitor") == 0  # the defaults: the top-level seed's run
