@@ -316,10 +316,10 @@ def test_twins_are_safe_compliance_answers_about_harmless_pictures():
         # ... and answered with the steps of a compliance, which the oracle judges safe here
         assert row["source"].split(":")[1] in ("detailed_compliance", "brief_compliance", "warned_compliance")
         assert not row["is_harmful"] and row["harmful_spans"] == []
-    # without twins the same draw has none, and the same number of harmful rows
     # signs (the object's name written, not drawn) are over-represented among the twins
     signs = [json.loads(r["context"])["variant"] == "sign" for r in twins]
     assert sum(signs) / len(signs) > 0.12
+    # without twins the same draw has none, and the same number of harmful rows
     plain = monitor_splits(load_config("tiny", overrides={**SMALL, "monitor.twin_share": 0.0}), None, seed=3)["train"]
     assert not any(s.startswith("twin:") for s in plain["source"]) and sum(plain["is_harmful"]) == 48
 

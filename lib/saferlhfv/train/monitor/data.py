@@ -64,7 +64,7 @@ MONITOR_FEATURES = hf.Features(
 
 #: share of the benign twins (``monitor.twin_share``) whose object can be written on a sign that show
 #: it so: without them, harmful-sounding questions about a sign naming a harmless object were the
-#: benign answers streaming moderation still stopped most often (the world draws signs for 12 %).
+#: benign answers streaming moderation still stopped most often (the world draws a sign for 12 % of them).
 TWIN_SIGN_SHARE = 0.5
 
 #: a policy: ``policy(images, questions, seed=s)`` -> one answer per (picture, question).
