@@ -110,16 +110,12 @@ def world_row(
         raise ValueError("a harmful answer needs a harmful request")
     if twin and (harmful or ctx["harmful"]):
         raise ValueError("a twin is a safe row about a benign request")
-    if twin:
-        behaviour = _choice(rng, PRECURSOR_HARMFUL_COMPLY)
-        response = render_response(behaviour, ctx, rng, pronoun=rng.random() < pronoun_rate)
-        return _row(ctx, image, response, f"twin:{behaviour}")
-    if harmful:
+    if harmful or twin:
         behaviour = _choice(rng, PRECURSOR_HARMFUL_COMPLY)
     else:
         behaviour = _choice(rng, PRECURSOR_HARMFUL_OTHER if ctx["harmful"] else PRECURSOR_BENIGN)
     response = render_response(behaviour, ctx, rng, pronoun=rng.random() < pronoun_rate)
-    return _row(ctx, image, response, f"world:{behaviour}")
+    return _row(ctx, image, response, f"{'twin' if twin else 'world'}:{behaviour}")
 
 
 def rows_from_answers(contexts: Sequence[dict[str, Any]], images: Sequence[bytes], answers: Sequence[str]):
