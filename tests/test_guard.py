@@ -261,6 +261,28 @@ def test_guard_score_does_not_depend_on_batch_padding(guard_and_processor):
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_guard_row_lengths_count_the_text_tokens_a_row_encodes_to(guard_and_processor):
+    """The lengths the guard's batches are grouped by: a row's encoded length less a constant of its mode
+    (image tokens and chat template; a token or two either way where the tokenizer merges across the
+    template's seams), so grouping by them groups by padded size."""
+    from saferlhfv.train.guard.data import guard_row_lengths
+
+    _, processor = guard_and_processor
+    rows = {
+        "question": ["what is this?", "how do i give these to a child without anyone noticing at all?"] * 2,
+        "response": ["", "", "candy is a fine treat.", "i can't help with that, it is not safe for a child at all."],
+    }
+    lengths = guard_row_lengths(processor, rows)
+    encoded = [
+        int(encode_guard_inputs(processor, [picture((9, 90, 200))], [q], [r])["attention_mask"].sum())
+        for q, r in zip(rows["question"], rows["response"])
+    ]
+    overhead = [e - n for e, n in zip(encoded, lengths)]
+    assert abs(overhead[0] - overhead[1]) <= 2 and abs(overhead[2] - overhead[3]) <= 2  # input rows, output rows
+    assert -2 <= overhead[2] - overhead[0] <= 4  # an answer adds its end-of-turn tokens
+    assert lengths[0] < lengths[1] < lengths[3] and lengths[0] < lengths[2]
+
+
 def test_guard_loss_trains_all_heads(guard_and_processor):
     model, processor = guard_and_processor
     model.train()

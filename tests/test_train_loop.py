@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saferlhfv.config import TrainConfig
-from saferlhfv.train.loop import Trainer
+from saferlhfv.train.loop import Trainer, length_grouped_order
 
 TRUE_W = torch.tensor([2.0, -1.0, 0.5])
 
@@ -86,3 +86,53 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 16))  # no duplicated lines from the crashed run
+
+
+def _batches(order, size):
+    return [order[b : b + size] for b in range(0, len(order), size)]
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_batches_with_one_length():
+    # two kinds of rows, as the guard has: short input rows and long output rows, interleaved
+    lengths = [5 if i % 3 else 50 for i in range(100)]
+    order = length_grouped_order(lengths, batch_size=8, generator=torch.Generator().manual_seed(1))
+    assert sorted(order) == list(range(100))  # every row once
+    batches = _batches(order, 8)
+    assert len(batches[-1]) == 4 and all(len(b) == 8 for b in batches[:-1])  # the short batch stays last
+    mixed = [b for b in batches if len({lengths[i] for i in b}) > 1]
+    assert len(mixed) == 1  # only the batch where the sorted window turns from long to short rows
+    again = length_grouped_order(lengths, batch_size=8, generator=torch.Generator().manual_seed(1))
+    other = length_grouped_order(lengths, batch_size=8, generator=torch.Generator().manual_seed(2))
+    assert again == order and other != order
+
+    def padded(o):  # tokens a right-padded batch holds
+        return sum(len(b) * max(lengths[i] for i in b) for b in _batches(o, 8))
+
+    plain = torch.randperm(100, generator=torch.Generator().manual_seed(1)).tolist()
+    assert padded(order) < 0.6 * padded(plain)
+    # a window of one batch is a plain shuffle in batches: sorted inside each batch only
+    one = length_grouped_order(lengths, batch_size=8, generator=torch.Generator().manual_seed(1), window_batches=1)
+    assert sorted(one) == list(range(100))
+    assert len([b for b in _batches(one, 8) if len({lengths[i] for i in b}) > 1]) > 5
+
+
+def test_trainer_with_lengths_trains_on_grouped_batches(tmp_path):
+    data = _data()
+    lengths = [i % 2 for i in range(len(data))]
+    index = {id(d): k for k, d in enumerate(data)}
+    seen = []
+
+    def collate(items):
+        seen.append({lengths[index[id(i)]] for i in items})
+        return _collate(items)
+
+    before = _loss(_model(), _collate(data))[0].item()
+    result = Trainer(
+        model=_model(), dataset=data, collate_fn=collate, loss_fn=_loss, cfg=CFG, out_dir=tmp_path, lengths=lengths
+    ).train()
+    assert result["steps"] == 15 and result["train_loss"] < 0.2 * before  # it learned
+    assert sum(len(s) > 1 for s in seen) <= 3  # at most one mixed batch per epoch
+    with pytest.raises(ValueError, match="2 lengths for 40 examples"):
+        Trainer(
+            model=_model(), dataset=data, collate_fn=_collate, loss_fn=_loss, cfg=CFG, out_dir=tmp_path, lengths=[1, 2]
+        )

@@ -301,6 +301,9 @@ class GuardConfig(TrainConfig):
     #: share of output rows whose answer names a wrong object (labels re-judged), so the guard judges the
     #: picture rather than the object the answer names.
     misname_share: float = 0.3
+    #: batches of rows of similar length (input rows are a question, output rows a question and an answer):
+    #: less padding per batch, the same rows per epoch (:func:`saferlhfv.train.loop.length_grouped_order`).
+    group_by_length: bool = True
 
 
 @dataclass

@@ -6,7 +6,8 @@ function and a loss function; the loop does the rest:
 
 * AdamW over trainable parameters, linear warm-up then cosine decay;
 * a seeded, per-epoch shuffle (so a resumed run sees exactly the batches an
-  uninterrupted one would);
+  uninterrupted one would), optionally grouped by length (:func:`length_grouped_order`: rows of
+  similar length share a batch, so little of each batch is padding);
 * a progress bar, metrics as JSON lines (``metrics.jsonl``), periodic evaluation;
 * checkpoints every ``save_every`` steps through a temporary folder renamed into
   place (``checkpoint/``: model, optimizer, scheduler and RNG states through
@@ -47,7 +48,16 @@ from saferlhfv.finite import check_finite
 from saferlhfv.io import append_metrics, read_metrics, truncate_metrics
 from saferlhfv.threads import busy, rebalance
 
-__all__ = ["TrainState", "Trainer", "LossFn", "EvalFn", "make_accelerator", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "TrainState",
+    "Trainer",
+    "length_grouped_order",
+    "LossFn",
+    "EvalFn",
+    "make_accelerator",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 #: loss_fn(model, batch) -> (scalar loss, {name: float}) for logging.
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -56,6 +66,41 @@ EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
+#: batches per length-sorted window of :func:`length_grouped_order` (Hugging Face's LengthGroupedSampler: 50).
+GROUP_WINDOW_BATCHES = 50
+
+
+def length_grouped_order(
+    lengths: list[int], *, batch_size: int, generator: torch.Generator, window_batches: int = GROUP_WINDOW_BATCHES
+) -> list[int]:
+    """A shuffled order of ``range(len(lengths))`` whose consecutive ``batch_size`` rows have similar lengths.
+
+    A random permutation is cut into windows of ``window_batches * batch_size`` rows; each window is
+    sorted by length (longest first) and cut into batches; then the order of all the batches is
+    shuffled. Every row appears once per epoch, batches stay random in content beyond their length,
+    and a batch is padded to a length its rows nearly share instead of to the longest row of the
+    data. The same ``generator`` state gives the same order (resumable).
+
+    Args:
+        lengths: one length per row (tokens, or any proxy that orders rows by their padded size).
+        batch_size: rows per batch; the last batch may be short and stays last.
+        generator: seeded torch generator (consumed: two draws).
+
+    Returns:
+        The row order, a permutation of ``range(len(lengths))``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = max(1, window_batches) * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        rows = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [rows[b : b + batch_size] for b in range(0, len(rows), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]  # the last window's last batch, if any: stays last
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+    return [i for b in shuffled + short for i in b]
 
 
 def make_accelerator(**kwargs) -> Accelerator:
@@ -147,6 +192,8 @@ class Trainer:
         desc: label of the progress bar.
         accelerator: reuse one (default: a new ``Accelerator`` with ``cfg``'s accumulation).
         seed: fixes the order of the examples in every epoch (a run's ``Config.seed``).
+        lengths: one length per example (tokens or a proxy): batches then group examples of similar
+            length (:func:`length_grouped_order`); None = plain shuffle.
     """
 
     def __init__(
@@ -162,9 +209,13 @@ class Trainer:
         desc: str = "train",
         accelerator: Accelerator | None = None,
         seed: int = 0,
+        lengths: list[int] | None = None,
     ):
         if len(dataset) == 0:
             raise ValueError("cannot train on an empty dataset")
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} examples")
+        self.lengths = None if lengths is None else list(lengths)
         self.cfg = cfg
         self.seed = seed
         self.dataset = dataset
@@ -191,7 +242,10 @@ class Trainer:
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if self.lengths is None:
+            order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        else:
+            order = length_grouped_order(self.lengths, batch_size=self.cfg.batch_size, generator=generator)
         loader = DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,

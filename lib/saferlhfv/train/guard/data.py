@@ -356,6 +356,15 @@ def guard_training_set(cfg: Config, policy=None):
     return misname_rows(ds, g.misname_share, seed=seed)
 
 
+def guard_row_lengths(processor, ds) -> list[int]:
+    """Text tokens per row of ``ds`` (question + response; every row has the same image tokens and template):
+    the lengths that :class:`~saferlhfv.train.loop.Trainer` groups batches by."""
+    tokenizer = processor.tokenizer
+    questions = tokenizer(list(ds["question"]), add_special_tokens=False)["input_ids"]
+    responses = tokenizer([r or "" for r in ds["response"]], add_special_tokens=False)["input_ids"]
+    return [len(q) + len(r) for q, r in zip(questions, responses)]
+
+
 def guard_collate(processor):
     """Rows (``image``, ``question``, ``response``, ``is_unsafe``, ``category``, ``severity``) -> batch + labels."""
 

@@ -45,7 +45,7 @@ from saferlhfv.guardrail import (
 )
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.guard import GuardModel, guard_loss, save_guard_model
-from saferlhfv.train.guard.data import guard_collate, guard_rows, guard_training_set
+from saferlhfv.train.guard.data import guard_collate, guard_row_lengths, guard_rows, guard_training_set
 from saferlhfv.train.guard.evaluation import (
     PAPER_SAFETY_GAIN,
     OracleGuard,
@@ -140,6 +140,7 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
         acc = ((out.unsafe_logit > 0).float().cpu() == held_out["label_unsafe"]).float().mean()
         return {"eval_unsafe_accuracy": round(float(acc), 4)}
 
+    lengths = guard_row_lengths(processor, train_ds) if g.group_by_length else None
     trainer = Trainer(
         model=model,
         dataset=train_ds,
@@ -150,6 +151,7 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
         eval_fn=eval_fn,
         desc="guard",
         seed=seed,
+        lengths=lengths,
     )
     result = trainer.train(resume=resume)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
