@@ -89,3 +89,12 @@ def test_cli_out_folder_writes_result_and_prints_json(fake_builds, tmp_path, cap
 def test_cli_rejects_seeds_for_a_stage_that_is_not_ppo(fake_builds):
     with pytest.raises(SystemExit, match="--seeds repeats the RL stage"):
         main(["sft", "--seeds", "0", "1"])
+
+
+def test_cli_refuses_a_set_that_a_ppo_variant_would_replace():
+    # ppo_repo fixes ppo.lambda_max: the user's value would be dropped without a word
+    with pytest.raises(SystemExit, match=r"ppo_repo fixes ppo.lambda_max=5.0") as err:
+        main(["ppo_repo", "--set", "ppo.lambda_max=2", "--set", "ppo.repo_tolerance=0.3"])
+    assert "saferlhfv.run ppo --set ppo.algorithm=repo --set ppo.lambda_max=2 --set ppo.repo_tolerance=0.3" in str(
+        err.value
+    )
