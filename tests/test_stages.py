@@ -95,6 +95,5 @@ def test_cli_refuses_a_set_that_a_ppo_variant_would_replace():
     # ppo_repo fixes ppo.lambda_max: the user's value would be dropped without a word
     with pytest.raises(SystemExit, match=r"ppo_repo fixes ppo.lambda_max=5.0") as err:
         main(["ppo_repo", "--set", "ppo.lambda_max=2", "--set", "ppo.repo_tolerance=0.3"])
-    assert "saferlhfv.run ppo --set ppo.algorithm=repo --set ppo.lambda_max=2 --set ppo.repo_tolerance=0.3" in str(
-        err.value
-    )
+    expected = "run ppo --preset tiny --set ppo.algorithm=repo --set ppo.lambda_max=2 --set ppo.repo_tolerance=0.3"
+    assert expected in str(err.value)

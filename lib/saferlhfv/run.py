@@ -77,7 +77,7 @@ def _seeds(args: argparse.Namespace, stage, cfg) -> int:
     return 0
 
 
-def _check_variant_overrides(name: str, overrides: list[str]) -> None:
+def _check_variant_overrides(name: str, preset: str, overrides: list[str]) -> None:
     """Refuse a ``--set`` of a key that the variant ``name`` fixes (it would be silently replaced by the
     variant's value): say how to run the stage with that key set instead."""
     fixed = {**PPO_METHODS, **PPO_SETTINGS}.get(name, {})
@@ -86,7 +86,7 @@ def _check_variant_overrides(name: str, overrides: list[str]) -> None:
         own = " ".join(f"--set {k}={v}" for k, v in fixed.items() if k not in clash)
         raise SystemExit(
             f"{name} fixes {', '.join(f'{k}={fixed[k]}' for k in clash)}, so --set {clash[0]} would be ignored; "
-            f"run the stage itself with every setting instead: python -m saferlhfv.run ppo {own} "
+            f"run the stage itself with every setting instead: python -m saferlhfv.run ppo --preset {preset} {own} "
             + " ".join(f"--set {o}" for o in overrides)
         )
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     args = _parser().parse_args(argv)
-    _check_variant_overrides(args.stage, args.overrides)
+    _check_variant_overrides(args.stage, args.preset, args.overrides)
     stage, cfg = resolve(args.stage, config_from_args(args))
     if args.seeds:
         return _seeds(args, stage, cfg)
