@@ -80,14 +80,15 @@ def _seeds(args: argparse.Namespace, stage, cfg) -> int:
 def _check_variant_overrides(name: str, preset: str, overrides: list[str]) -> None:
     """Refuse a ``--set`` of a key that the variant ``name`` fixes (it would be silently replaced by the
     variant's value): say how to run the stage with that key set instead."""
-    fixed = {**PPO_METHODS, **PPO_SETTINGS}.get(name, {})
+    owner = next((s for s in STAGES.values() if name in s.variants), None)
+    fixed = owner.variants[name] if owner else {}
     clash = [key for key in (o.split("=", 1)[0].strip() for o in overrides) if key in fixed]
     if clash:
         own = " ".join(f"--set {k}={v}" for k, v in fixed.items() if k not in clash)
         raise SystemExit(
             f"{name} fixes {', '.join(f'{k}={fixed[k]}' for k in clash)}, so --set {clash[0]} would be ignored; "
-            f"run the stage itself with every setting instead: python -m saferlhfv.run ppo --preset {preset} {own} "
-            + " ".join(f"--set {o}" for o in overrides)
+            "run the stage itself with every setting instead: "
+            f"python -m saferlhfv.run {owner.name} --preset {preset} {own} " + " ".join(f"--set {o}" for o in overrides)
         )
 
 
