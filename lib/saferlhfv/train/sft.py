@@ -43,7 +43,7 @@ from saferlhfv.models.collate import sft_batch
 from saferlhfv.models.factory import load_saved_vlm, load_vlm, save_vlm
 from saferlhfv.train.loop import Trainer
 
-__all__ = ["train_sft", "load_precursor", "sft_collate", "ObjectProbe", "pretrain_vision"]
+__all__ = ["train_sft", "load_precursor", "sft_collate", "ObjectProbe", "train_object_probe", "pretrain_vision"]
 
 PRECURSOR_SAMPLES = "precursor_samples.json"
 
@@ -87,13 +87,78 @@ class ObjectProbe(torch.nn.Module):
         return self.head(tokens.mean(dim=1))  # [B, N, H] -> [B, n_objects]
 
 
+def train_object_probe(
+    model,
+    processor,
+    train,
+    held_out,
+    cfg,
+    out_dir: Path,
+    *,
+    desc: str,
+    metric: str = "accuracy",
+    seed: int = 0,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train a VLM's vision tower and projector to name the object of each picture (:class:`ObjectProbe`).
+
+    Args:
+        model, processor: a LLaVA-architecture VLM and its processor; only the vision tower and the
+            projector change (the probe's head is dropped afterwards).
+        train, held_out: datasets (or lists of rows) with ``image`` (a picture) and ``context`` (JSON with the
+            ``object`` shown or written in the picture) columns.
+        cfg: a :class:`~saferlhfv.config.TrainConfig` (learning rate, batch size, ``max_steps``,
+            ``eval_every``).
+        out_dir: the trainer's folder (checkpoint, ``metrics.jsonl``: the held-out accuracy logged
+            every ``eval_every`` steps under the key ``metric``, ``split: eval``).
+
+    Returns:
+        ``steps`` and ``metric``: the head's accuracy on ``held_out``.
+    """
+    import json
+
+    from saferlhfv.data.content import OBJECTS
+
+    names = sorted(OBJECTS)
+    probe = ObjectProbe(model, len(names), seed=seed)
+
+    def encode(rows, chunk: int = 256) -> torch.utils.data.TensorDataset:
+        """Every picture through the image processor once (not once per epoch): ``[N, 3, S, S]`` and ``[N]``."""
+        pixels, labels = [], []
+        for start in range(0, len(rows), chunk):
+            part = [rows[i] for i in range(start, min(start + chunk, len(rows)))]
+            pixels.append(processor.image_processor([r["image"] for r in part], return_tensors="pt")["pixel_values"])
+            labels += [names.index(json.loads(r["context"])["object"]) for r in part]
+        return torch.utils.data.TensorDataset(torch.cat(pixels), torch.tensor(labels))
+
+    def collate(items):
+        return {"pixel_values": torch.stack([x for x, _ in items]), "labels": torch.stack([y for _, y in items])}
+
+    def loss_fn(m, batch):
+        logits = m(batch["pixel_values"])
+        return torch.nn.functional.cross_entropy(logits, batch["labels"]), {}
+
+    held_out_pixels, held_out_labels = encode(held_out).tensors
+
+    @torch.no_grad()
+    def accuracy(m) -> dict[str, float]:
+        device = next(m.parameters()).device
+        hits = m(held_out_pixels.to(device)).argmax(-1).cpu() == held_out_labels
+        return {metric: round(hits.float().mean().item(), 4)}
+
+    trainer = Trainer(model=probe, dataset=encode(train), collate_fn=collate, loss_fn=loss_fn, cfg=cfg,
+                      out_dir=out_dir, eval_fn=accuracy, desc=desc, seed=seed)  # fmt: skip
+    result = trainer.train(resume=resume)
+    return {"steps": result["steps"], **result["eval"]}
+
+
 def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: bool = True) -> dict[str, float]:
     """A first step for the tiny family: teach the vision tower and projector to tell the world's objects apart.
 
     A real VLM starts from a pretrained vision encoder; the tiny one starts from random weights,
     and captions teach it to see only slowly (one object word per answer). This stage stands in
     for that pretraining: ``sft.vision_steps`` optimiser steps of cross-entropy on the object of
-    ``sft.caption_examples`` pictures (:class:`ObjectProbe`), then the head is dropped.
+    ``sft.caption_examples`` pictures (:func:`train_object_probe`), then the head is dropped.
 
     The held-out accuracy is also logged ten times during training (``split: eval`` lines of
     ``metrics.jsonl``: the curve of object accuracy over steps that notebook 02 draws).
@@ -101,40 +166,17 @@ def pretrain_vision(model, processor, cfg: Config, out_dir: Path, *, resume: boo
     Returns:
         ``vision_steps`` and ``vision_accuracy``: the head's accuracy on 200 held-out pictures.
     """
-    import json
-
-    from saferlhfv.data.content import OBJECTS
     from saferlhfv.data.world import caption_dataset
 
-    names = sorted(OBJECTS)
-    probe = ObjectProbe(model, len(names), seed=cfg.seed)
     n = cfg.sft.caption_examples
     pictures = caption_dataset(cfg.data, n + 200)
-    train, held_out = pictures.select(range(n)), pictures.select(range(n, n + 200))
-
-    def collate(rows):
-        pixels = processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
-        labels = torch.tensor([names.index(json.loads(r["context"])["object"]) for r in rows])
-        return {"pixel_values": pixels, "labels": labels}
-
-    def loss_fn(m, batch):
-        logits = m(batch["pixel_values"])
-        return torch.nn.functional.cross_entropy(logits, batch["labels"]), {}
-
-    @torch.no_grad()
-    def accuracy(m) -> dict[str, float]:
-        batch = collate([held_out[i] for i in range(len(held_out))])
-        device = next(m.parameters()).device
-        hits = m(batch["pixel_values"].to(device)).argmax(-1).cpu() == batch["labels"]
-        return {"vision_accuracy": round(hits.float().mean().item(), 4)}
-
     stage_cfg = dataclasses.replace(
         cfg.sft, max_steps=cfg.sft.vision_steps, eval_every=max(1, cfg.sft.vision_steps // 10)
     )
-    trainer = Trainer(model=probe, dataset=train, collate_fn=collate, loss_fn=loss_fn, cfg=stage_cfg,
-                      out_dir=out_dir, eval_fn=accuracy, desc="sft: vision", seed=cfg.seed)  # fmt: skip
-    result = trainer.train(resume=resume)
-    return {"vision_steps": result["steps"], **result["eval"]}
+    result = train_object_probe(model, processor, pictures.select(range(n)), pictures.select(range(n, n + 200)),
+                                stage_cfg, out_dir, desc="sft: vision", metric="vision_accuracy", seed=cfg.seed,
+                                resume=resume)  # fmt: skip
+    return {"vision_steps": result["steps"], "vision_accuracy": result["vision_accuracy"]}
 
 
 #: share of the SFT mixture held out for the eval loss (never trained on)
