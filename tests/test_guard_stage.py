@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from saferlhfv.config import apply_overrides, load_config
 from saferlhfv.data.probes import FAMILIES, ROLEPLAY_TEMPLATES, probe_set, probe_summary
@@ -121,6 +122,25 @@ def test_train_guard_end_to_end(small_cfg, tmp_path):
     assert len(metrics["oracle_guard_rounds"]) == small_cfg.guardrail.rounds + 1
     guard = load_guard(tmp_path / "guard_model", small_cfg)
     assert isinstance(guard, Guard) and guard.thresholds.minor == small_cfg.guardrail.threshold_minor
+
+
+def test_reading_stage_trains_the_vision_tower_only_and_refuses_a_frozen_one(small_cfg, tmp_path):
+    from saferlhfv.data.world import text_corpus
+    from saferlhfv.models.factory import language_model, vision_tower
+    from saferlhfv.train.guard.stage import _train_reading
+
+    cfg = apply_overrides(small_cfg, {"guard.reading_steps": 4})
+    model, processor = load_vlm(cfg.model, text_corpus(cfg.data))
+    vision_before = [p.detach().clone() for p in vision_tower(model).parameters()]
+    decoder_before = [p.detach().clone() for p in language_model(model).parameters()]
+    result = _train_reading(cfg, model, processor, tmp_path / "reading", seed=0, resume=True)
+    assert result["reading_steps"] == 4 and 0.0 <= result["reading_accuracy"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(vision_before, vision_tower(model).parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, language_model(model).parameters()))
+    assert _train_reading(small_cfg, model, processor, tmp_path / "none", seed=0, resume=True) == {}
+    frozen = apply_overrides(cfg, {"guard.freeze_vision_tower": True})
+    with pytest.raises(ValueError, match="guard.freeze_vision_tower"):
+        _train_reading(frozen, model, processor, tmp_path / "frozen", seed=0, resume=True)
 
 
 def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):

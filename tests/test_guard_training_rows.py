@@ -68,6 +68,25 @@ def test_a_probe_item_put_into_the_training_rows_is_dropped(small_cfg):
     assert not _keys(kept) & _keys(probes)
 
 
+def test_reading_pictures_are_half_signs_of_every_word_seeded_and_without_probe_pictures(small_cfg):
+    from saferlhfv.train.guard.data import image_key, reading_pictures
+
+    pictures = reading_pictures(small_cfg, 400, seed=0)
+    contexts = [json.loads(r["context"]) for r in pictures]
+    signs = [c["object"] for c in contexts if c["variant"] == "sign"]
+    assert len(pictures) == 400 and 0.4 < len(signs) / len(contexts) < 0.6
+    # every word, not the world's mixture (which shows BOMB on 9 of 1,920 typographic rows)
+    assert set(signs) == {o for o, spec in OBJECTS.items() if spec.sign}
+    assert {c["object"] for c in contexts if c["variant"] == "object"} <= set(OBJECTS)
+    # seeded: the same pictures again, other ones under another guard replicate
+    first = [image_key(r["image"]) for r in pictures[:20]]
+    assert [image_key(r["image"]) for r in reading_pictures(small_cfg, 20, seed=0)] == first
+    assert {image_key(r["image"]) for r in reading_pictures(small_cfg, 20, seed=1)}.isdisjoint(first)
+    # a picture of the probe set (here: pretend the third one is) is dropped
+    kept = reading_pictures(small_cfg, 20, seed=0, keys={("", first[2])})
+    assert [image_key(r["image"]) for r in kept] == first[:2] + first[3:]
+
+
 def test_lookalike_rows_are_benign_captions_of_mostly_harmful_looking_pictures(small_cfg):
     from saferlhfv.data.oracle import judge
     from saferlhfv.train.guard.data import guard_rows, lookalike_rows

@@ -293,6 +293,10 @@ class GuardConfig(TrainConfig):
     single_response_source: str | None = None
     #: keep the backbone's vision tower as SFT left it (only the language model and the heads train).
     freeze_vision_tower: bool = False
+    #: optimiser steps of a reading stage before the guard trains (LLaVA-architecture backbones, mini world):
+    #: the vision tower and projector learn to name the object a picture shows or *says* (half of the
+    #: pictures a sign, words drawn uniformly, apart from the probes); 0 = none.
+    reading_steps: int = 0
     #: answers sampled from the precursor per RL *train* prompt, labelled by the oracle, added as output rows
     #: (the guard then also sees the policy it will moderate: misnamed objects, cut-off steps); 0 = none.
     precursor_answers: int = 1

@@ -269,6 +269,41 @@ def lookalike_rows(cfg: Config, n_per_category: int, features, *, seed: int = 0)
     return hf.Dataset.from_dict(cols, features=features)
 
 
+#: share of the reading pictures that are typographic signs (the rest show a drawing of any object).
+READING_SIGN_SHARE = 0.5
+
+
+def reading_pictures(cfg: Config, n: int, *, seed: int = 0, keys: set[tuple[str, str]] | None = None):
+    """``n`` pictures for the guard's reading stage (:func:`saferlhfv.train.guard.stage.train_guard_model`):
+    half of them a sign whose word is drawn uniformly from the objects that have one
+    (:data:`READING_SIGN_SHARE`), the rest a drawing of any object.
+
+    The world's mixture shows few signs (12 % of pictures, most of them of common benign objects:
+    BOMB on 9 of 1,920 typographic training rows), and the tiny tower misreads look-alike words
+    (SKULL as BLOOD, BOMB as BALL). Drawn in a seed namespace of their own; pictures of the probe set
+    (``keys``, :func:`probe_keys`) are dropped.
+
+    Returns:
+        A list of rows ``{"image": PIL image, "context": JSON with object and variant}`` (kept as pictures,
+        not PNG bytes: encoding is most of the cost of drawing them).
+    """
+    from saferlhfv.data.images import draw_object_image
+
+    signs = sorted(o for o, spec in OBJECTS.items() if spec.sign)
+    objects = sorted(OBJECTS)
+    rows = []
+    for i in range(n):
+        rng = random.Random(f"{cfg.data.seed}|{seed}|guard-reading|{i}")
+        sign = rng.random() < READING_SIGN_SHARE
+        obj = rng.choice(signs if sign else objects)
+        variant = "sign" if sign else "object"
+        image = draw_object_image(obj, variant, cfg.data.image_size, rng)
+        if keys and ("", image_key(image)) in keys:
+            continue
+        rows.append({"image": image, "context": json.dumps({"object": obj, "variant": variant})})
+    return rows
+
+
 #: jailbreak-style wrappers for training rows ({q}: the world's question). Disjoint from the probes'
 #: :data:`~saferlhfv.data.probes.ROLEPLAY_TEMPLATES` (the test set): different words, same idea.
 TRAINING_WRAPPERS: tuple[str, ...] = (

@@ -60,14 +60,19 @@ from saferlhfv.train.guard.evaluation import (
 )
 from saferlhfv.train.loop import Trainer
 
-#: the guard as it was before the adversarial rows of issue 17 (no typographic, look-alike or framed
-#: training rows, 6 epochs): notebook 04's "before" column, trained through the same stages under these overrides.
+#: the guard as it was before the adversarial rows of issue 17 (no reading stage, no typographic, look-alike
+#: or framed training rows, 6 epochs): notebook 04's "before" column, trained through the same stages under
+#: these overrides.
 BASELINE_OVERRIDES: dict[str, Any] = {
+    "guard.reading_steps": 0,
     "guard.typographic_rows_per_category": 0,
     "guard.lookalike_rows_per_category": 0,
     "guard.wrapper_rows_per_category": 0,
     "guard.epochs": 6,
 }
+
+#: the most pictures the reading stage draws (``guard.reading_steps`` x batch size when fewer).
+READING_PICTURES = 6000
 
 EVAL_SCORES = "eval_scores.json"
 ROUNDS_FILE = "rounds.json"
@@ -114,6 +119,37 @@ def _precursor(cfg: Config, sft_dir: Path):
     return vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
 
 
+def _train_reading(cfg: Config, backbone, processor, out_dir: Path, *, seed: int, resume: bool) -> dict[str, Any]:
+    """The reading stage (``guard.reading_steps``): the backbone's vision tower and projector learn to name
+    the object of :func:`~saferlhfv.train.guard.data.reading_pictures` (half of them signs), in place.
+
+    Returns:
+        ``{}`` when ``guard.reading_steps`` is 0; else ``reading_steps`` and ``reading_accuracy`` (200
+        held-out reading pictures, half of them signs).
+    """
+    import dataclasses
+
+    from saferlhfv.train.guard.data import probe_keys, reading_pictures
+    from saferlhfv.train.sft import train_object_probe
+
+    g = cfg.guard
+    if not g.reading_steps:
+        return {}
+    if cfg.data.source != "mini":
+        raise ValueError("guard.reading_steps draws its pictures from the mini world: set data.source=mini "
+                         "or guard.reading_steps=0")  # fmt: skip
+    if g.freeze_vision_tower:
+        raise ValueError("guard.reading_steps trains the vision tower that guard.freeze_vision_tower keeps "
+                         "frozen: set one of them to its default")  # fmt: skip
+    held_out = 200
+    n = min(READING_PICTURES, g.reading_steps * g.batch_size)
+    pictures = reading_pictures(cfg, n + held_out, seed=seed, keys=probe_keys(cfg))
+    stage_cfg = dataclasses.replace(g, max_steps=g.reading_steps, eval_every=0)
+    result = train_object_probe(backbone, processor, pictures[:-held_out], pictures[-held_out:], stage_cfg,
+                                out_dir, desc="guard: reading", seed=seed, resume=resume)  # fmt: skip
+    return {"reading_steps": result["steps"], "reading_accuracy": result["accuracy"]}
+
+
 def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, resume: bool = True) -> dict[str, Any]:
     """Train the guard from the SFT backbone in ``sft_dir`` into ``out_dir/model`` (the ``guard_model`` stage).
 
@@ -128,6 +164,7 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
     policy = _precursor(cfg, sft_dir)
     backbone, processor = _load_backbone(cfg, sft_dir)
     seed = replicate_seed(cfg, "guard")
+    reading = _train_reading(cfg, backbone, processor, out_dir / "reading", seed=seed, resume=resume)
     model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=seed)
     train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
@@ -158,6 +195,7 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
     if trainer.accelerator.is_main_process:
         save_guard_model(model, processor, out_dir / "model")
     return {
+        **reading,
         "steps": result["steps"],
         "rows": len(train_ds),
         "train_loss": round_or_none(result["train_loss"]),
