@@ -8,7 +8,7 @@ import torch
 from saferlhfv.config import apply_overrides, load_config
 from saferlhfv.data.probes import FAMILIES, ROLEPLAY_TEMPLATES, probe_set, probe_summary
 from saferlhfv.guardrail import Guard
-from saferlhfv.models.factory import load_vlm, save_vlm
+from saferlhfv.models.factory import build_tiny_vlm, load_vlm, save_vlm
 
 SMALL = {
     "data.configs": ["harmful_health_content", "violence_and_physical_harm"],
@@ -22,6 +22,7 @@ SMALL = {
     "model.tiny_layers": 2,
     "model.tiny_intermediate_size": 128,
     "guard.max_steps": 3,
+    "guard.reading_steps": 2,
     "guard.batch_size": 4,
     "guardrail.rounds": 2,
     "guardrail.probes_per_family": 2,
@@ -137,10 +138,14 @@ def test_reading_stage_trains_the_vision_tower_only_and_refuses_a_frozen_one(sma
     assert result["reading_steps"] == 4 and 0.0 <= result["reading_accuracy"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(vision_before, vision_tower(model).parameters()))
     assert all(torch.equal(a, b) for a, b in zip(decoder_before, language_model(model).parameters()))
-    assert _train_reading(small_cfg, model, processor, tmp_path / "none", seed=0, resume=True) == {}
+    off = apply_overrides(small_cfg, {"guard.reading_steps": 0})
+    assert _train_reading(off, model, processor, tmp_path / "none", seed=0, resume=True) == {}
     frozen = apply_overrides(cfg, {"guard.freeze_vision_tower": True})
     with pytest.raises(ValueError, match="guard.freeze_vision_tower"):
         _train_reading(frozen, model, processor, tmp_path / "frozen", seed=0, resume=True)
+    qwen, _ = build_tiny_vlm(cfg.model, text_corpus(cfg.data), arch="qwen2_vl")
+    with pytest.raises(ValueError, match="LLaVA-architecture.*guard.reading_steps=0"):
+        _train_reading(cfg, qwen, processor, tmp_path / "qwen", seed=0, resume=True)
 
 
 def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):

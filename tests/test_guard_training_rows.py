@@ -215,6 +215,17 @@ def test_guard_stage_reads_a_single_response_source(small_cfg, single_dir):
         guard_rows(apply_overrides(small_cfg, {"data.source": str(single_dir)}), "train")
 
 
+def test_misnamed_answers_leave_single_response_rows_alone(small_cfg, single_dir):
+    """Rows of a single-response source have no world object to rename (this crashed the guard stage)."""
+    from saferlhfv.config import apply_overrides
+    from saferlhfv.train.guard.data import guard_rows, misname_rows, single_response_rows
+
+    cfg = apply_overrides(small_cfg, {"guard.single_response_source": str(single_dir)})
+    single = single_response_rows(cfg, guard_rows(small_cfg, "train").features)
+    assert any(m == "output" and r for m, r in zip(single["mode"], single["response"]))
+    assert misname_rows(single, 1.0, seed=0)["response"] == single["response"]
+
+
 def test_guard_seed_redraws_the_extra_rows_only(small_cfg):
     """``guard.seed`` is a replicate of the guard: its extra rows change, the world's rows do not."""
     from saferlhfv.config import apply_overrides, replicate_seed

@@ -46,6 +46,7 @@ FEW_STEPS = SMALL_MODEL_AND_WORLD + [
     "reward.max_steps=2",
     "cost.max_steps=2",
     "guard.max_steps=2",
+    "guard.reading_steps=0",  # the guard's reading stage, like vision pretraining, is the tiny LLaVA's
     "guard.precursor_answers=0",
     "guard.rows_per_category=2",
     "data.max_response_tokens=6",

@@ -31,6 +31,7 @@ SMALL = SMALL_MODEL_AND_WORLD + [
     "reward.max_steps=6",
     "cost.max_steps=6",
     "guard.max_steps=6",
+    "guard.reading_steps=6",
     "guard.precursor_answers=0",
     "guard.rows_per_category=2",
     "sft.save_every=2",
@@ -44,14 +45,16 @@ LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
 
 #: stage -> (extra overrides, how often a run reaches each kill point). A loop of 6 steps saves at steps
 #: 2 and 4 and at its end (3 checkpoints; the first has no predecessor to move aside); SFT runs two loops
-#: (vision pretraining, then SFT); PPO's 4 iterations save after each and at the end (5 checkpoints).
+#: (vision pretraining, then SFT), the guard two (reading, then the guard); PPO's 4 iterations save after
+#: each and at the end (5 checkpoints).
 LOOP = {"step": 6, "checkpoint:tmp": 3, "checkpoint:old": 2, "checkpoint:swapped": 3}
+TWO_LOOPS = {k: 2 * v for k, v in LOOP.items()}
 PPO = {"iteration": 4, "checkpoint:tmp": 5, "checkpoint:old": 4, "checkpoint:swapped": 5}
 RUNS = {  # stage: (overrides, visits, the kind of point of its first kill)
-    "sft": ([], {"step": 12, "checkpoint:tmp": 6, "checkpoint:old": 4, "checkpoint:swapped": 6}, "step"),
+    "sft": ([], TWO_LOOPS, "step"),
     "reward": ([], LOOP, "checkpoint:tmp"),
     "cost": ([], LOOP, "checkpoint:old"),
-    "guard_model": ([], LOOP, "checkpoint:swapped"),
+    "guard_model": ([], TWO_LOOPS, "checkpoint:swapped"),
     "ppo": ([], PPO, "iteration"),
     "ppo_shared": (LORA + ["ppo.shared_base=true"], PPO, "checkpoint:old"),
 }

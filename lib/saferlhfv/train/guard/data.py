@@ -147,6 +147,8 @@ def misname_rows(ds, share: float, *, seed: int = 0):
         if mode != "output" or not response or rng.random() >= share:
             return {"response": response}
         ctx = json.loads(context)
+        if "object" not in ctx:  # a row of guard.single_response_source: no world, no object to rename
+            return {"response": response}
         name = OBJECTS[ctx["object"]].name
         pattern = re.compile(rf"\b{re.escape(name)}\b")
         if not pattern.search(response):

@@ -8,7 +8,10 @@ The guard is the SFT backbone (it already reads the pictures and the world's lan
 plus three heads on the last real token (:class:`~saferlhfv.models.guard.GuardModel`),
 trained with ``BCE(unsafe) + CE(category) + CE(severity)`` on the mini world's guard
 labels (:func:`saferlhfv.data.world.guard_dataset`): input rows (image + question) and
-output rows (image + question + response) in one model.
+output rows (image + question + response) in one model. With ``guard.reading_steps`` (the tiny
+preset) a reading stage comes first: the vision tower learns to name the object a picture shows
+or *says* (:func:`~saferlhfv.train.guard.data.reading_pictures`), so that a harmful word written
+on a board is read, not guessed.
 
 The ``guard`` stage measures, on data the guard never trained on:
 
@@ -141,6 +144,9 @@ def _train_reading(cfg: Config, backbone, processor, out_dir: Path, *, seed: int
     if g.freeze_vision_tower:
         raise ValueError("guard.reading_steps trains the vision tower that guard.freeze_vision_tower keeps "
                          "frozen: set one of them to its default")  # fmt: skip
+    if not hasattr(getattr(backbone, "model", backbone), "multi_modal_projector"):
+        raise ValueError(f"guard.reading_steps trains a LLaVA-architecture vision tower and projector; "
+                         f"{type(backbone).__name__} is not one: set guard.reading_steps=0")  # fmt: skip
     held_out = 200
     n = min(READING_PICTURES, g.reading_steps * g.batch_size)
     pictures = reading_pictures(cfg, n + held_out, seed=seed, keys=probe_keys(cfg))
@@ -155,7 +161,8 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
 
     Returns:
         ``steps``, ``rows`` (training rows), ``train_loss``, ``eval_unsafe_accuracy`` (128 held-out
-        evaluation rows at p_unsafe 0.5), ``seconds``.
+        evaluation rows at p_unsafe 0.5), ``seconds`` (the reading stage included), and with
+        ``guard.reading_steps`` ``reading_steps`` and ``reading_accuracy`` (:func:`_train_reading`).
     """
     start = time.perf_counter()
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
