@@ -134,18 +134,18 @@ def test_reading_stage_trains_the_vision_tower_only_and_refuses_a_frozen_one(sma
     model, processor = load_vlm(cfg.model, text_corpus(cfg.data))
     vision_before = [p.detach().clone() for p in vision_tower(model).parameters()]
     decoder_before = [p.detach().clone() for p in language_model(model).parameters()]
-    result = _train_reading(cfg, model, processor, tmp_path / "reading", seed=0, resume=True)
+    result = _train_reading(cfg, model, processor, tmp_path / "reading", seed=0, resume=True, keys=set())
     assert result["reading_steps"] == 4 and 0.0 <= result["reading_accuracy"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(vision_before, vision_tower(model).parameters()))
     assert all(torch.equal(a, b) for a, b in zip(decoder_before, language_model(model).parameters()))
     off = apply_overrides(small_cfg, {"guard.reading_steps": 0})
-    assert _train_reading(off, model, processor, tmp_path / "none", seed=0, resume=True) == {}
+    assert _train_reading(off, model, processor, tmp_path / "none", seed=0, resume=True, keys=set()) == {}
     frozen = apply_overrides(cfg, {"guard.freeze_vision_tower": True})
     with pytest.raises(ValueError, match="guard.freeze_vision_tower"):
-        _train_reading(frozen, model, processor, tmp_path / "frozen", seed=0, resume=True)
+        _train_reading(frozen, model, processor, tmp_path / "frozen", seed=0, resume=True, keys=set())
     qwen, _ = build_tiny_vlm(cfg.model, text_corpus(cfg.data), arch="qwen2_vl")
     with pytest.raises(ValueError, match="LLaVA-architecture.*guard.reading_steps=0"):
-        _train_reading(cfg, qwen, processor, tmp_path / "qwen", seed=0, resume=True)
+        _train_reading(cfg, qwen, processor, tmp_path / "qwen", seed=0, resume=True, keys=set())
 
 
 def test_ensure_guard_trains_sft_first_then_caches(small_cfg, monkeypatch):

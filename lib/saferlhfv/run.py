@@ -34,7 +34,7 @@ import torch
 from saferlhfv.artifacts import RESULT
 from saferlhfv.config import add_config_arguments, config_from_args
 from saferlhfv.io import write_json_atomic
-from saferlhfv.stages import PPO_METHODS, PPO_SETTINGS, STAGES, artifact_dir, ensure, resolve, upstream_dirs
+from saferlhfv.stages import PPO_METHODS, PPO_SETTINGS, STAGES, artifact_dir, ensure, owner, resolve, upstream_dirs
 
 __all__ = ["main"]
 
@@ -80,15 +80,15 @@ def _seeds(args: argparse.Namespace, stage, cfg) -> int:
 def _check_variant_overrides(name: str, preset: str, overrides: list[str]) -> None:
     """Refuse a ``--set`` of a key that the variant ``name`` fixes (it would be silently replaced by the
     variant's value): say how to run the stage with that key set instead."""
-    owner = next((s for s in STAGES.values() if name in s.variants), None)
-    fixed = owner.variants[name] if owner else {}
+    stage = owner(name)
+    fixed = stage.variants.get(name, {})
     clash = [key for key in (o.split("=", 1)[0].strip() for o in overrides) if key in fixed]
     if clash:
         own = " ".join(f"--set {k}={v}" for k, v in fixed.items() if k not in clash)
         raise SystemExit(
             f"{name} fixes {', '.join(f'{k}={fixed[k]}' for k in clash)}, so --set {clash[0]} would be ignored; "
             "run the stage itself with every setting instead: "
-            f"python -m saferlhfv.run {owner.name} --preset {preset} {own} " + " ".join(f"--set {o}" for o in overrides)
+            f"python -m saferlhfv.run {stage.name} --preset {preset} {own} " + " ".join(f"--set {o}" for o in overrides)
         )
 
 

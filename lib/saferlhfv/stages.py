@@ -49,6 +49,7 @@ __all__ = [
     "PPO_SETTINGS",
     "PIPELINE",
     "stage",
+    "owner",
     "resolve",
     "config_sections",
     "artifact_dir",
@@ -196,8 +197,8 @@ STAGES: dict[str, Stage] = {
 PIPELINE: tuple[str, ...] = tuple(v for s in STAGES.values() for v in (s.variants or [s.name]))
 
 
-def _owner(name: str) -> Stage:
-    """The stage called ``name``, or the stage whose variant ``name`` is."""
+def owner(name: str) -> Stage:
+    """The stage called ``name``, or the stage whose variant ``name`` is (a clear error for an unknown name)."""
     for s in STAGES.values():
         if name in s.variants:
             return s
@@ -213,16 +214,14 @@ def stage(name: str) -> Stage:
 
 def resolve(name: str, cfg: Config) -> tuple[Stage, Config]:
     """A stage or a stage's variant (``ppo_repo``...) by name: ``(stage, cfg with its overrides)``."""
-    for s in STAGES.values():
-        if name in s.variants:
-            return s, apply_overrides(cfg, s.variants[name])
-    return stage(name), cfg
+    s = owner(name)
+    return (s, apply_overrides(cfg, s.variants[name])) if name in s.variants else (s, cfg)
 
 
 def config_sections(name: str) -> tuple[str, ...]:
     """Every config section ``name``'s artifact depends on: upstream stages' first, then its own."""
     out: list[str] = []
-    s = _owner(name)
+    s = owner(name)
     for up in s.upstream:
         out += [sec for sec in config_sections(up) if sec not in out]
     return tuple(out + [sec for sec in s.sections if sec not in out])

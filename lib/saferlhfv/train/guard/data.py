@@ -362,14 +362,15 @@ def _caption_row(ctx, mode: str, image: bytes, rng: random.Random) -> dict[str, 
     }
 
 
-def guard_training_set(cfg: Config, policy=None):
+def guard_training_set(cfg: Config, policy=None, *, keys: set[tuple[str, str]] | None = None):
     """Everything the guard trains on: the world's guard rows (:func:`guard_rows`), the precursor's
     answers to the RL train prompts when a ``policy`` is given (:func:`precursor_rows`), extra
     typographic rows (:func:`typographic_rows`), benign look-alike twins (:func:`lookalike_rows`),
     jailbreak-framed rows (:func:`wrapper_rows`), the
     rows of ``guard.single_response_source`` (:func:`single_response_rows`), with ``guard.misname_share``
     of the output rows rewritten to name a wrong object (:func:`misname_rows`). Rows that share a
-    picture or a (question, picture) pair with the probe set are dropped (:func:`drop_probe_items`)."""
+    picture or a (question, picture) pair with the probe set are dropped (:func:`drop_probe_items`; ``keys``:
+    :func:`probe_keys` when already computed)."""
     import datasets as hf
 
     g = cfg.guard
@@ -389,7 +390,7 @@ def guard_training_set(cfg: Config, policy=None):
     if g.single_response_source:
         parts.append(single_response_rows(cfg, ds.features))
     ds = hf.concatenate_datasets(parts) if len(parts) > 1 else ds
-    ds, _ = drop_probe_items(ds, probe_keys(cfg))
+    ds, _ = drop_probe_items(ds, probe_keys(cfg) if keys is None else keys)
     return misname_rows(ds, g.misname_share, seed=seed)
 
 

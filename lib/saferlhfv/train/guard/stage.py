@@ -32,6 +32,7 @@ they are not cached).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ from saferlhfv.guardrail import (
 )
 from saferlhfv.io import write_json_atomic
 from saferlhfv.models.guard import GuardModel, guard_loss, save_guard_model
-from saferlhfv.train.guard.data import guard_collate, guard_row_lengths, guard_rows, guard_training_set
+from saferlhfv.train.guard.data import guard_collate, guard_row_lengths, guard_rows, guard_training_set, probe_keys
 from saferlhfv.train.guard.evaluation import (
     PAPER_SAFETY_GAIN,
     OracleGuard,
@@ -122,17 +123,18 @@ def _precursor(cfg: Config, sft_dir: Path):
     return vlm_policy(policy_model, policy_processor, max_new_tokens=cfg.data.max_response_tokens)
 
 
-def _train_reading(cfg: Config, backbone, processor, out_dir: Path, *, seed: int, resume: bool) -> dict[str, Any]:
+def _train_reading(
+    cfg: Config, backbone, processor, out_dir: Path, *, seed: int, resume: bool, keys: set[tuple[str, str]]
+) -> dict[str, Any]:
     """The reading stage (``guard.reading_steps``): the backbone's vision tower and projector learn to name
-    the object of :func:`~saferlhfv.train.guard.data.reading_pictures` (half of them signs), in place.
+    the object of :func:`~saferlhfv.train.guard.data.reading_pictures` (half of them signs), in place;
+    pictures of the probe set (``keys``, :func:`~saferlhfv.train.guard.data.probe_keys`) left out.
 
     Returns:
         ``{}`` when ``guard.reading_steps`` is 0; else ``reading_steps`` and ``reading_accuracy`` (200
         held-out reading pictures, half of them signs).
     """
-    import dataclasses
-
-    from saferlhfv.train.guard.data import probe_keys, reading_pictures
+    from saferlhfv.train.guard.data import reading_pictures
     from saferlhfv.train.sft import train_object_probe
 
     g = cfg.guard
@@ -149,7 +151,7 @@ def _train_reading(cfg: Config, backbone, processor, out_dir: Path, *, seed: int
                          f"{type(backbone).__name__} is not one: set guard.reading_steps=0")  # fmt: skip
     held_out = 200
     n = min(READING_PICTURES, g.reading_steps * g.batch_size)
-    pictures = reading_pictures(cfg, n + held_out, seed=seed, keys=probe_keys(cfg))
+    pictures = reading_pictures(cfg, n + held_out, seed=seed, keys=keys)
     stage_cfg = dataclasses.replace(g, max_steps=g.reading_steps, eval_every=0)
     result = train_object_probe(backbone, processor, pictures[:-held_out], pictures[-held_out:], stage_cfg,
                                 out_dir, desc="guard: reading", seed=seed, resume=resume)  # fmt: skip
@@ -171,9 +173,10 @@ def train_guard_model(cfg: Config, out_dir: str | Path, sft_dir: str | Path, *, 
     policy = _precursor(cfg, sft_dir)
     backbone, processor = _load_backbone(cfg, sft_dir)
     seed = replicate_seed(cfg, "guard")
-    reading = _train_reading(cfg, backbone, processor, out_dir / "reading", seed=seed, resume=resume)
+    keys = probe_keys(cfg) if cfg.data.source == "mini" else set()  # what the guard must never train on
+    reading = _train_reading(cfg, backbone, processor, out_dir / "reading", seed=seed, resume=resume, keys=keys)
     model = GuardModel(backbone, n_objects=len(OBJECTS) if g.object_weight else 0, seed=seed)
-    train_ds, eval_ds = guard_training_set(cfg, policy), guard_rows(cfg, "evaluation")
+    train_ds, eval_ds = guard_training_set(cfg, policy, keys=keys), guard_rows(cfg, "evaluation")
     collate = guard_collate(processor)
     probe_idx = list(range(0, len(eval_ds), max(1, len(eval_ds) // 128)))[:128]
     held_out = collate([eval_ds[i] for i in probe_idx])
