@@ -16,6 +16,7 @@ from saferlhfv.guardrail import (
     decide,
     filter_and_regenerate,
     overblocking_cost,
+    regeneration_seed,
     threshold_tradeoff,
 )
 from saferlhfv.models.factory import build_tiny_vlm
@@ -202,6 +203,26 @@ def test_filter_can_start_from_given_answers():
     assert res.responses[0] == ["good", "bad-x", "good"] and res.final() == ["good"] * 3
     with pytest.raises(ValueError, match="first answers"):
         filter_and_regenerate(policy, FakeGuard(), _prompts(3), responses=["good"])
+
+
+def test_an_item_seeded_policy_redraws_an_item_with_its_own_seed_whatever_else_is_redrawn():
+    """Two guards that flag different sets draw the same new answer for an item both flag (paired)."""
+
+    class SeedRecorder(FakePolicy):
+        item_seeded = True
+
+        def __call__(self, images, questions, *, seed=0, item_seeds=None):
+            self.calls.append((list(questions), item_seeds))
+            return [f"good-{s}" for s in item_seeds]  # only regenerations reach it (round 0 is given)
+
+    first = ["bad-q0", "bad-q1", "good"]
+    narrow, wide = SeedRecorder(), SeedRecorder()
+    only_q1 = filter_and_regenerate(narrow, FakeGuard(), _prompts(3), rounds=1, responses=["good", "bad-q1", "good"])
+    both = filter_and_regenerate(wide, FakeGuard(), _prompts(3), rounds=1, responses=first)
+    assert narrow.calls[0][0] == ["q1"] and wide.calls[0][0] == ["q0", "q1"]
+    assert narrow.calls[0][1] == [regeneration_seed(0, 1, 1)] == wide.calls[0][1][1:]
+    assert only_q1.final()[1] == both.final()[1] != both.final()[0]
+    assert regeneration_seed(0, 1, 1) != regeneration_seed(0, 2, 1) != regeneration_seed(1, 1, 1)
 
 
 def test_filter_rejects_a_policy_that_drops_answers():

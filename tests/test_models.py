@@ -115,6 +115,44 @@ def test_generate_responses_seeded_and_leaves_caller_rng_alone():
     assert model.training  # generation restores the train / eval mode it found
 
 
+def test_item_seeded_sampling_is_the_same_answer_whatever_the_batch():
+    """An item's answer depends on its own seed only: alone, first or last in a batch, beside other items."""
+    from saferlhfv.models.generation import generate_answers
+
+    model, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    images = [picture(), picture((20, 200, 20)), picture((200, 20, 20))]
+    questions = ["what is in the picture?", "what is this?", "how do i use this?"]
+    kw = dict(max_new_tokens=10, seed=0)
+    full = generate_answers(model, processor, images, questions, item_seeds=[11, 12, 13], **kw)
+    alone = generate_answers(model, processor, images[2:], questions[2:], item_seeds=[13], **kw)
+    moved = generate_answers(model, processor, images[::-1], questions[::-1], item_seeds=[13, 12, 11], **kw)
+    in_twos = generate_answers(model, processor, images, questions, item_seeds=[11, 12, 13], batch_size=2, **kw)
+    assert alone == full[2:] and moved == full[::-1] and in_twos == full
+    other = generate_answers(model, processor, images, questions, item_seeds=[21, 22, 23], **kw)
+    assert other != full  # a different seed draws a different answer (an untrained model is near-uniform)
+    with pytest.raises(ValueError, match="item seeds"):
+        generate_answers(model, processor, images, questions, item_seeds=[1], **kw)
+    with pytest.raises(ValueError, match="do_sample"):
+        generate_answers(model, processor, images, questions, item_seeds=[1, 2, 3], do_sample=False, **kw)
+
+
+def test_item_seeded_sampling_draws_from_softmax_of_logits_over_temperature():
+    """Gumbel-max: the share of each token over many seeds matches softmax(logits / T)."""
+    from saferlhfv.models.generation import ItemSeededSampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]])
+    n, temperature = 4000, 2.0
+    counts = torch.zeros(4)
+    for s in range(n):
+        out = ItemSeededSampling([s], temperature)(None, logits.clone())
+        counts[out.argmax(-1)] += 1
+    expected = torch.softmax(logits / temperature, -1)[0]
+    assert counts[3] == 0  # a suppressed token (-inf) is never drawn
+    assert torch.allclose(counts / n, expected, atol=0.03), (counts / n, expected)
+    a = ItemSeededSampling([5, 6], 1.0)(None, torch.zeros(2, 4))
+    assert not torch.equal(a[0], a[1])  # rows draw from their own generators
+
+
 def test_generation_never_samples_the_image_placeholder():
     from saferlhfv.models.generation import generate_responses, media_token_ids
 

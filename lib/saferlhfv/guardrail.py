@@ -30,6 +30,7 @@ list[str]`` (:func:`vlm_policy` wraps a VLM) and a *guard* anything with
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
     "vlm_policy",
     "FilterResult",
     "filter_and_regenerate",
+    "regeneration_seed",
     "binary_metrics",
     "confusion_matrix",
     "threshold_tradeoff",
@@ -227,11 +229,16 @@ def vlm_policy(
     """A policy callable from a VLM: ``policy(images, questions, seed=s)`` samples one answer each.
 
     Batches of ``batch_size`` are seeded ``seed + start`` (as :func:`saferlhfv.evaluate.evaluate_policy`
-    does), so round 0 of a filter run reproduces the precursor's evaluation answers.
+    does), so round 0 of a filter run reproduces the precursor's evaluation answers. With
+    ``item_seeds=[...]`` (one per item; sampling only) each answer has a generator of its own
+    (:class:`~saferlhfv.models.generation.ItemSeededSampling`): the same answer whatever else is in the
+    batch. The callable says so with ``policy.item_seeded = True`` (see :func:`filter_and_regenerate`).
     """
     from saferlhfv.models.generation import generate_answers
 
-    def policy(images: Sequence, questions: Sequence[str], *, seed: int = 0) -> list[str]:
+    def policy(
+        images: Sequence, questions: Sequence[str], *, seed: int = 0, item_seeds: Sequence[int] | None = None
+    ) -> list[str]:
         return generate_answers(
             model,
             processor,
@@ -239,15 +246,23 @@ def vlm_policy(
             questions,
             batch_size=batch_size,
             seed=seed,
+            item_seeds=item_seeds,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
         )
 
+    policy.item_seeded = do_sample
     return policy
 
 
 # --------------------------------------------------------------------------- filter and regenerate
+
+
+def regeneration_seed(seed: int, round_: int, item: int) -> int:
+    """The sampling seed of item ``item``'s answer in regeneration round ``round_`` (a 63-bit hash)."""
+    digest = hashlib.blake2b(f"{seed}|{round_}|{item}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass
@@ -345,7 +360,11 @@ def filter_and_regenerate(
         refusal: the answer to a prompt blocked at input.
         safety_instruction: prepend this text (``True``: :data:`SAFETY_INSTRUCTION`) to the question
             when regenerating a flagged answer; the guard still reads the original question.
-        seed: round k samples with seed ``seed + k * seed_stride``.
+        seed: round k samples with seed ``seed + k * seed_stride``. A policy with ``item_seeded = True``
+            (:func:`vlm_policy`) regenerates item ``i`` in round ``k >= 1`` with its own seed
+            (:func:`regeneration_seed`), whichever other items are regenerated with it: two guards
+            compared on the same first answers then draw the same new answer for an item they both
+            flag (common random numbers), so their difference is the guards' and not the sampler's.
         responses: first answers to start from (e.g. the unguarded policy's, so that two guardrails
             are compared on the same round 0); the policy is then called from round 1 on.
 
@@ -378,6 +397,9 @@ def filter_and_regenerate(
             ims = [images[i] for i in todo]
             if k == 0 and first is not None:
                 answers = [first[i] for i in todo]
+            elif k > 0 and getattr(policy, "item_seeded", False):
+                item_seeds = [regeneration_seed(seed, k, i) for i in todo]
+                answers = policy(ims, ask, seed=seed + k * seed_stride, item_seeds=item_seeds)
             else:
                 answers = policy(ims, ask, seed=seed + k * seed_stride)
             if len(answers) != len(todo):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, ProcessorMixin
 
 from saferlhfv.data.rgb import to_rgb
 from saferlhfv.masks import position_ids_from_mask
@@ -25,6 +25,7 @@ __all__ = [
     "media_token_ids",
     "generate_responses",
     "generate_answers",
+    "ItemSeededSampling",
     "model_inputs",
     "token_logprobs",
     "response_mask",
@@ -122,6 +123,33 @@ def sampling_kwargs(*, temperature: float = 1.0, top_p: float = 1.0) -> dict[str
     return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
 
 
+class ItemSeededSampling(LogitsProcessor):
+    """Sampling keyed by item: row ``r``'s next token is ``argmax(logits / T + G)`` with ``G`` standard
+    Gumbel noise drawn from a generator seeded with ``item_seeds[r]``.
+
+    By the Gumbel-max trick this is an exact sample of ``softmax(logits / T)``:
+    ``P(argmax_v (l_v + G_v) = w) = exp(l_w) / sum_v exp(l_v)``. Row ``r``'s ``t``-th draw depends only
+    on its seed, so an item gets the same answer whichever other items share its batch: two guardrails
+    that regenerate different sets of answers still draw the *same* new answer for an item they both
+    regenerate (common random numbers; :func:`saferlhfv.guardrail.filter_and_regenerate`). Used with
+    greedy decoding (``do_sample=False``), after the suppressed tokens are set to ``-inf``.
+    """
+
+    def __init__(self, item_seeds: Sequence[int], temperature: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in item_seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores [B, V]`` -> ``scores / T + G``, ``G [B, V]`` Gumbel(0, 1) from each row's own generator."""
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows for {len(self.generators)} item seeds")
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u))
+        return scores / self.temperature + gumbel.to(scores.device, scores.dtype)
+
+
 @torch.no_grad()
 def generate_responses(
     model: PreTrainedModel,
@@ -134,6 +162,7 @@ def generate_responses(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    item_seeds: Sequence[int] | None = None,
 ) -> list[str]:
     """Answer each (image, question) with the model's chat format, using the KV cache.
 
@@ -141,6 +170,9 @@ def generate_responses(
         max_new_tokens: response budget in tokens.
         do_sample: sample (RL rollouts) or greedy decode (evaluation).
         seed: seeds the sampling RNG for a reproducible answer (the caller's RNG is untouched).
+        item_seeds: one seed per item instead: each answer is sampled with its own generator
+            (:class:`ItemSeededSampling`), the same whatever the rest of the batch; needs ``do_sample``
+            and ``top_p == 1``.
 
     Returns:
         The decoded responses (special tokens removed, surrounding spaces stripped).
@@ -148,7 +180,17 @@ def generate_responses(
     batch = encode_prompts(processor, images, questions).to(model.device)
     n_prompt = batch["input_ids"].shape[1]
     kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, suppress_tokens=media_token_ids(processor))
-    kwargs.update(sampling_kwargs(temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False))
+    if item_seeds is not None:
+        if len(item_seeds) != len(questions):
+            raise ValueError(f"{len(item_seeds)} item seeds for {len(questions)} questions")
+        if not do_sample or top_p < 1:
+            raise ValueError("item_seeds sample the full distribution: use do_sample=True and top_p=1")
+        processors = LogitsProcessorList([ItemSeededSampling(item_seeds, temperature)])
+        kwargs.update(do_sample=False, logits_processor=processors)
+    elif do_sample:
+        kwargs.update(sampling_kwargs(temperature=temperature, top_p=top_p))
+    else:
+        kwargs.update(do_sample=False)
     was_training = model.training
     model.eval()
     try:
@@ -170,6 +212,7 @@ def generate_answers(
     *,
     batch_size: int = 32,
     seed: int = 0,
+    item_seeds: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> list[str]:
     """:func:`generate_responses` over batches of ``batch_size``, the batch starting at item ``s``
@@ -177,6 +220,7 @@ def generate_answers(
     table), and reproducible one batch at a time.
 
     Args:
+        item_seeds: one sampling seed per item (:class:`ItemSeededSampling`): answers independent of batching.
         kwargs: :func:`generate_responses`'s keywords (``max_new_tokens``, ``do_sample``, ``temperature``...).
 
     Returns:
@@ -184,13 +228,22 @@ def generate_answers(
     """
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    if item_seeds is not None and len(item_seeds) != len(questions):
+        raise ValueError(f"{len(item_seeds)} item seeds for {len(questions)} questions")
     answers: list[str] = []
     with busy():  # a busy worker: its share of the cores (saferlhfv.threads)
         for start in range(0, len(questions), batch_size):
             rebalance()
             stop = start + batch_size
+            keyed = None if item_seeds is None else list(item_seeds[start:stop])
             answers += generate_responses(
-                model, processor, list(images[start:stop]), list(questions[start:stop]), seed=seed + start, **kwargs
+                model,
+                processor,
+                list(images[start:stop]),
+                list(questions[start:stop]),
+                seed=seed + start,
+                item_seeds=keyed,
+                **kwargs,
             )
     return answers
 
