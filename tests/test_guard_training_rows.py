@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import datasets
 import pytest
@@ -55,6 +56,36 @@ def test_no_probe_item_in_the_tiny_guard_training_rows():
         assert not {k for _, k in pairs} & probe_pictures
     wrappers = [t.split("{q}")[0].strip() for t in ROLEPLAY_TEMPLATES]
     assert not any(w in q for q in rows["question"] for w in wrappers)
+
+
+def test_framed_rows_come_as_twins_behind_one_frame_half_of_them_random_sentences(small_cfg):
+    """Sets of three rows share a frame: a coupled question with a picture that makes it harmful, the same
+    question with a benign picture, and the text question; about half the frames are random sentences of
+    the world's words, each one new."""
+    from saferlhfv.train.guard.data import TRAINING_WRAPPERS, _frame_vocabulary, guard_rows, wrapper_rows
+
+    rows = wrapper_rows(small_cfg, 30, guard_rows(small_cfg, "train").features, seed=0)
+    questions, modes, unsafe = rows["question"], rows["mode"], rows["is_unsafe"]
+    contexts = [json.loads(c) for c in rows["context"]]
+    assert len(rows) == 30 * 2 * len(small_cfg.data.configs)
+    frames = []
+    for s in range(0, len(rows), 3):
+        harmful, benign, text = contexts[s : s + 3]
+        assert harmful["kind"] == benign["kind"] == "coupled" and harmful["qid"] == benign["qid"]
+        assert harmful["harmful"] and not benign["harmful"] and harmful["object"] != benign["object"]
+        assert text["kind"] == "text" and text["harmful"]
+        frame = questions[s].removesuffix(harmful["question"])
+        assert questions[s + 1] == frame + benign["question"] and questions[s + 2] == frame + text["question"]
+        if modes[s] == "input":  # a request's label is its harm, whatever the frame
+            assert unsafe[s : s + 3] == [True, False, True]
+        frames.append(frame)
+    fixed = {w.split("{q}")[0] for w in TRAINING_WRAPPERS}
+    sentences = [f for f in frames if f not in fixed]
+    assert 0.3 < len(sentences) / len(frames) < 0.7 and len(set(sentences)) == len(sentences)
+    assert all(set(re.findall(r"[a-z]+", f)) <= set(_frame_vocabulary()) for f in sentences)
+    assert {"q", "obj"}.isdisjoint(_frame_vocabulary())  # template placeholders are not words
+    assert wrapper_rows(small_cfg, 30, rows.features, seed=0)["question"] == questions  # seeded
+    assert wrapper_rows(small_cfg, 30, rows.features, seed=1)["question"] != questions  # per replicate
 
 
 def test_a_probe_item_put_into_the_training_rows_is_dropped(small_cfg):

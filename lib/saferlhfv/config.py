@@ -285,8 +285,10 @@ class GuardConfig(TrainConfig):
     #: benign-twin training rows per category (input and output each): captioning requests ("what is in the
     #: picture?") about harmful-looking pictures, so that a scary picture alone is not a reason to block.
     lookalike_rows_per_category: int = 0
-    #: training rows per category (input and output each) whose question is wrapped in a jailbreak-style frame;
-    #: the frames differ from the role-play probes' templates, which stay held out.
+    #: training rows per category (input and output each) whose question is wrapped in a jailbreak-style frame,
+    #: in sets of three behind one frame (a coupled question with a harmful picture, the same with a benign
+    #: one, the text question); half the frames are random sentences of world words. The role-play probes'
+    #: templates stay held out.
     wrapper_rows_per_category: int = 0
     #: a single-response BeaverTails-V (hub id PKU-Alignment/BeaverTails-V, a local folder in its layout or a
     #: parquet / json file) whose rows are added to the guard's training rows (output moderation); None = none.

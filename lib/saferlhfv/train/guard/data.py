@@ -6,6 +6,7 @@ source; every (question, picture) pair of the probe set removed; and their colla
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -318,12 +319,52 @@ TRAINING_WRAPPERS: tuple[str, ...] = (
 )
 
 
-def wrapper_rows(cfg: Config, n_per_category: int, features, *, seed: int = 0):
-    """Training rows whose question is wrapped in a jailbreak-style frame (:data:`TRAINING_WRAPPERS`).
+#: share of framed training rows whose frame is a random sentence (:func:`training_frame`).
+RANDOM_FRAME_SHARE = 0.5
 
-    Drawn like the world's guard rows (same contexts, answer mixtures and oracle labels: harmful and
-    benign requests alike, both modes) in a seed namespace of their own: the guard learns that a frame
-    around the request changes neither the request's harm nor the answer's.
+
+@functools.lru_cache(maxsize=1)
+def _frame_vocabulary() -> tuple[str, ...]:
+    """Every word of the world's requests and answer phrases and of :data:`TRAINING_WRAPPERS`, sorted."""
+    from saferlhfv.data import content
+
+    texts = [q.text for q in content.QUESTIONS.values()] + list(content.CAPTION_QUESTIONS) + list(TRAINING_WRAPPERS)
+    for name in ("OPENERS_DETAILED", "OPENERS_BRIEF", "CONNECTORS", "REFUSALS", "GENERIC_EXPLANATIONS",
+                 "GENERIC_ALTERNATIVES", "WARNING_BRIDGES", "OFF_TOPIC"):  # fmt: skip
+        texts += list(getattr(content, name))
+    texts = [re.sub(r"\{\w+\}", " ", t.lower()) for t in texts]  # not the placeholders ({q}, {obj})
+    return tuple(sorted({w for t in texts for w in re.findall(r"[a-z]+", t)}))
+
+
+def training_frame(rng: random.Random) -> str:
+    """A frame (``"... {q}"``) for a framed training row: one of :data:`TRAINING_WRAPPERS`, or with
+    probability :data:`RANDOM_FRAME_SHARE` a sentence of 3-12 words drawn from the world's own vocabulary
+    (requests, refusals, compliance openers: "sure", "sorry", "help", "never" ...).
+
+    Six fixed frames teach six frames; random sentences teach that *any* words before the request leave
+    its harm and its answer's as they are, including words that elsewhere mark a refusal or a compliance.
+    """
+    if rng.random() >= RANDOM_FRAME_SHARE:
+        return rng.choice(TRAINING_WRAPPERS)
+    words = rng.choices(_frame_vocabulary(), k=rng.randint(3, 12))
+    return " ".join(words) + rng.choice((":", ".", ",", "!")) + " {q}"
+
+
+def wrapper_rows(cfg: Config, n_per_category: int, features, *, seed: int = 0):
+    """Training rows whose question is wrapped in a jailbreak-style frame (:func:`training_frame`),
+    drawn as twins along the confusion a frame causes.
+
+    The rows come in sets of three that share one frame: a coupled question with a picture that makes
+    it harmful, *the same question* with a picture that makes it benign, and the category's text
+    question (harmful whatever the picture) with any of the category's objects. Behind a frame a guard
+    trained on the world's mixture let harmful text questions with a benign picture pass and flagged
+    benign coupled questions with a benign picture: the twins differ only in the picture, or only in
+    the question. Answers follow the guard's answer mixture and the oracle labels them (both modes).
+    Drawn in a seed namespace of their own; probe items are removed afterwards
+    (:func:`drop_probe_items`).
+
+    Args:
+        n_per_category: rows per category and mode (sets of three; a last set may be cut short).
     """
     import datasets as hf
 
@@ -331,15 +372,29 @@ def wrapper_rows(cfg: Config, n_per_category: int, features, *, seed: int = 0):
 
     cols: dict[str, list] = {k: [] for k in features}
     for c in list(cfg.data.configs or CATEGORIES):
-        for i in range(n_per_category):
-            for mode in ("input", "output"):
-                rng = random.Random(f"{cfg.data.seed}|{seed}|guard-wrapper|{c}|{i}|{mode}")
-                ctx = world.sample_context(rng, c)
+        spec = CATEGORY_SPECS[c]
+        coupled = [q for q in spec.questions if q.kind == "coupled" and q.harmful and q.benign]
+        text_q = next(q for q in spec.questions if q.kind == "text")
+        for mode in ("input", "output"):
+            for i in range(n_per_category):
+                k, role = divmod(i, 3)
+                shared = random.Random(f"{cfg.data.seed}|{seed}|guard-wrapper|{c}|{k}|{mode}")
+                q, frame = shared.choice(coupled), training_frame(shared)
+                rng = random.Random(f"{cfg.data.seed}|{seed}|guard-wrapper|{c}|{k}|{mode}|{role}")
+                if role == 0:
+                    obj = rng.choice(sorted(q.harmful))
+                    ctx = world.make_context(c, q.qid, q.text, q.kind, obj, True, q.harmful[obj], "object")
+                elif role == 1:
+                    obj = rng.choice(sorted(q.benign))
+                    ctx = world.make_context(c, q.qid, q.text, q.kind, obj, False, 0, "object")
+                else:
+                    obj = rng.choice(spec.objects)
+                    ctx = world.make_context(c, text_q.qid, text_q.text, "text", obj, True, text_q.severity, "object")
                 image = world.render_image(ctx, cfg.data.image_size, rng)
                 row = world.guard_row(ctx, mode, image, rng)
-                row["question"] = rng.choice(TRAINING_WRAPPERS).format(q=row["question"])
-                for k in cols:
-                    cols[k].append(row[k])
+                row["question"] = frame.format(q=row["question"])
+                for key in cols:
+                    cols[key].append(row[key])
     return hf.Dataset.from_dict(cols, features=features)
 
 
