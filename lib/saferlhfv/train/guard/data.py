@@ -1,7 +1,8 @@
 """The guard's training set: the world's guard labels, the precursor's own answers judged by the
 oracle, answers rewritten to name the wrong object, typographic pictures, benign look-alike twins
-(captioning requests about harmful-looking pictures), an optional single-response BeaverTails-V
-source; every (question, picture) pair of the probe set removed; and their collation."""
+(captioning requests about harmful-looking pictures), requests behind jailbreak-style frames, an
+optional single-response BeaverTails-V source; every (question, picture) pair of the probe set
+removed; the reading stage's pictures; and their collation."""
 
 from __future__ import annotations
 
