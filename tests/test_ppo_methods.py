@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from saferlhfv.algorithms.losses import clipped_surrogate, group_advantages, rectified_costs, reference_kl
+from saferlhfv.algorithms.losses import (
+    clipped_surrogate,
+    group_advantages,
+    prompt_rectified_costs,
+    rectified_costs,
+    reference_kl,
+)
 from saferlhfv.config import ConfigError, load_config
 from saferlhfv.data.world import rl_prompts
 from saferlhfv.data.world.text_carried import caption_question, neutral_picture
@@ -41,6 +47,23 @@ def test_rectified_costs_are_zero_within_budget():
     torch.testing.assert_close(rectified_costs(c, threshold=-1.0), torch.tensor([0.0, 0.9, 1.0, 1.5, 4.0]))
 
 
+def test_prompt_rectified_costs_by_hand():
+    """Two prompts of two answers: means 1 (over the budget 0) and -3 (within it)."""
+    c = torch.tensor([3.0, -1.0, -2.0, -4.0])
+    answers, violations = prompt_rectified_costs(c, 2)
+    torch.testing.assert_close(answers, torch.tensor([3.0, -1.0, 0.0, 0.0]))  # C - d on the violating prompt only
+    torch.testing.assert_close(violations, torch.tensor([1.0, 0.0]))
+    answers, violations = prompt_rectified_costs(c, 2, threshold=-2.0)  # means 1 and -3 against d = -2
+    torch.testing.assert_close(answers, torch.tensor([5.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(violations, torch.tensor([3.0, 0.0]))
+    # a prompt within budget on average carries nothing although one of its answers costs > 0
+    answers, violations = prompt_rectified_costs(torch.tensor([0.5, -1.5]), 2)
+    torch.testing.assert_close(answers, torch.zeros(2))
+    torch.testing.assert_close(violations, torch.zeros(1))
+    with pytest.raises(ValueError, match="whole number of groups"):
+        prompt_rectified_costs(torch.zeros(3), 2)
+
+
 def test_reference_kl_by_hand():
     logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
     ref = torch.tensor([[-1.0, -1.0, -9.0]])
@@ -70,6 +93,22 @@ def test_repo_hooks_penalise_violations_only():
     assert trainer.lagrange.lambda_ >= before  # the mean violation is >= 0: lambda never falls
     budget = _bare(RePO, ["ppo.repo_threshold=-2"])
     torch.testing.assert_close(budget.violations(ro), torch.tensor([5.0, 1.0]))
+
+
+def test_repo_prompt_scope_hooks_by_hand():
+    settings = ["ppo.lambda_init=1", "ppo.lambda_lr=0.5", "ppo.lambda_update_delay_steps=0", "ppo.lambda_max=5"]
+    trainer = _bare(RePO, settings + ["ppo.repo_scope=prompt", "ppo.samples_per_prompt=2"])
+    ro = _rollout()  # one prompt, C = (3, -1): mean 1 > 0, so both answers carry C - 0
+    torch.testing.assert_close(trainer.shape_costs(ro), torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]))
+    stats = trainer.multiplier_step(ro)
+    assert stats["Jc"] == pytest.approx(1.0)  # one prompt, violation max(0, 1 - 0)
+    assert trainer.lagrange.lambda_ == pytest.approx(torch.e**0.5)  # log 1 + 0.5 * 1 * 1
+    ro.end_cost = torch.tensor([0.5, -1.5])  # one answer over 0, the prompt within budget on average
+    torch.testing.assert_close(trainer.shape_costs(ro), torch.zeros(2, 4))
+    with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
+        _bare(RePO, ["ppo.repo_scope=prompt"])
+    with pytest.raises(ConfigError, match="repo_scope"):
+        _bare(RePO, ["ppo.repo_scope=episode"])
 
 
 def test_repo_tolerance_lets_lambda_fall():

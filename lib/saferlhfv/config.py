@@ -443,6 +443,9 @@ class PPOConfig:
     #: RePO's tolerance epsilon on the mean violation E[{C - d_r}^+]: lambda rises above it and falls
     #: below it (0: no tolerance, lambda never falls).
     repo_tolerance: float = 0.0
+    #: what RePO's critical constraint bounds: "answer" (C(x, y) <= d_r for every answer) or "prompt"
+    #: (the prompt's expected cost E_y C(x, y) <= d_r, estimated over its samples_per_prompt >= 2 answers).
+    repo_scope: str = "answer"
     #: one frozen SFT model carrying LoRA adapters for actor, critics, RM-V and CM-V (the reference =
     #: adapters off) instead of six models; needs model.lora.enabled (RM-V / CM-V trained as adapters).
     shared_base: bool = False

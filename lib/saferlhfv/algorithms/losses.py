@@ -33,6 +33,7 @@ __all__ = [
     "whiten",
     "group_advantages",
     "rectified_costs",
+    "prompt_rectified_costs",
     "reference_kl",
     "clipped_surrogate",
     "actor_loss",
@@ -413,6 +414,37 @@ def rectified_costs(costs: torch.Tensor, threshold: float = 0.0) -> torch.Tensor
         tensor of ``costs``'s shape, >= 0.
     """
     return torch.clamp(costs - threshold, min=0.0)
+
+
+def prompt_rectified_costs(
+    costs: torch.Tensor, group: int, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RePO's constraint per *prompt*: ``max(0, E_y C(x, y) - d)``, and the per-answer costs of its gradient.
+
+    ``E_y C(x, y)`` is estimated by the mean of the prompt's ``group`` answers. By the score-function
+    identity ``grad max(0, E_y C - d) = 1[E_y C > d] E_y[(C(x, y) - d) grad log pi(y | x)]`` (``d`` is a
+    baseline within the prompt), so each answer of a violating prompt carries ``C - d`` (a safe answer
+    there is rewarded, an unsafe one penalised) and every answer of a prompt within budget carries 0.
+
+    Args:
+        costs: ``[B]`` end costs, rows ``group * j .. group * j + group - 1`` answering prompt ``j``.
+        group: answers per prompt, >= 2.
+        threshold: the per-prompt budget ``d``.
+
+    Returns:
+        ``(answer_costs [B], violations [B / group])``: ``1[mean_g C > d] (C - d)`` per answer and
+        ``max(0, mean_g C - d)`` per prompt.
+    """
+    if costs.dim() != 1:
+        raise ValueError(f"costs must be [B], got shape {tuple(costs.shape)}")
+    if group < 2:
+        raise ValueError(f"a per-prompt constraint needs >= 2 answers per prompt, got group={group}")
+    if costs.shape[0] % group:
+        raise ValueError(f"batch of {costs.shape[0]} answers is not a whole number of groups of {group}")
+    g = costs.view(-1, group)
+    excess = g.mean(dim=1) - threshold
+    answer_costs = (excess > 0).to(costs.dtype).unsqueeze(1) * (g - threshold)
+    return answer_costs.reshape(-1), torch.clamp(excess, min=0.0)
 
 
 def reference_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

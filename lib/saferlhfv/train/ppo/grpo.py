@@ -136,4 +136,6 @@ class GRPORePO(RectifiedConstraint, GRPOLag):
     def shape_costs(self, ro: Rollout) -> torch.Tensor:
         """``[B, T]`` the rectified cost at the last real token, nothing elsewhere."""
         ppo = self.cfg.ppo
-        return kl_shaped_costs(self.violations(ro), ro.old_logp, ro.ref_logp, ro.mask, 0.0, ppo.clip_range_score, False)
+        return kl_shaped_costs(
+            self.violation_costs(ro), ro.old_logp, ro.ref_logp, ro.mask, 0.0, ppo.clip_range_score, False
+        )

@@ -44,12 +44,27 @@ penalty at its cap. A tolerance ``epsilon > 0`` relaxes the constraint to
 ``E[{C - d_r}^+] <= epsilon`` (violations rare and small, not absent): lambda then also falls
 once the policy is inside it, as under an expected-cost budget, and frees the reward's gradient.
 
+**Per prompt** (``ppo.repo_scope: prompt``; this project's variant). The per-answer constraint also
+enforces the cost model's per-answer mistakes: a benign answer CM-V prices above ``d_r`` is penalised
+although the prompt is answered safely on average. Bounding each prompt's *expected* cost instead,
+``E_y C(x, y) <= d_r`` for every prompt ``x``, gives ``g = E_x[{E_y C(x, y) - d_r}^+]`` and
+
+    grad_theta g = E_x[ 1[E_y C > d_r] E_y[(C(x, y) - d_r) grad_theta log pi_theta(y | x)] ]
+
+(``d_r`` is a baseline within the prompt). With ``k = ppo.samples_per_prompt`` answers per prompt,
+``E_y C`` is their mean: every answer of a prompt within budget carries cost 0 (the reward alone
+moves it), every answer of a violating prompt carries ``C - d_r`` (its safe answers are pulled up,
+its unsafe ones pushed down), and the multiplier sees the per-prompt violations
+(:func:`~saferlhfv.algorithms.losses.prompt_rectified_costs`). This targets exactly the "unsafe
+prompts" the compensation measure counts, not single answers.
+
 ==========================  =================================================================
 hook                        RePO
 ==========================  =================================================================
 ``make_multiplier``         the learned multiplier with target 0 on the mean violation
-``multiplier_step``         fed ``{C - d_r}^+`` instead of C
-``shape_costs``             ``c_t = [t = last] {C - d_r}^+`` (+ beta KL with ``kl_in_cost``)
+``multiplier_step``         fed ``{C - d_r}^+`` instead of C (per prompt: ``{mean_k C - d_r}^+``)
+``shape_costs``             ``c_t = [t = last] {C - d_r}^+`` (+ beta KL with ``kl_in_cost``); per prompt
+                            ``c_t = [t = last] 1[mean_k C > d_r] (C - d_r)``
 ==========================  =================================================================
 """
 
@@ -60,7 +75,8 @@ from typing import Any
 import torch
 
 from saferlhfv.algorithms.lagrange import Lagrange
-from saferlhfv.algorithms.losses import kl_shaped_costs, rectified_costs
+from saferlhfv.algorithms.losses import kl_shaped_costs, prompt_rectified_costs, rectified_costs
+from saferlhfv.config import ConfigError
 from saferlhfv.train.ppo.rollout import Rollout
 from saferlhfv.train.ppo.trainer import PPOLag, register_algorithm
 
@@ -71,17 +87,44 @@ class RectifiedConstraint:
     """The constraint half of RePO, for any trainer of the registry: ``{C - d_r}^+`` and its multiplier.
 
     Mixed in before a trainer class (``class X(RectifiedConstraint, PPOLag)``); the trainer's
-    ``shape_costs`` places :meth:`violations` where it would place C.
+    ``shape_costs`` places :meth:`violation_costs` where it would place C.
     """
 
     budget_key = "repo_threshold"
 
+    def check_scope(self) -> None:
+        """``ppo.repo_scope`` is "answer" or "prompt"; "prompt" needs groups of answers to one prompt."""
+        ppo = self.cfg.ppo
+        if ppo.repo_scope not in ("answer", "prompt"):
+            raise ConfigError(f"ppo.repo_scope must be 'answer' or 'prompt', got {ppo.repo_scope!r}")
+        if ppo.repo_scope == "prompt" and (
+            ppo.samples_per_prompt < 2 or ppo.rollout_batch_size % ppo.samples_per_prompt
+        ):
+            raise ConfigError(
+                "ppo.repo_scope=prompt estimates each prompt's expected cost from its answers: it needs "
+                f"ppo.samples_per_prompt >= 2 dividing ppo.rollout_batch_size (got {ppo.samples_per_prompt} and "
+                f"{ppo.rollout_batch_size}; e.g. --set ppo.samples_per_prompt=4)"
+            )
+
     def violations(self, ro: Rollout) -> torch.Tensor:
-        """``[B]`` the rectified end costs ``max(0, C - ppo.repo_threshold)`` of this batch's answers."""
-        return rectified_costs(ro.end_cost, self.cfg.ppo.repo_threshold)
+        """The violations the multiplier sees: ``[B]`` ``max(0, C - d_r)`` per answer, or with
+        ``ppo.repo_scope = "prompt"`` ``[B / k]`` ``max(0, mean_k C - d_r)`` per prompt."""
+        ppo = self.cfg.ppo
+        if ppo.repo_scope == "prompt":
+            return prompt_rectified_costs(ro.end_cost, ppo.samples_per_prompt, ppo.repo_threshold)[1]
+        return rectified_costs(ro.end_cost, ppo.repo_threshold)
+
+    def violation_costs(self, ro: Rollout) -> torch.Tensor:
+        """``[B]`` the end cost each answer carries into the policy gradient: its own violation, or with
+        ``ppo.repo_scope = "prompt"`` ``1[mean_k C > d_r] (C - d_r)`` (:func:`prompt_rectified_costs`)."""
+        ppo = self.cfg.ppo
+        if ppo.repo_scope == "prompt":
+            return prompt_rectified_costs(ro.end_cost, ppo.samples_per_prompt, ppo.repo_threshold)[0]
+        return rectified_costs(ro.end_cost, ppo.repo_threshold)
 
     def make_multiplier(self) -> Lagrange:
         """``ppo.lambda_*`` as PPO-Lagrangian, but the target is a mean violation of ``ppo.repo_tolerance``."""
+        self.check_scope()
         ppo = self.cfg.ppo
         return Lagrange(
             ppo.lambda_init,
@@ -105,5 +148,11 @@ class RePO(RectifiedConstraint, PPOLag):
         """``[B, T]`` the rectified cost at the last real token (+ beta KL with ``kl_in_cost``)."""
         ppo = self.cfg.ppo
         return kl_shaped_costs(
-            self.violations(ro), ro.old_logp, ro.ref_logp, ro.mask, ppo.kl_coeff, ppo.clip_range_score, ppo.kl_in_cost
+            self.violation_costs(ro),
+            ro.old_logp,
+            ro.ref_logp,
+            ro.mask,
+            ppo.kl_coeff,
+            ppo.clip_range_score,
+            ppo.kl_in_cost,
         )
