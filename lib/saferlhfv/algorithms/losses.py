@@ -364,6 +364,17 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps:
     return torch.where(keep, out, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _groups(values: torch.Tensor, group: int, what: str) -> torch.Tensor:
+    """``[B]`` per-answer values as ``[B / group, group]``, one row per prompt (clear errors otherwise)."""
+    if values.dim() != 1:
+        raise ValueError(f"{what}: values must be [B], got shape {tuple(values.shape)}")
+    if group < 2:
+        raise ValueError(f"{what} need >= 2 answers per prompt, got group={group}")
+    if values.shape[0] % group:
+        raise ValueError(f"batch of {values.shape[0]} answers is not a whole number of groups of {group}")
+    return values.view(-1, group)
+
+
 def group_advantages(scores: torch.Tensor, group: int, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
     """GRPO's critic-free advantage: each answer's score against the other answers to its prompt.
 
@@ -386,13 +397,7 @@ def group_advantages(scores: torch.Tensor, group: int, scale: str = "group", eps
     Returns:
         ``[B]`` advantages, one per answer (broadcast over its tokens by the caller).
     """
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
-    if group < 2:
-        raise ValueError(f"group advantages need >= 2 answers per prompt, got group={group}")
-    if scores.shape[0] % group:
-        raise ValueError(f"batch of {scores.shape[0]} answers is not a whole number of groups of {group}")
-    g = scores.float().view(-1, group)
+    g = _groups(scores.float(), group, "group advantages")
     centred = g - g.mean(dim=1, keepdim=True)
     if scale == "group":
         centred = centred / (g.std(dim=1, keepdim=True) + eps)
@@ -435,13 +440,7 @@ def prompt_rectified_costs(
         ``(answer_costs [B], violations [B / group])``: ``1[mean_g C > d] (C - d)`` per answer and
         ``max(0, mean_g C - d)`` per prompt.
     """
-    if costs.dim() != 1:
-        raise ValueError(f"costs must be [B], got shape {tuple(costs.shape)}")
-    if group < 2:
-        raise ValueError(f"a per-prompt constraint needs >= 2 answers per prompt, got group={group}")
-    if costs.shape[0] % group:
-        raise ValueError(f"batch of {costs.shape[0]} answers is not a whole number of groups of {group}")
-    g = costs.view(-1, group)
+    g = _groups(costs, group, "per-prompt constraints")
     excess = g.mean(dim=1) - threshold
     answer_costs = (excess > 0).to(costs.dtype).unsqueeze(1) * (g - threshold)
     return answer_costs.reshape(-1), torch.clamp(excess, min=0.0)

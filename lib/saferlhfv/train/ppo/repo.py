@@ -55,8 +55,10 @@ although the prompt is answered safely on average. Bounding each prompt's *expec
 ``E_y C`` is their mean: every answer of a prompt within budget carries cost 0 (the reward alone
 moves it), every answer of a violating prompt carries ``C - d_r`` (its safe answers are pulled up,
 its unsafe ones pushed down), and the multiplier sees the per-prompt violations
-(:func:`~saferlhfv.algorithms.losses.prompt_rectified_costs`). This targets exactly the "unsafe
-prompts" the compensation measure counts, not single answers.
+(:func:`~saferlhfv.algorithms.losses.prompt_rectified_costs`). It aims at the "unsafe prompts" the
+compensation measure counts rather than single answers; on the tiny world every setting measured
+lies below the per-answer frontier (README, RePO per prompt): a prompt whose answers are partly
+unsafe can meet its mean budget.
 
 ==========================  =================================================================
 hook                        RePO
