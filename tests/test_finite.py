@@ -201,14 +201,14 @@ def test_ppo_stops_on_a_non_finite_loss_before_the_optimiser(tmp_path, monkeypat
     t.roles = SimpleNamespace(actor=None, critics=True, reward_critic=critic, cost_critic=critic)
     bad_actor = which == "actor loss"
     logp = torch.full((B, T), math.nan if bad_actor else -1.0)
-    monkeypatch.setattr(trainer_module, "token_logprobs", lambda *args: (logp, None))
+    monkeypatch.setattr(trainer_module, "token_logprobs", lambda *args, **kwargs: (logp, None))
     ro = _rollout()
     ro.advantages = torch.ones(B, T)
     ro.reward_ret = ro.cost_ret = torch.zeros(B, T)
     mb = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "vision": {}, "mask": ro.mask,
           "old_logp": ro.old_logp, "ref_logp": ro.ref_logp, "advantages": ro.advantages,
           "reward_values": ro.reward_values, "cost_values": ro.cost_values, "reward_ret": ro.reward_ret,
-          "cost_ret": ro.cost_ret}  # fmt: skip
+          "cost_ret": ro.cost_ret, "response_start": 0}  # fmt: skip
     with pytest.raises(NonFiniteError, match=f"non-finite {which} = nan in stage 'ppo \\(ppo_lag\\)' at step 5"):
         t.minibatch_step(mb)
     assert steps == ([] if bad_actor else ["actor"])  # the NaN loss never reached its optimiser

@@ -1,5 +1,6 @@
 """PPO rollouts: masks come from real response lengths, log-probs line up with the tokens."""
 
+import pytest
 import torch
 
 from saferlhfv.config import Config
@@ -31,6 +32,28 @@ def test_token_logprobs_match_a_manual_computation():
     manual = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logp[0, -(n - 1) :], manual, rtol=1e-4, atol=1e-4)
     assert (entropy >= 0).all()
+
+
+def test_token_logprobs_from_a_start_position_equal_the_full_pass_there_and_are_zero_before():
+    """PPO reads log-probs from the first response position on (the head runs on those positions only)."""
+    model, processor = build_tiny_vlm(tiny_model_config(), CORPUS)
+    model.eval()
+    batch = encode_prompts(processor, [picture(), picture((0, 200, 0))], ["what is this?", "q?"], ["a knife.", "no"])
+    vision = {"pixel_values": batch["pixel_values"]}
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    full, full_entropy = token_logprobs(model, ids, att, vision)
+    start = ids.shape[1] - 4
+    logp, entropy = token_logprobs(model, ids, att, vision, start=start)
+    assert logp.shape == full.shape
+    torch.testing.assert_close(logp[:, start:], full[:, start:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy[:, start:], full_entropy[:, start:], rtol=1e-5, atol=1e-5)
+    assert (logp[:, :start] == 0).all() and (entropy[:, :start] == 0).all()
+    model.train()
+    logp, _ = token_logprobs(model, ids, att, vision, start=start)
+    logp[:, start:].sum().backward()  # the actor's update differentiates through it
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="start must be in"):
+        token_logprobs(model, ids, att, vision, start=ids.shape[1] - 1)
 
 
 def test_rollout_masks_scores_and_values_use_real_tokens_only():

@@ -10,6 +10,8 @@ full fine-tuning of policy + value (one AdamW over both, TRL's ``PolicyAndValueW
 random token ids of ``--prompt-length`` tokens (the benchmark passes our rollout's padded prompt length);
 no stop token, so every answer runs to ``--response-length`` tokens, as our untrained models' do. One
 rollout batch = one minibatch = ``--batch`` episodes (``num_mini_batches=1``, no accumulation).
+float32 like ours: TRL's configs default to bf16 autocast (``bf16=None`` means True), which on a CPU
+without bf16 instructions (AVX2 only) made its matmuls 10-20x slower; ``--trl-defaults`` keeps it.
 
 Timing: iteration 1 runs under ``FlopCounterMode`` (its FLOPs are the result's ``flops_per_iteration``),
 iteration 2 is a warm-up, iterations 3.. are timed from one ``on_step_end`` to the next (seconds).
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flops", action="store_true", help="do not count FLOPs (iteration 1 is then a warm-up)")
+    p.add_argument("--trl-defaults", action="store_true", help="keep TRL's bf16 autocast default (not float32)")
     return p.parse_args(argv)
 
 
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> dict:
             use_cpu=not torch.cuda.is_available(),
             seed=args.seed,
             dataloader_num_workers=0,
+            **({} if args.trl_defaults else {"bf16": False}),
         )
         clock, flops = common.StepClock(), {}
 
@@ -186,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         "rss_before_build_mb": round(rss_before, 1),
         "parameters_per_model": sum(p.numel() for p in policy.parameters()),
         "attn_implementation": policy.config._attn_implementation,
+        "precision": "TRL defaults (bf16 autocast)" if args.trl_defaults else "float32",
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
     if "iteration" in flops:

@@ -273,15 +273,36 @@ def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> 
 
 
 def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor]
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    vision: dict[str, torch.Tensor],
+    *,
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability (and entropy) of each next token under ``model``.
 
+    Args:
+        start: the first position ``t`` whose log-prob is wanted; the language-model head and the softmax
+            run on positions ``t >= start`` only (``logits_to_keep``), the rest of the result is 0. PPO
+            passes the first response position ``P - 1``: the prompt's logits (most of a VLM's sequence:
+            image tokens) are never computed, which saves the head's FLOPs and a ``[B, P, V]`` float32
+            tensor (with a 152k vocabulary, 0.6 MB per prompt token and sequence).
+
     Returns:
-        ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``.
+        ``(logp, entropy)``, both ``[B, L-1]``: ``logp[:, t] = log pi(input_ids[:, t+1] | input_ids[:, :t+1])``
+        for ``t >= start``, 0 before.
     """
-    logits = model(**model_inputs(input_ids, attention_mask, vision), use_cache=False).logits[:, :-1]
-    return logprobs_from_logits(logits, input_ids[:, 1:])
+    L = input_ids.shape[1]
+    if not 0 <= start < L - 1:
+        raise ValueError(f"start must be in [0, {L - 2}] for sequences of {L} tokens, got {start}")
+    inputs = model_inputs(input_ids, attention_mask, vision)
+    logits = model(**inputs, use_cache=False, logits_to_keep=L - start).logits[:, :-1]
+    logp, entropy = logprobs_from_logits(logits, input_ids[:, start + 1 :])
+    if start == 0:
+        return logp, entropy
+    pad = logp.new_zeros(logp.shape[0], start)
+    return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy], dim=1)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,8 @@ class Rollout:
         input_ids, attention_mask: ``[B, L]`` prompt (left-padded) + response (right-padded).
         vision: the processor's image tensors for the batch.
         mask: ``[B, L-1]`` 1 where ``input_ids[:, t+1]`` is a real response token.
+        response_start: the first position ``t`` that can predict a response token (``P - 1``, the
+            prompts' padded length less one): log-probs are computed from there on.
         old_logp, ref_logp: ``[B, L-1]`` actor and reference log-probs at rollout.
         reward_values, cost_values: ``[B, L-1]`` critic values.
         end_reward, end_cost: ``[B]`` RM-V / CM-V scores at the last real token.
@@ -63,6 +65,7 @@ class Rollout:
     end_cost: torch.Tensor
     responses: list[str]
     contexts: list[str]
+    response_start: int = 0
     reward_adv: torch.Tensor | None = None
     reward_ret: torch.Tensor | None = None
     cost_adv: torch.Tensor | None = None
@@ -92,6 +95,7 @@ class Rollout:
             if getattr(self, k) is not None
         }
         rows["vision"] = _select_vision(self.vision, index)
+        rows["response_start"] = self.response_start
         return rows
 
 
@@ -166,7 +170,7 @@ def make_rollout(
     entropy = torch.zeros_like(old_logp)
     old_logp[:, P - 1 :], entropy[:, P - 1 :] = logprobs_from_logits(torch.stack(step_logits, dim=1), generated)
     del step_logits
-    ref_logp, _ = token_logprobs(reference, input_ids, attention_mask, vision)
+    ref_logp, _ = token_logprobs(reference, input_ids, attention_mask, vision, start=P - 1)
     inputs = model_inputs(input_ids, attention_mask, vision)
     inputs.pop("position_ids", None)  # ScoreModel derives positions itself
     end_reward = reward_model(**inputs).end_scores.float()
@@ -192,4 +196,5 @@ def make_rollout(
         end_cost=end_cost,
         responses=responses,
         contexts=list(rows["context"]),
+        response_start=P - 1,
     )

@@ -405,7 +405,9 @@ class PPOTrainer:
     def minibatch_step(self, mb: dict[str, Any]) -> dict[str, float]:
         """One actor step on :meth:`actor_objective` and one step of each critic (if any) on its clipped value loss."""
         ppo, r = self.cfg.ppo, self.roles
-        logp, _ = token_logprobs(r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"])
+        logp, _ = token_logprobs(
+            r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"], start=mb["response_start"]
+        )
         loss_a, a_stats = self.actor_objective(mb, logp)
         self.check_finite({"actor loss": loss_a})
         self._optimise(loss_a, "actor")
