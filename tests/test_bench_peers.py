@@ -189,11 +189,18 @@ def test_format_peers_prints_both_tables_and_the_targets():
                                     "ours_tokens_ratio": 1.125}}},
     }  # fmt: skip
     result["targets"] = peers.targets(result)
+    result["ppo"][0]["peer_runs"] = [{"precision": "float32"}]
+    result["reward"]["peer_runs"] = {"106": [{"precision": "float32"}]}
     text = peers.format_peers(result)
     for needle in ("TRL 0.19.1 PPOTrainer", "saferlhfv PPO-Lag, separate", "RewardTrainer", "targets (issue 18)",
-                   "NOT met", "1.12", "load average before it: 1.50"):  # fmt: skip
+                   "NOT met", "1.12", "load average before it: 1.50", "ours float32, peers float32"):  # fmt: skip
         assert needle in text, needle
+    assert "did not train in float32" not in text
     json.dumps(result)  # what --json / --out write
+    # a peer left on TRL's bf16 autocast default is named, and the table warns
+    result["ppo"][0]["peer_runs"] = [{"precision": "TRL defaults (bf16 autocast)"}]
+    text = peers.format_peers(result)
+    assert "peers TRL defaults (bf16 autocast) / float32" in text and "did not train in float32" in text
 
 
 # --------------------------------------------------------------------------- the venv cache

@@ -172,6 +172,14 @@ def _first(runs: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in runs if r.get(key) is not None), None)
 
 
+def peer_precisions(result: dict[str, Any]) -> list[str]:
+    """The precisions the peers' runs report (``"float32"`` or TRL's defaults), sorted, each once;
+    ``"unknown"`` for a run that does not say (results from before the peers reported it)."""
+    runs = [run for row in result.get("ppo", []) for run in row.get("peer_runs", [])]
+    runs += [run for group in result.get("reward", {}).get("peer_runs", {}).values() for run in group]
+    return sorted({run.get("precision") or "unknown" for run in runs})
+
+
 def _peak(*, batch_tokens: int, rows: int, sizes: Sizes, threads: int) -> dict[str, Any]:
     import torch
 
@@ -408,8 +416,14 @@ def format_peers(result: dict[str, Any]) -> str:
     lines = [f"saferlhfv vs peers, {result['threads']} threads, one sitting of {result.get('seconds', 0):.0f} s "
              f"(1-minute load average before it: {_g(load, '.2f')})"]  # fmt: skip
     sizes = result["config"]["sizes"]
+    precisions = peer_precisions(result)
     lines.append(f"decoder: hidden {sizes['hidden']}, {sizes['layers']} layers, {sizes['heads']} heads, MLP "
-                 f"{sizes['intermediate']}, vocabulary {sizes['vocab']}; float32; untrained models")  # fmt: skip
+                 f"{sizes['intermediate']}, vocabulary {sizes['vocab']}; untrained models; ours float32, "
+                 f"peers {' / '.join(precisions) or '-'}")  # fmt: skip
+    if any(p != "float32" for p in precisions):
+        lines.append("WARNING: a peer did not train in float32 (TRL defaults to bf16 autocast, 10x slower on a CPU "
+                     "without bf16 instructions, faster on one with them): the ratios compare precisions, "
+                     "not code")  # fmt: skip
     if load is not None and load >= BUSY_LOAD:
         lines.append(f"WARNING: the machine was busy (load {load:.2f} before the sitting): beside another CPU-bound "
                      "process, workers of more than one thread stall at every parallel region; compare ratios, or run "
