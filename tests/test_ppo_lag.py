@@ -59,6 +59,50 @@ def test_lambda_rises_over_budget_and_falls_under(upstream, tmp_path, threshold,
     assert all(direction * (b - a) > 0 for a, b in zip([1.0] + lambdas[:-1], lambdas)), lambdas
 
 
+def test_one_minibatch_runs_each_critic_once_per_iteration_with_the_same_result(upstream, tmp_path, monkeypatch):
+    """ppo_epochs 1 and one minibatch: the critics' rollout values come from their update's own forward pass
+    (fused_critics). Same weights, losses and lambda as the two-pass path; each critic runs once an iteration."""
+    from saferlhfv.train.ppo.trainer import PPOTrainer
+
+    _, dirs = upstream
+    cfg = load_config("tiny", overrides=SMALL + ["ppo.batch_size=4", "ppo.iterations=2"])
+
+    def run(folder):
+        trainer = make_trainer(cfg, out_dir=folder, **dirs)
+        calls = {"reward": 0, "cost": 0}
+        for name in calls:
+            critic = getattr(trainer.roles, f"{name}_critic")
+            forward = critic.forward
+
+            def counted(*args, _name=name, _forward=forward, **kwargs):
+                calls[_name] += 1
+                return _forward(*args, **kwargs)
+
+            monkeypatch.setattr(critic, "forward", counted)
+        trainer.train()
+        weights = [p.detach().clone() for role in ("actor", "reward_critic", "cost_critic")
+                   for p in getattr(trainer.roles, role).parameters()]  # fmt: skip
+        return trainer.fused_critics, calls, weights, read_metrics(folder / "metrics.jsonl")
+
+    fused, fused_calls, fused_weights, fused_log = run(tmp_path / "fused")
+    monkeypatch.setattr(PPOTrainer, "fused_critics", property(lambda self: False))
+    two_pass, calls, weights, log = run(tmp_path / "two-pass")
+    assert fused and not two_pass
+    assert fused_calls == {"reward": 2, "cost": 2} and calls == {"reward": 4, "cost": 4}  # 2 iterations
+    for x, y in zip(fused_weights, weights, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_log, log, strict=True):
+        for key in ("reward_critic_loss", "cost_critic_loss", "actor_loss", "lambda", "reward", "cost"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert any(not torch.equal(x, y) for x, y in zip(fused_weights, _initial_critics(cfg, dirs, tmp_path)))
+
+
+def _initial_critics(cfg, dirs, folder):
+    trainer = make_trainer(cfg, out_dir=folder / "initial", **dirs)
+    return [p.detach().clone() for role in ("actor", "reward_critic", "cost_critic")
+            for p in getattr(trainer.roles, role).parameters()]  # fmt: skip
+
+
 def test_reward_only_keeps_lambda_at_zero(upstream, tmp_path):
     _, dirs = upstream
     cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=reward_only", "ppo.iterations=2"])

@@ -123,6 +123,8 @@ def instrument(trainer, clock: PhaseClock) -> dict[str, Any]:
         def label(*args, **kwargs) -> str:
             if clock.inside("update"):
                 return "update: actor forward" if role == "actor" else "update: critics forward"
+            if role in ("reward_critic", "cost_critic") and trainer.fused_critics:
+                return "critics forward, once (values for GAE + value loss)"
             return {
                 "actor": "rollout: actor log-probs",
                 "reference": "rollout: reference log-probs",
@@ -254,8 +256,8 @@ def profile_batch(
 
 def group_phases(phases: list[dict[str, Any]], *, key: str = "seconds") -> dict[str, float]:
     """Seconds (``key``: ``seconds`` wall-clock, ``cpu_s`` CPU) per coarse phase: generation, scoring (actor /
-    reference log-probs, RM-V, CM-V), critics (values in the rollout), update (forward + backward + AdamW of
-    actor and critics), other."""
+    reference log-probs, RM-V, CM-V), critic values (in the rollout; with ``fused_critics`` the critics' one
+    forward pass, with gradients), update (forward + backward + AdamW of actor and critics), other."""
     out: dict[str, float] = defaultdict(float)
     for p in phases:
         name = p["phase"]
@@ -263,7 +265,7 @@ def group_phases(phases: list[dict[str, Any]], *, key: str = "seconds") -> dict[
             group = "generation"
         elif name.startswith("rollout:") and ("log-probs" in name or "RM-V" in name):
             group = "scoring (actor + reference log-probs, RM-V, CM-V)"
-        elif name == "rollout: critic values":
+        elif name == "rollout: critic values" or name.startswith("critics forward, once"):
             group = "critic values"
         elif name.startswith("update:"):
             group = "update (actor + critics: forward, backward, AdamW)"

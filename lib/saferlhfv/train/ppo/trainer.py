@@ -19,6 +19,12 @@ solved by alternating a step on lambda and a PPO step on the policy. One iterati
     for ppo_epochs, minibatches of batch_size (stop early once approx_kl > target_kl):
         actor:   clipped surrogate on A
         critics: clipped value loss towards R_r, R_c
+
+With one update of one minibatch per iteration (``ppo_epochs = 1`` and ``batch_size`` >= this process's
+rollout rows: the paper preset's update_iters 1 with its per-GPU batch) the critics' rollout values
+V_r, V_c are exactly what their update's forward pass computes (same weights, same sequences), so
+:meth:`PPOTrainer.step` runs each critic once, with gradients: its values (detached) feed GAE, the
+same graph takes the value loss, and the rollout skips its two critic passes (``fused_critics``).
     refresh_score_models (ppo.online_labels): annotators label pairs of answers to the same
         prompt (oracle + label noise); RM-V and CM-V take one step on them
 
@@ -354,8 +360,8 @@ class PPOTrainer:
             reference=r.reference,
             reward_model=r.reward_model,
             cost_model=r.cost_model,
-            reward_critic=r.unwrap(r.reward_critic),
-            cost_critic=r.unwrap(r.cost_critic),
+            reward_critic=None if self.fused_critics else r.unwrap(r.reward_critic),
+            cost_critic=None if self.fused_critics else r.unwrap(r.cost_critic),
             processor=r.processor,
             rows=rows,
             cfg=self.cfg,
@@ -370,11 +376,19 @@ class PPOTrainer:
         lag_stats = self.multiplier_step(ro)
         lam = self.lagrange.lambda_
         self.check_finite({"lambda": lam})
+        live = self._critic_values(ro) if self.fused_critics else {}
         self.compute_advantages(ro, self.shape_rewards(ro), self.shape_costs(ro))
         ro.advantages = self.combine_advantages(ro, lam)
         self.check_finite({"reward advantages": ro.reward_adv, "cost advantages": ro.cost_adv,
                            "advantages": ro.advantages})  # fmt: skip
+        critic_stats = {}
+        for name, values in live.items():  # the critics' steps on the graphs of their values (fused_critics)
+            critic_stats[f"{name}_critic_loss"] = self.critic_step(
+                name, values, getattr(ro, f"{name}_values"), getattr(ro, f"{name}_ret"), ro.mask
+            )
+        del live
         stats = self.update(ro)
+        stats.update(critic_stats)
         stats.update(self.refresh_score_models(ro))
         record = self.metrics(ro, lag_stats, stats)
         self.iteration += 1
@@ -404,7 +418,7 @@ class PPOTrainer:
 
     def minibatch_step(self, mb: dict[str, Any]) -> dict[str, float]:
         """One actor step on :meth:`actor_objective` and one step of each critic (if any) on its clipped value loss."""
-        ppo, r = self.cfg.ppo, self.roles
+        r = self.roles
         logp, _ = token_logprobs(
             r.actor, mb["input_ids"], mb["attention_mask"], mb["vision"], start=mb["response_start"]
         )
@@ -412,19 +426,48 @@ class PPOTrainer:
         self.check_finite({"actor loss": loss_a})
         self._optimise(loss_a, "actor")
         out = {"actor_loss": loss_a.item(), **a_stats}
-        if not r.critics:
+        if not r.critics or self.fused_critics:  # fused: the critics took their step in step()
             return out
         inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], **mb["vision"]}
-        for name, critic, old, ret in (
-            ("reward", r.reward_critic, mb["reward_values"], mb["reward_ret"]),
-            ("cost", r.cost_critic, mb["cost_values"], mb["cost_ret"]),
-        ):
+        for name, critic in (("reward", r.reward_critic), ("cost", r.cost_critic)):
             values = critic(**inputs).scores[:, :-1].float()
-            loss_c = critic_loss(values, old, ret, mb["mask"], ppo.clip_range_value)
-            self.check_finite({f"{name} critic loss": loss_c})
-            self._optimise(loss_c, f"{name}_critic")
-            out[f"{name}_critic_loss"] = loss_c.item()
+            out[f"{name}_critic_loss"] = self.critic_step(
+                name, values, mb[f"{name}_values"], mb[f"{name}_ret"], mb["mask"]
+            )
         return out
+
+    @property
+    def fused_critics(self) -> bool:
+        """Whether each critic runs once per iteration (see the module docstring): a method with critics,
+        ``ppo_epochs = 1`` and one minibatch holding all of this process's rollout rows."""
+        ppo, acc = self.cfg.ppo, self.accelerator
+        rows = max(1, ppo.rollout_batch_size // acc.num_processes // ppo.samples_per_prompt) * ppo.samples_per_prompt
+        return self.uses_critics and ppo.ppo_epochs == 1 and ppo.batch_size >= rows
+
+    def _critic_values(self, ro: Rollout) -> dict[str, torch.Tensor]:
+        """``fused_critics``: each critic's ``[B, L-1]`` values of the rollout, with gradients; sets
+        ``ro.{reward,cost}_values`` to them detached (what GAE and the value clipping read)."""
+        r = self.roles
+        inputs = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, **ro.vision}
+        live = {}
+        for name, critic in (("reward", r.reward_critic), ("cost", r.cost_critic)):
+            live[name] = critic(**inputs).scores[:, :-1].float()
+            setattr(ro, f"{name}_values", live[name].detach())
+        return live
+
+    def critic_step(
+        self, name: str, values: torch.Tensor, old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+    ) -> float:
+        """One step of the ``name`` (reward / cost) critic on its clipped value loss; returns the loss.
+
+        Args:
+            values: ``[b, T]`` the critic's values with gradients; old: ``[b, T]`` its values at rollout;
+            returns: ``[b, T]`` GAE's targets; mask: ``[b, T]`` real response tokens.
+        """
+        loss = critic_loss(values, old, returns, mask, self.cfg.ppo.clip_range_value)
+        self.check_finite({f"{name} critic loss": loss})
+        self._optimise(loss, f"{name}_critic")
+        return loss.item()
 
     def check_finite(self, values: dict[str, Any]) -> None:
         """Raise :class:`~saferlhfv.finite.NonFiniteError` if any of ``values`` (name -> number / tensor) holds
