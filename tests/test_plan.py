@@ -178,7 +178,8 @@ def test_cli_prints_the_paper_verdict(capsys):
 
 def test_rollout_peak_is_the_largest_phase_by_hand():
     """Generation holds the KV cache and each generated token's logits; pi_old's log-probs are read off
-    those logits; the reference's come from a full pass: the rollout needs the largest of the three."""
+    those logits; the reference's come from a full pass whose head runs on the answer's positions only:
+    the rollout needs the largest of the three."""
     cfg = load_config("paper")
     plan = plan_memory(cfg, gpus=1, gpu_gib=80)
     counts, ppo = plan["model"], cfg.ppo
@@ -188,8 +189,29 @@ def test_rollout_peak_is_the_largest_phase_by_hand():
     layers, kv = counts["decoder"]["layers"], counts["decoder"]["kv_hidden"]
     kv_cache = 2 * layers * B * T * kv * p
     phases = {"generation": kv_cache + p * B * R * V, "old_logprobs": (2 * p + 16) * B * R * V,
-              "ref_logprobs": 16 * B * (T - 1) * V}  # fmt: skip
+              "ref_logprobs": 16 * B * R * V}  # fmt: skip
     for layout in plan["layouts"]:
         parts = layout["per_gpu"]["rollout_parts"]
         assert {k: parts[k] for k in phases} == phases and parts["kv_cache"] == kv_cache
         assert layout["per_gpu"]["rollout"] == max(phases.values())
+
+
+def test_update_activations_the_actor_or_two_fused_critics_by_hand():
+    """The micro-batch holds the larger role's graph: the actor's (stacks + answer logits) or a critic's; with
+    fused critics (one update of one minibatch) both critics' graphs are held at once."""
+    base = load_config("tiny")
+    cases = ((8, 1, False), (16, 1, True), (16, 2, False))  # minibatch, epochs, fused (rollout batch 16)
+    for batch, epochs, fused in cases:
+        overrides = [f"ppo.batch_size={batch}", "ppo.rollout_batch_size=16", f"ppo.ppo_epochs={epochs}"]
+        cfg = load_config("tiny", overrides=overrides)
+        for layout in plan_memory(cfg)["layouts"]:
+            parts = layout["per_gpu"]["activation_parts"]
+            B, R, V = cfg.ppo.batch_size, cfg.ppo.max_new_tokens, plan_memory(base)["model"]["vocab_size"]
+            assert parts["logits"] == 16 * B * R * V
+            critic = parts["decoder"] + parts["vision"]
+            want = max(critic + parts["logits"], 2 * critic if fused else critic)
+            assert layout["per_gpu"]["activations"] == want, (overrides, layout["layout"])
+    # on the tiny model two critics' stacks outweigh the actor's stack and its small-vocabulary logits
+    fused = plan_memory(load_config("tiny", overrides=["ppo.batch_size=16", "ppo.ppo_epochs=1"]))
+    parts = fused["layouts"][0]["per_gpu"]["activation_parts"]
+    assert fused["layouts"][0]["per_gpu"]["activations"] == 2 * (parts["decoder"] + parts["vision"])

@@ -60,15 +60,19 @@ Conventions (printed with every plan):
   per picture) only for a role that trains it (full fine-tuning, tower not frozen: PPO freezes it with
   ``model.freeze_vision_tower`` or ``ppo.freeze_vision_tower``, ``roles.py``).
   The actor adds its logits: :func:`~saferlhfv.models.generation.token_logprobs` holds four fp32
-  ``[B, T - 1, vocab]`` tensors at once (the fp32 logits, log-softmax, its exp and the entropy's
-  product): ``16 * B * (T - 1) * vocab`` bytes. The critics' scalar heads add nothing that counts. The
-  roles train one after the other (each backward frees its graph), so the micro-batch needs the largest
-  role's activations, not their sum.
+  ``[B, R, vocab]`` tensors at once over the answer's ``R = ppo.max_new_tokens`` positions (the fp32
+  logits, log-softmax, its exp and the entropy's product; the head skips the prompt):
+  ``16 * B * R * vocab`` bytes. The critics' scalar heads add nothing that counts. The roles train one
+  after the other (each backward frees its graph), so the micro-batch needs the largest role's
+  activations, not their sum; except with fused critics (``ppo_epochs = 1``, one minibatch:
+  ``PPOTrainer.fused_critics``), whose two graphs are built before either backward: then the larger of
+  the actor's and twice a critic's.
 * **Rollout** (not at the same time as the micro-batch): ``ppo.rollout_batch_size / GPUs`` answers are
   generated at once with the KV cache, ``2 * L * B_r * T * h_kv * p`` bytes, keeping the raw logits of
   each of the ``R = ppo.max_new_tokens`` generated tokens (``p * B_r * R * vocab``: pi_old's log-probs
   are read off them); then pi_old's log-probs (those logits, their stacked copy and the four fp32
-  tensors above: ``(2 p + 16) * B_r * R * vocab``), then the reference's (``16 * B_r * (T - 1) * vocab``),
+  tensors above: ``(2 p + 16) * B_r * R * vocab``), then the reference's (``16 * B_r * R * vocab``: its
+  head, like the actor's, runs on the answer's positions only),
   each phase freeing the last's tensors: the rollout needs the largest of the three.
 * **Total per GPU** = weights + gradients + AdamW state + max(micro-batch activations, rollout). Not
   counted: the CUDA context and allocator fragmentation (1-3 GiB in practice), DeepSpeed's buckets,
@@ -603,14 +607,16 @@ def plan_memory(
                                      checkpointing=m.gradient_checkpointing, eager=eager)  # fmt: skip
     vision_acts = stack_activation_bytes(counts.vision, batch=batch, tokens=counts.vision_tokens, bytes_per_value=p,
                                          checkpointing=m.gradient_checkpointing, eager=eager)  # fmt: skip
-    logits = logprob_bytes(batch=batch, tokens=tokens, vocab=counts.vocab_size)
+    # token_logprobs(start=P - 1): the head and softmax on the answer's positions only
+    logits = logprob_bytes(batch=batch, tokens=ppo.max_new_tokens + 1, vocab=counts.vocab_size)
+    fused_critics = ppo.ppo_epochs == 1 and ppo.batch_size >= rollout  # PPOTrainer.fused_critics
     kv_cache = 2 * counts.decoder.layers * rollout * tokens * counts.decoder.kv_hidden * p
     generated_logits = p * rollout * ppo.max_new_tokens * counts.vocab_size
     # the generated logits, their stacked copy, and logprob_bytes' four fp32 tensors over the R answer positions
     old_logprobs = 2 * generated_logits + logprob_bytes(
         batch=rollout, tokens=ppo.max_new_tokens + 1, vocab=counts.vocab_size
     )
-    rollout_logprobs = logprob_bytes(batch=rollout, tokens=tokens, vocab=counts.vocab_size)
+    rollout_logprobs = logprob_bytes(batch=rollout, tokens=ppo.max_new_tokens + 1, vocab=counts.vocab_size)
     rollout_phases = {
         "generation": kv_cache + generated_logits,
         "old_logprobs": old_logprobs,
@@ -625,7 +631,8 @@ def plan_memory(
         parts = {"decoder": decoder, "vision": vision_acts if trains_vision else 0, "logits": logits}
         layout_zero = 0 if shared else zero
         held = per_gpu_bytes(roles, zero=layout_zero, gpus=gpus)
-        activations = sum(parts.values())  # the actor: the critics keep the same stacks without the logits
+        critic = parts["decoder"] + parts["vision"]  # a critic keeps the actor's stacks without the logits
+        activations = max(sum(parts.values()), 2 * critic if fused_critics else critic)
         rollout_peak = max(rollout_phases.values())
         total = held["weights"] + held["grads"] + held["adam"] + max(activations, rollout_peak)
         layouts.append({
