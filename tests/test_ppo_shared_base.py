@@ -146,3 +146,25 @@ def test_shared_base_two_processes_agree(upstream, tmp_path):
     art, _ = upstream
     result = run_ppo_two_processes(art, tmp_path / "ppo", SHARED + ["ppo.iterations=2"])
     assert result["processes"] == 2 and result["ranks_agree"] is True and result["iterations"] == 2
+
+
+def test_fused_critics_train_both_adapters_as_the_two_pass_path_does(upstream, tmp_path, monkeypatch):
+    """One minibatch per iteration: both critics' graphs are built before either backward. Activating the cost
+    critic's adapter turns the reward critic's weights off (peft), and autograd then skips them: each backward
+    must run with its own adapter active (Roles.before_backward), or the reward critic would never train."""
+    from saferlhfv.train.ppo.trainer import PPOTrainer
+
+    _, dirs = upstream
+    cfg = load_config("tiny", overrides=SHARED + ["ppo.batch_size=4", "ppo.iterations=2"])
+    fused = make_trainer(cfg, out_dir=tmp_path / "fused", **dirs)
+    before = _named(fused)
+    fused.train()
+    monkeypatch.setattr(PPOTrainer, "fused_critics", property(lambda self: False))
+    two_pass = make_trainer(cfg, out_dir=tmp_path / "two-pass", **dirs)
+    two_pass.train()
+    got, want = _named(fused), _named(two_pass)
+    for role in ("actor", "reward_critic", "cost_critic"):
+        names = [n for n in before if f".{role}." in n or n.startswith(f"heads.{role}.")]
+        assert any(not torch.equal(before[n], got[n]) for n in names if "lora_" in n), f"{role}'s adapter did not train"
+        for n in names:
+            torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-6)

@@ -152,6 +152,10 @@ class Roles:
         return [self.unwrap(m) for m in (self.actor, self.reference, self.reward_model, self.cost_model,
                                          self.reward_critic, self.cost_critic) if m is not None]  # fmt: skip
 
+    def before_backward(self, role: str) -> None:
+        """Make ``role``'s weights trainable for the backward pass about to run (a key of :attr:`OPTIMIZERS`):
+        nothing to do here, each role is its own model."""
+
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Average gradients across processes where nothing else does (DDP already does it): no-op here."""
 
@@ -264,6 +268,16 @@ class SharedRoles(Roles):
         for role, opt in zip(roles, _prepare(acc, *self._optimizers(self.params)), strict=True):
             setattr(self, self.OPTIMIZERS[role], opt)
         acc.register_for_checkpointing(shared.trainable_state())
+
+    def before_backward(self, role: str) -> None:
+        """Activate ``role``'s adapter: peft leaves only the active adapter's weights requiring gradients, and
+        autograd skips a weight that does not require one *when the backward runs*, so a graph built while
+        the role was active would train nothing once another role was activated since (fused critics build
+        both critics' graphs before either backward)."""
+        from saferlhfv.models.shared import TRAINABLE_ROLES
+
+        if role in TRAINABLE_ROLES:
+            self.shared.activate(role)
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Average the gradients of ``params`` across processes by hand (no DDP wrapper here)."""

@@ -503,6 +503,7 @@ class PPOTrainer:
     def _optimise(self, loss: torch.Tensor, role: str) -> None:
         """Backward, reduce gradients (shared base, several processes), clip, step, zero."""
         acc, params, optimizer = self.accelerator, self.roles.params[role], self.roles.optimizer(role)
+        self.roles.before_backward(role)
         acc.backward(loss)
         self.roles.reduce_gradients(params)
         if self.cfg.ppo.max_grad_norm:
