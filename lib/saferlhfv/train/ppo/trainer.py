@@ -19,14 +19,14 @@ solved by alternating a step on lambda and a PPO step on the policy. One iterati
     for ppo_epochs, minibatches of batch_size (stop early once approx_kl > target_kl):
         actor:   clipped surrogate on A
         critics: clipped value loss towards R_r, R_c
+    refresh_score_models (ppo.online_labels): annotators label pairs of answers to the same
+        prompt (oracle + label noise); RM-V and CM-V take one step on them
 
 With one update of one minibatch per iteration (``ppo_epochs = 1`` and ``batch_size`` >= this process's
 rollout rows: the paper preset's update_iters 1 with its per-GPU batch) the critics' rollout values
 V_r, V_c are exactly what their update's forward pass computes (same weights, same sequences), so
 :meth:`PPOTrainer.step` runs each critic once, with gradients: its values (detached) feed GAE, the
 same graph takes the value loss, and the rollout skips its two critic passes (``fused_critics``).
-    refresh_score_models (ppo.online_labels): annotators label pairs of answers to the same
-        prompt (oracle + label noise); RM-V and CM-V take one step on them
 
 Every iteration checks R, C, lambda, the advantages and each loss before they are used
 (:meth:`PPOTrainer.check_finite`): the first NaN / inf stops training with a
