@@ -111,18 +111,20 @@ class RectifiedConstraint:
     def violations(self, ro: Rollout) -> torch.Tensor:
         """The violations the multiplier sees: ``[B]`` ``max(0, C - d_r)`` per answer, or with
         ``ppo.repo_scope = "prompt"`` ``[B / k]`` ``max(0, mean_k C - d_r)`` per prompt."""
-        ppo = self.cfg.ppo
-        if ppo.repo_scope == "prompt":
-            return prompt_rectified_costs(ro.end_cost, ppo.samples_per_prompt, ppo.repo_threshold)[1]
-        return rectified_costs(ro.end_cost, ppo.repo_threshold)
+        return self._rectified(ro)[1]
 
     def violation_costs(self, ro: Rollout) -> torch.Tensor:
         """``[B]`` the end cost each answer carries into the policy gradient: its own violation, or with
         ``ppo.repo_scope = "prompt"`` ``1[mean_k C > d_r] (C - d_r)`` (:func:`prompt_rectified_costs`)."""
+        return self._rectified(ro)[0]
+
+    def _rectified(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(answer costs [B], violations)`` of ``ro``'s end costs under ``ppo.repo_scope``."""
         ppo = self.cfg.ppo
         if ppo.repo_scope == "prompt":
-            return prompt_rectified_costs(ro.end_cost, ppo.samples_per_prompt, ppo.repo_threshold)[0]
-        return rectified_costs(ro.end_cost, ppo.repo_threshold)
+            return prompt_rectified_costs(ro.end_cost, ppo.samples_per_prompt, ppo.repo_threshold)
+        violations = rectified_costs(ro.end_cost, ppo.repo_threshold)
+        return violations, violations
 
     def make_multiplier(self) -> Lagrange:
         """``ppo.lambda_*`` as PPO-Lagrangian, but the target is a mean violation of ``ppo.repo_tolerance``."""

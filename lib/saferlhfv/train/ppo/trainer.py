@@ -341,7 +341,7 @@ class PPOTrainer:
         """
         ppo, acc = self.cfg.ppo, self.accelerator
         n, k = len(self.prompts), ppo.samples_per_prompt
-        per_process = max(1, ppo.rollout_batch_size // acc.num_processes // k)
+        per_process = self._rows_per_process() // k
         start = iteration * per_process * acc.num_processes + acc.process_index * per_process
         epoch, offset = divmod(start, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
@@ -440,9 +440,13 @@ class PPOTrainer:
     def fused_critics(self) -> bool:
         """Whether each critic runs once per iteration (see the module docstring): a method with critics,
         ``ppo_epochs = 1`` and one minibatch holding all of this process's rollout rows."""
-        ppo, acc = self.cfg.ppo, self.accelerator
-        rows = max(1, ppo.rollout_batch_size // acc.num_processes // ppo.samples_per_prompt) * ppo.samples_per_prompt
-        return self.uses_critics and ppo.ppo_epochs == 1 and ppo.batch_size >= rows
+        ppo = self.cfg.ppo
+        return self.uses_critics and ppo.ppo_epochs == 1 and ppo.batch_size >= self._rows_per_process()
+
+    def _rows_per_process(self) -> int:
+        """This process's answers per rollout: its share of the prompts, each ``samples_per_prompt`` times."""
+        ppo, k = self.cfg.ppo, self.cfg.ppo.samples_per_prompt
+        return max(1, ppo.rollout_batch_size // self.accelerator.num_processes // k) * k
 
     def _critic_values(self, ro: Rollout) -> dict[str, torch.Tensor]:
         """``fused_critics``: each critic's ``[B, L-1]`` values of the rollout, with gradients; sets
