@@ -82,7 +82,8 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
     The upstream models are untrained copies of the preset's policy, with RM-V / CM-V saved as LoRA
     adapters of rank ``model.lora.r`` (and merged, for the layouts that load whole models). Each
     layout runs :func:`measure_layout` in a fresh Python process, so one layout's peak does not hide
-    another's.
+    another's. That process is the busy worker while this one waits (:mod:`saferlhfv.threads`): beside
+    another job it takes its share of the cores instead of all of them.
 
     Returns:
         ``layouts``: one row per layout (``layout`` + the fields of :func:`measure_layout`);
@@ -91,6 +92,8 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
     """
     import os
     import subprocess
+
+    from saferlhfv.threads import idle
 
     with tempfile.TemporaryDirectory(prefix="saferlhfv-bench-") as tmp:
         tmp = Path(tmp)
@@ -102,7 +105,8 @@ def role_memory(cfg: Config, *, iterations: int = 1) -> dict[str, Any]:
             up_file = tmp / "upstream.json"
             up_file.write_text(json.dumps({k: str(v) for k, v in upstream.items()}))
             cmd = [sys.executable, "-m", "saferlhfv.bench.memory", str(cfg_file), str(up_file), str(iterations)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
+            with idle():  # the child computes, this process waits
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEASURED ")]
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"measuring '{name}' failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -121,10 +125,13 @@ def _measure_one(argv: list[str]) -> int:
     """``python -m saferlhfv.bench.memory CONFIG.yaml UPSTREAM.json ITERATIONS``: one layout in this
     process (what :func:`role_memory` starts per layout); prints ``MEASURED {json}``."""
     from saferlhfv.config import load_config
+    from saferlhfv.threads import busy
 
     cfg_file, up_file, iterations = argv
     upstream = {k: Path(v) for k, v in json.loads(Path(up_file).read_text()).items()}
-    print("MEASURED " + json.dumps(measure_layout(load_config(cfg_file), upstream, iterations=int(iterations))))
+    with busy():  # a busy worker: its share of the cores, not all of them beside another job
+        measured = measure_layout(load_config(cfg_file), upstream, iterations=int(iterations))
+    print("MEASURED " + json.dumps(measured))
     return 0
 
 
