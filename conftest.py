@@ -20,6 +20,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker more than the cores this process may use.
+
+    Workers wait for each other: a notebook that needs a stage another worker's kernel is building
+    computes nothing until it is there, and the last notebooks of a run (the PPO method comparison
+    trains six runs) go on alone. With one worker per core each such wait leaves a core to the one
+    builder's second thread, which does far less than a second job would: an SFT step takes 0.15 s on
+    2 threads against 0.21-0.25 s on one (``python -m saferlhfv.bench --parts concurrent``: three jobs
+    on 2 cores together 1.92x one alone, two 1.69x). The thread policy gives every busy worker
+    ``max(1, cores // busy)`` threads, so the extra worker never oversubscribes the cores."""
+    from saferlhfv.threads import available_cores
+
+    return available_cores() + 1
+
+
 def _computes_in_this_process(item) -> bool:
     """A test whose work runs in the pytest process itself: a unit or integration test.
 
