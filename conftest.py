@@ -24,12 +24,12 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker more than the cores this process may use.
 
     Workers wait for each other: a notebook that needs a stage another worker's kernel is building
-    computes nothing until it is there, and the last notebooks of a run (the PPO method comparison
-    trains six runs) go on alone. With one worker per core each such wait leaves a core to the one
-    builder's second thread, which does far less than a second job would: an SFT step takes 0.15 s on
-    2 threads against 0.21-0.25 s on one (``python -m saferlhfv.bench --parts concurrent``: three jobs
-    on 2 cores together 1.92x one alone, two 1.69x). The thread policy gives every busy worker
-    ``max(1, cores // busy)`` threads, so the extra worker never oversubscribes the cores."""
+    computes nothing until it is there, and the last notebook of a run (the PPO method comparison
+    trains six runs) can go on alone for minutes. With one worker per core each such wait leaves the
+    core to the builder's second thread, which does much less than a second job: ``python -m
+    saferlhfv.bench --parts concurrent`` measured three jobs on 2 cores at 1.92x one job alone and two
+    at 1.69x. The thread policy gives every busy worker ``max(1, cores // busy)`` threads, so the extra
+    worker does not oversubscribe the cores."""
     from saferlhfv.threads import available_cores
 
     return available_cores() + 1
