@@ -35,6 +35,25 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return available_cores() + 1
 
 
+#: notebooks that run after the others in the test command, in this order. pytest-xdist's work stealing
+#: takes tests from the end of a worker's queue, so an idle worker starts on these: the guard and the
+#: monitor need only SFT and can train beside the PPO stages, and the PPO method comparison (six runs)
+#: starts before the notebooks that only read cached runs.
+NOTEBOOKS_LAST = (
+    "04_guardrail_filtering.ipynb",
+    "08_streaming_moderation.ipynb",
+    "07_rectified_and_group_methods.ipynb",
+    "09_modality_shift.ipynb",
+    "10_safety_neurons.ipynb",
+)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Move :data:`NOTEBOOKS_LAST` to the end of the collection, in that order (the rest keeps its order)."""
+    rank = {name: i for i, name in enumerate(NOTEBOOKS_LAST)}
+    items.sort(key=lambda item: rank.get(item.path.name, -1) if str(item.path).endswith(".ipynb") else -1)
+
+
 def _computes_in_this_process(item) -> bool:
     """A test whose work runs in the pytest process itself: a unit or integration test.
 
