@@ -38,7 +38,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 #: notebooks that run after the others in the test command, in this order. pytest-xdist's work stealing
 #: takes tests from the end of a worker's queue, so an idle worker starts on these: the guard and the
 #: monitor need only SFT and can train beside the PPO stages, and the PPO method comparison (six runs)
-#: starts before the notebooks that only read cached runs.
+#: starts before ShiftDC and the safety neurons (one stage each on top of notebook 05's PPO runs).
 NOTEBOOKS_LAST = (
     "04_guardrail_filtering.ipynb",
     "08_streaming_moderation.ipynb",
@@ -51,7 +51,7 @@ NOTEBOOKS_LAST = (
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Move :data:`NOTEBOOKS_LAST` to the end of the collection, in that order (the rest keeps its order)."""
     rank = {name: i for i, name in enumerate(NOTEBOOKS_LAST)}
-    items.sort(key=lambda item: rank.get(item.path.name, -1) if str(item.path).endswith(".ipynb") else -1)
+    items.sort(key=lambda item: rank.get(item.path.name, -1))
 
 
 def _computes_in_this_process(item) -> bool:
