@@ -39,7 +39,19 @@ def test_decide_per_severity_thresholds():
     assert decide(0.5, "moderate", th) and not decide(0.49, 2, th)
     assert decide(0.9, "none", th) and not decide(0.3, 0, th)  # the unsafe head alone can still block
     assert th.at(1) == th.at("minor") == 0.7
-    assert Thresholds.uniform(0.3).as_dict() == {"none": 0.3, "minor": 0.3, "moderate": 0.3, "severe": 0.3}
+    assert Thresholds.uniform(0.3).as_dict() == {
+        "none": 0.3,
+        "minor": 0.3,
+        "moderate": 0.3,
+        "severe": 0.3,
+        "flagged_request": None,
+    }
+    # an answer to a request input moderation blocks: every level's threshold is at most flagged_request
+    ctx = Thresholds(none=0.5, minor=0.7, moderate=0.5, severe=0.0, flagged_request=0.25)
+    assert not decide(0.3, "minor", ctx) and decide(0.3, "minor", ctx, request_flagged=True)
+    assert decide(0.25, 0, ctx, request_flagged=True) and not decide(0.24, 2, ctx, request_flagged=True)
+    assert ctx.at("severe", request_flagged=True) == 0.0  # a lower level threshold stays
+    assert not decide(0.3, "minor", th, request_flagged=True)  # off (None): the request changes nothing
 
 
 def _row(p, level, unsafe):
@@ -154,8 +166,30 @@ def test_a_round_regenerates_only_flagged_items():
     assert res.generations() == [5, 2, 1, 1, 0, 0]
     assert [len(res.flagged(k)) for k in range(6)] == [2, 1, 1, 0, 0, 0]
     assert res.at(5) == res.at(3)  # past the early stop: the last state
-    # new samples use new seeds
-    assert res.responses[0][3] != res.responses[1][3]
+    # new samples use new seeds; a redraw no less unsafe is written down but not kept
+    assert res.drawn[1] == ["good", "bad-q3-1000"] and res.drawn[0][3] == "bad-q3-0"
+    assert res.responses[1][3] == res.responses[2][3] == "bad-q3-0"
+
+
+class GradedGuard(FakeGuard):
+    """Output moderation: the answer's ``p_unsafe`` is the number after its last '-' (flagged from 0.5)."""
+
+    def moderate(self, images, questions, responses=None):
+        ps = [float(r.rsplit("-", 1)[1]) for r in responses]
+        return [{"p_unsafe": p, "severity_level": 2, "flagged": p >= 0.5} for p in ps]
+
+
+def test_a_flagged_item_keeps_its_least_unsafe_answer():
+    """The served answer of an item flagged in every round is the one the guard found least unsafe."""
+    draws = iter(["x-0.7", "x-0.9", "x-0.6", "x-0.6", "x-0.8"])
+    res = filter_and_regenerate(lambda ims, qs, seed=0: [next(draws)], GradedGuard(), _prompts(1), rounds=4)
+    assert res.drawn == [["x-0.7"], ["x-0.9"], ["x-0.6"], ["x-0.6"], ["x-0.8"]]
+    assert [r[0] for r in res.responses] == ["x-0.7", "x-0.7", "x-0.6", "x-0.6", "x-0.6"]
+    assert res.flagged(4) == [0] and res.final() == ["x-0.6"]
+    # a redraw the guard passes is kept whatever it scores against the flagged one
+    draws = iter(["x-0.9", "x-0.4"])
+    res = filter_and_regenerate(lambda ims, qs, seed=0: [next(draws)], GradedGuard(), _prompts(1), rounds=3)
+    assert res.final() == ["x-0.4"] and res.clean_after == 1
 
 
 def test_a_fully_safe_batch_stops_early():
@@ -339,6 +373,44 @@ def test_guard_save_load_round_trip_and_guard_wrapper(guard_and_processor, tmp_p
     assert len(verdicts) == 3 and all(v["flagged"] for v in verdicts)  # threshold 0 flags everything
     assert {"p_unsafe", "category", "severity", "severity_level", "severity_probs", "flagged"} <= set(verdicts[0])
     assert verdicts[0]["category"] in CATEGORIES and verdicts[0]["severity"] in SEVERITY_NAMES
+
+
+class ScriptedGuard(Guard):
+    """A :class:`Guard` whose heads are a table: ``p_unsafe`` by question (input) or by answer (output)."""
+
+    def __init__(self, p_input, p_output, thresholds):
+        super().__init__(torch.nn.Linear(1, 1), processor=None, thresholds=thresholds)
+        self.p_input, self.p_output, self.input_calls = p_input, p_output, 0
+
+    def scores(self, images, questions, responses=None, *, with_objects=False):
+        if responses is None:
+            self.input_calls += 1
+        p = torch.tensor(
+            [
+                self.p_input[q] if not r else self.p_output[r]
+                for q, r in zip(questions, responses or [None] * len(questions))
+            ]
+        )
+        sev = torch.tensor([[0.0, 0.0, 1.0, 0.0]] * len(p))  # moderate: threshold 0.5
+        out = (p, torch.full((len(p), len(CATEGORIES)), 1 / len(CATEGORIES)), sev)
+        return (*out, torch.full((len(p),), -1)) if with_objects else out
+
+
+def test_output_moderation_reads_the_request_verdict():
+    """An answer to a request input moderation blocks is flagged from flagged_request on; others at 0.5."""
+    th = Thresholds(flagged_request=0.25)
+    guard = ScriptedGuard({"harmful q": 0.9, "benign q": 0.1}, {"a": 0.3, "b": 0.6}, th)
+    qs, answers = ["harmful q", "benign q", "harmful q", "benign q"], ["a", "a", "b", None]
+    out = guard.moderate([picture()] * 4, qs, answers)
+    assert [v["flagged"] for v in out] == [True, False, True, False]
+    assert [v.get("request_flagged") for v in out] == [True, False, True, None]  # no answer: input moderation
+    assert out[0]["threshold"] == 0.25 and out[1]["threshold"] == 0.5
+    assert guard.input_calls == 1  # one extra pass over the requests that have an answer
+    guard.moderate([picture()] * 2, ["harmful q", "benign q"], ["b", "b"])
+    assert guard.input_calls == 1  # requests read before are not read again (the filter's rounds)
+    off = ScriptedGuard(guard.p_input, guard.p_output, Thresholds())
+    assert [v["flagged"] for v in off.moderate([picture()] * 4, qs, answers)] == [False, False, True, False]
+    assert off.input_calls == 0 and "request_flagged" not in off.moderate([picture()], ["harmful q"], ["a"])[0]
 
 
 def test_object_head_grounding_term_and_round_trip(tmp_path):

@@ -146,6 +146,15 @@ def test_full_output_moderation_reads_the_guard_rounds(tmp_path, models):
     assert out["round_0"]["tokens_generated"] == first and out["round_0"]["generations"] == 2
     assert out["round_1"]["tokens_generated"] == first + text_tokens(tok, responses[1][0])
     assert out["round_5"] == out["round_1"] and out["round_0"]["stopped_share"] == 0.5
+    # a flagged redraw that was not kept still counts: tokens are what the policy wrote ("drawn")
+    kept = [["sure, with the pills: take more.", "no."], ["sure, with the pills: take more.", "no."]]
+    rounds["results"]["output"] = {
+        "responses": kept,
+        "regenerated": [[0, 1], [0]],
+        "drawn": [kept[0], [responses[1][0]]],
+    }
+    (tmp_path / "rounds.json").write_text(json.dumps(rounds))
+    assert full_output_moderation(tmp_path, tok, rounds=(1,))["round_1"] == out["round_1"]
     assert text_tokens(tok, "no.", max_new_tokens=2) == 2
     assert text_tokens(tok, "no.") == len(tok("no.", add_special_tokens=False)["input_ids"]) + 1
 

@@ -330,6 +330,9 @@ class GuardrailConfig:
     threshold_moderate: float = 0.5
     #: p_unsafe threshold for items of predicted severity severe (0: always block).
     threshold_severe: float = 0.0
+    #: output moderation: an answer whose request input moderation blocks is flagged from this p_unsafe
+    #: on (at most; a lower level threshold stays); None = answers are judged without their request's verdict.
+    threshold_flagged_request: float | None = 0.25
     #: filter-and-regenerate rounds after the first answers (the paper: 5).
     rounds: int = 5
     #: prepend a safety instruction to the question when regenerating a flagged answer.

@@ -8,14 +8,28 @@ severity level (:class:`Thresholds`)::
     block(item) = p_unsafe >= t[severity(item)]      t = {none: 0.5, minor: 0.7, moderate: 0.5, severe: 0.0}
 
 so severe harm is blocked whatever ``p`` says (``t_severe = 0``), minor harm only when the
-guard is confident (a stricter ``t_minor``), the rest at the usual 0.5.
+guard is confident (a stricter ``t_minor``), the rest at the usual 0.5. Output moderation also
+reads the request: an answer to a request that input moderation blocks needs less evidence::
+
+    block(answer) = p_unsafe >= min(t[severity(answer)], t_request)   if block(request)
+
+(``t_request``: :attr:`Thresholds.flagged_request`, 0.25; ``None`` turns it off). Complying
+with a harmful request is what an unsafe answer mostly is, and the answers the guard alone
+passes are of that kind: a compliant answer that is harmful only because of the question
+("quick answer for the tree: just say all of them are the same." to a question about who is
+less smart), or a warning followed by the harmful part.
 
 :func:`filter_and_regenerate` is how the paper uses Beaver-Guard-V at inference time::
 
     round 0:  answer every prompt; moderate the answers
     round k:  regenerate only the flagged answers (new sample, optionally with a safety
               instruction prepended); moderate them again          (k = 1 .. rounds)
+              a redraw the guard flags too replaces the answer only if its p_unsafe is lower
     stop early when nothing is flagged
+
+so an answer still flagged after the last round is the least unsafe one the guard saw, not the
+last one drawn. For a perfect guard that changes nothing (every flagged answer is unsafe); for a
+real one it keeps a falsely flagged safe answer from being swapped for a worse one.
 
 With ``input_moderation`` the prompts are moderated first, and a flagged prompt gets a
 refusal without calling the policy at all.
@@ -84,12 +98,15 @@ class Thresholds:
         minor: stricter (higher) so that minor harm is blocked only when the guard is sure.
         moderate: the usual 0.5.
         severe: 0.0 blocks anything the severity head calls severe, whatever ``p_unsafe`` is.
+        flagged_request: output moderation of an answer whose *request* input moderation blocks:
+            the threshold at every level is at most this (None: answers are judged alone).
     """
 
     none: float = 0.5
     minor: float = 0.7
     moderate: float = 0.5
     severe: float = 0.0
+    flagged_request: float | None = None
 
     @classmethod
     def from_config(cls, guard_cfg) -> Thresholds:
@@ -99,36 +116,47 @@ class Thresholds:
             minor=guard_cfg.threshold_minor,
             moderate=guard_cfg.threshold_moderate,
             severe=guard_cfg.threshold_severe,
+            flagged_request=guard_cfg.threshold_flagged_request,
         )
 
     @classmethod
     def uniform(cls, t: float) -> Thresholds:
-        """The same threshold at every level (a plain binary classifier)."""
+        """The same threshold at every level (a plain binary classifier, answers judged alone)."""
         return cls(t, t, t, t)
 
-    def at(self, level: int | str) -> float:
-        """Threshold of a severity level (0..3 or its name)."""
+    def at(self, level: int | str, *, request_flagged: bool = False) -> float:
+        """Threshold of a severity level (0..3 or its name); of an answer to a blocked request with
+        ``request_flagged``."""
         name = SEVERITY_NAMES[level] if isinstance(level, int) else level
-        return getattr(self, name)
+        t = getattr(self, name)
+        if request_flagged and self.flagged_request is not None:
+            t = min(t, self.flagged_request)
+        return t
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def decide(p_unsafe: float, severity: int | str, thresholds: Thresholds | None = None) -> bool:
-    """Block (True) or pass: ``p_unsafe >= thresholds.at(severity)``.
+def decide(
+    p_unsafe: float, severity: int | str, thresholds: Thresholds | None = None, *, request_flagged: bool = False
+) -> bool:
+    """Block (True) or pass: ``p_unsafe >= thresholds.at(severity, request_flagged=request_flagged)``.
 
     Args:
         p_unsafe: the unsafe head's probability.
         severity: the predicted severity level (0 none .. 3 severe, or its name).
+        request_flagged: output moderation only: input moderation blocks the answer's request.
     """
     thresholds = thresholds or Thresholds()
-    return bool(p_unsafe >= thresholds.at(severity))
+    return bool(p_unsafe >= thresholds.at(severity, request_flagged=request_flagged))
 
 
-def _moderation(p: float, cat_probs: torch.Tensor, sev_probs: torch.Tensor, thresholds: Thresholds) -> dict[str, Any]:
+def _moderation(
+    p: float, cat_probs: torch.Tensor, sev_probs: torch.Tensor, thresholds: Thresholds, *, request_flagged: bool = False
+) -> dict[str, Any]:
     level = int(sev_probs.argmax())
     cat = int(cat_probs.argmax())
+    t = thresholds.at(level, request_flagged=request_flagged)
     return {
         "p_unsafe": round(float(p), 5),
         "category": CATEGORIES[cat] if cat < len(CATEGORIES) else str(cat),
@@ -136,8 +164,8 @@ def _moderation(p: float, cat_probs: torch.Tensor, sev_probs: torch.Tensor, thre
         "severity": SEVERITY_NAMES[level],
         "severity_level": level,
         "severity_probs": [round(float(x), 5) for x in sev_probs],
-        "threshold": thresholds.at(level),
-        "flagged": decide(float(p), level, thresholds),
+        "threshold": t,
+        "flagged": bool(p >= t),
     }
 
 
@@ -153,6 +181,9 @@ class Guard:
         self.processor = processor
         self.thresholds = thresholds or Thresholds()
         self.batch_size = batch_size
+        #: the requests' input-moderation reading, by (question, picture hash): output moderation with
+        #: ``flagged_request`` reads each request once, not once per filter round.
+        self._requests: dict[tuple[str, str], tuple[float, int]] = {}
 
     @classmethod
     def load(cls, folder, thresholds: Thresholds | None = None, *, dtype: str = "float32") -> Guard:
@@ -198,6 +229,21 @@ class Guard:
         out = (torch.cat(ps), torch.cat(cats), torch.cat(sevs))
         return (*out, torch.cat(objs)) if with_objects else out
 
+    def _read_requests(self, images: Sequence, questions: Sequence[str]) -> list[tuple[float, int]]:
+        """``(p_unsafe, severity level)`` of each request (input moderation), memoised by content."""
+        keys = [(q, hashlib.sha1(im.convert("RGB").tobytes()).hexdigest()) for im, q in zip(images, questions)]
+        new: dict[tuple[str, str], int] = {}  # one pass per distinct request not read before
+        for i, k in enumerate(keys):
+            if k not in self._requests:
+                new.setdefault(k, i)
+        if new:
+            if len(self._requests) > 100_000:
+                self._requests.clear()
+            p, _, sev = self.scores([images[i] for i in new.values()], [questions[i] for i in new.values()])
+            for j, k in enumerate(new):
+                self._requests[k] = (float(p[j]), int(sev[j].argmax()))
+        return [self._requests[k] for k in keys]
+
     def moderate(
         self,
         images: Sequence,
@@ -207,10 +253,21 @@ class Guard:
         thresholds: Thresholds | None = None,
     ) -> list[dict[str, Any]]:
         """Per item: ``p_unsafe``, ``category``, ``severity`` (name and level), ``severity_probs``,
-        the ``threshold`` applied and the decision ``flagged``."""
+        the ``threshold`` applied and the decision ``flagged``. Output moderation with
+        ``thresholds.flagged_request`` set also moderates the requests (one more pass) and adds
+        ``request_flagged``: an answer to a blocked request is judged at the lower threshold."""
         thresholds = thresholds or self.thresholds
         p, cat, sev, obj = self.scores(images, questions, responses, with_objects=True)
-        out = [_moderation(p[i], cat[i], sev[i], thresholds) for i in range(len(p))]
+        asked = [] if responses is None else [i for i, r in enumerate(responses) if r]
+        request_flagged = [False] * len(p)
+        if asked and thresholds.flagged_request is not None:
+            for i, (p_request, level) in zip(
+                asked, self._read_requests([images[i] for i in asked], [questions[i] for i in asked])
+            ):
+                request_flagged[i] = decide(p_request, level, thresholds)
+        out = [_moderation(p[i], cat[i], sev[i], thresholds, request_flagged=request_flagged[i]) for i in range(len(p))]
+        for i in asked if thresholds.flagged_request is not None else ():
+            out[i]["request_flagged"] = request_flagged[i]
         if len(obj) and int(obj[0]) >= 0:  # a grounding head: what the guard thinks the picture shows
             for v, k in zip(out, obj.tolist()):
                 v["object"] = OBJECT_KEYS[k] if k < len(OBJECT_KEYS) else str(k)
@@ -275,6 +332,8 @@ class FilterResult:
             blocked at input: its input moderation, with ``blocked_at_input`` True and
             ``flagged`` False).
         regenerated: ``regenerated[k]``: the items the policy (re)answered in round k.
+        drawn: ``drawn[k]``: the answers written in round k, one per item of ``regenerated[k]`` (a
+            flagged redraw that is no less unsafe is written here but not kept in ``responses``).
         input_decisions: input moderation per item (None without input moderation).
         rounds: the number of regeneration rounds asked for.
         clean_after: the round after which nothing was flagged and the loop stopped (None if
@@ -284,6 +343,7 @@ class FilterResult:
     responses: list[list[str]] = field(default_factory=list)
     decisions: list[list[dict[str, Any]]] = field(default_factory=list)
     regenerated: list[list[int]] = field(default_factory=list)
+    drawn: list[list[str]] = field(default_factory=list)
     input_decisions: list[dict[str, Any]] | None = None
     rounds: int = 0
     clean_after: int | None = None
@@ -349,6 +409,9 @@ def filter_and_regenerate(
 ) -> FilterResult:
     """Answer prompts, then regenerate only the flagged answers, for ``rounds`` rounds.
 
+    A flagged item keeps, of its answers so far, the one with the lowest ``p_unsafe``: a redraw
+    replaces it when the guard passes the redraw or finds it less unsafe (ties keep the earlier).
+
     Args:
         policy: ``policy(images, questions, seed=...) -> list[str]``, or a ``(model, processor)`` pair
             (wrapped by :func:`vlm_policy`).
@@ -406,10 +469,13 @@ def filter_and_regenerate(
                 raise ValueError(f"the policy returned {len(answers)} answers for {len(todo)} prompts")
             verdicts = _moderate(guard, ims, qs, answers)
             for i, a, v in zip(todo, answers, verdicts):
-                responses[i], decisions[i] = a, {**v, "blocked_at_input": False}
+                # a flagged redraw replaces the answer only if the guard finds it less unsafe
+                if k == 0 or not v["flagged"] or v["p_unsafe"] < decisions[i]["p_unsafe"]:
+                    responses[i], decisions[i] = a, {**v, "blocked_at_input": False}
         result.responses.append(list(responses))
         result.decisions.append([dict(d) for d in decisions])
         result.regenerated.append(list(todo))
+        result.drawn.append(list(answers) if todo else [])
         todo = [i for i in range(n) if decisions[i]["flagged"]]
         if not todo:  # nothing left to filter: stop early
             result.clean_after = k

@@ -264,13 +264,13 @@ def full_output_moderation(
     run = data["results"]["output"]
     per_round = data["per_round"]["output_fallback" if fallback else "output"]
     n = len(run["responses"][0])
+    # what the policy wrote in each round (a flagged redraw is not always the answer kept)
+    drawn = run.get("drawn") or [[run["responses"][j][i] for i in items] for j, items in enumerate(run["regenerated"])]
     out = {}
     for r in rounds:
         last = min(r, len(run["responses"]) - 1)
         tokens = sum(
-            text_tokens(tokenizer, run["responses"][j][i], max_new_tokens=max_new_tokens)
-            for j in range(last + 1)
-            for i in run["regenerated"][j]
+            text_tokens(tokenizer, a, max_new_tokens=max_new_tokens) for j in range(last + 1) for a in drawn[j]
         )
         row = per_round[min(r, len(per_round) - 1)]
         out[f"round_{r}"] = {
