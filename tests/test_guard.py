@@ -408,6 +408,9 @@ def test_output_moderation_reads_the_request_verdict():
     assert guard.input_calls == 1  # one extra pass over the requests that have an answer
     guard.moderate([picture()] * 2, ["harmful q", "benign q"], ["b", "b"])
     assert guard.input_calls == 1  # requests read before are not read again (the filter's rounds)
+    fresh = ScriptedGuard({**guard.p_input, "new q": 0.8}, guard.p_output, th)
+    mixed = fresh.moderate([picture()] * 2, ["new q", "new q"], [None, "a"])
+    assert fresh.input_calls == 0 and mixed[1]["flagged"]  # an input row of the same call is that reading
     off = ScriptedGuard(guard.p_input, guard.p_output, Thresholds())
     assert [v["flagged"] for v in off.moderate([picture()] * 4, qs, answers)] == [False, False, True, False]
     assert off.input_calls == 0 and "request_flagged" not in off.moderate([picture()], ["harmful q"], ["a"])[0]

@@ -169,6 +169,11 @@ def _moderation(
     }
 
 
+def _request_key(image, question: str) -> tuple[str, str]:
+    """What identifies a request: its question and the SHA-1 of its picture's RGB pixels."""
+    return question, hashlib.sha1(image.convert("RGB").tobytes()).hexdigest()
+
+
 class Guard:
     """A trained :class:`~saferlhfv.models.guard.GuardModel` + its processor + thresholds.
 
@@ -231,7 +236,7 @@ class Guard:
 
     def _read_requests(self, images: Sequence, questions: Sequence[str]) -> list[tuple[float, int]]:
         """``(p_unsafe, severity level)`` of each request (input moderation), memoised by content."""
-        keys = [(q, hashlib.sha1(im.convert("RGB").tobytes()).hexdigest()) for im, q in zip(images, questions)]
+        keys = [_request_key(im, q) for im, q in zip(images, questions)]
         new: dict[tuple[str, str], int] = {}  # one pass per distinct request not read before
         for i, k in enumerate(keys):
             if k not in self._requests:
@@ -261,6 +266,8 @@ class Guard:
         asked = [] if responses is None else [i for i, r in enumerate(responses) if r]
         request_flagged = [False] * len(p)
         if asked and thresholds.flagged_request is not None:
+            for i in sorted(set(range(len(p))) - set(asked)):  # requests read as inputs in this call
+                self._requests[_request_key(images[i], questions[i])] = (float(p[i]), int(sev[i].argmax()))
             for i, (p_request, level) in zip(
                 asked, self._read_requests([images[i] for i in asked], [questions[i] for i in asked])
             ):
