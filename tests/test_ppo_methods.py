@@ -105,10 +105,12 @@ def test_repo_prompt_scope_hooks_by_hand():
     assert trainer.lagrange.lambda_ == pytest.approx(torch.e**0.5)  # log 1 + 0.5 * 1 * 1
     ro.end_cost = torch.tensor([0.5, -1.5])  # one answer over 0, the prompt within budget on average
     torch.testing.assert_close(trainer.shape_costs(ro), torch.zeros(2, 4))
+    # the trainer checks the scope before it builds its roles
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
-        _bare(RePO, ["ppo.repo_scope=prompt"])
+        RePO.check_scope(load_config("tiny", overrides=["ppo.repo_scope=prompt"]))
     with pytest.raises(ConfigError, match="repo_scope"):
-        _bare(RePO, ["ppo.repo_scope=episode"])
+        RePO(load_config("tiny", overrides=["ppo.repo_scope=episode"]), sft_dir=None, reward_dir=None, cost_dir=None,
+             out_dir=None)  # fmt: skip
 
 
 def test_repo_tolerance_lets_lambda_fall():

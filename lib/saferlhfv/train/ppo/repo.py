@@ -94,9 +94,18 @@ class RectifiedConstraint:
 
     budget_key = "repo_threshold"
 
-    def check_scope(self) -> None:
-        """``ppo.repo_scope`` is "answer" or "prompt"; "prompt" needs groups of answers to one prompt."""
-        ppo = self.cfg.ppo
+    def __init__(self, cfg, **kwargs):
+        self.check_scope(cfg)  # before the trainer builds its roles
+        super().__init__(cfg, **kwargs)
+
+    @staticmethod
+    def check_scope(cfg) -> None:
+        """``ppo.repo_scope`` is "answer" or "prompt"; "prompt" needs groups of answers to one prompt.
+
+        Raises:
+            ConfigError: naming the setting to change.
+        """
+        ppo = cfg.ppo
         if ppo.repo_scope not in ("answer", "prompt"):
             raise ConfigError(f"ppo.repo_scope must be 'answer' or 'prompt', got {ppo.repo_scope!r}")
         if ppo.repo_scope == "prompt" and (
@@ -128,7 +137,6 @@ class RectifiedConstraint:
 
     def make_multiplier(self) -> Lagrange:
         """``ppo.lambda_*`` as PPO-Lagrangian, but the target is a mean violation of ``ppo.repo_tolerance``."""
-        self.check_scope()
         ppo = self.cfg.ppo
         return Lagrange(
             ppo.lambda_init,
