@@ -592,6 +592,8 @@ def plan_memory(
         and ``layouts``: per layout its ``roles`` (:class:`RoleMemory` fields), ``per_gpu`` bytes (weights,
         grads, adam, activations with their parts, rollout with its parts, total) and ``verdict``.
     """
+    from saferlhfv.train.ppo.trainer import critics_fuse
+
     zero = LAUNCH_ZERO.get(cfg.preset, 0) if zero is None else zero
     counts = counts or model_counts(cfg)
     m, ppo = cfg.model, cfg.ppo
@@ -609,7 +611,7 @@ def plan_memory(
                                          checkpointing=m.gradient_checkpointing, eager=eager)  # fmt: skip
     # token_logprobs(start=P - 1): the head and softmax on the answer's positions only
     logits = logprob_bytes(batch=batch, tokens=ppo.max_new_tokens + 1, vocab=counts.vocab_size)
-    fused_critics = ppo.ppo_epochs == 1 and ppo.batch_size >= rollout  # PPOTrainer.fused_critics
+    fused_critics = critics_fuse(ppo, rollout)  # PPOTrainer.fused_critics
     kv_cache = 2 * counts.decoder.layers * rollout * tokens * counts.decoder.kv_hidden * p
     generated_logits = p * rollout * ppo.max_new_tokens * counts.vocab_size
     # the generated logits, their stacked copy, and logprob_bytes' four fp32 tensors over the R answer positions

@@ -132,6 +132,7 @@ __all__ = [
     "OracleScores",
     "run_seed",
     "annotate_pairs",
+    "critics_fuse",
 ]
 
 #: ``ppo.algorithm`` name -> trainer class.
@@ -205,6 +206,12 @@ def annotate_pairs(
                     pair = (j, i) if si > sj else (i, j)  # (unsafer, safer)
                     harmless.append(pair[::-1] if rng.random() < label_noise else pair)
     return {"helpful": helpful, "harmless": harmless, "safe": [s >= 0 for _, s in rates]}
+
+
+def critics_fuse(ppo, rows: int) -> bool:
+    """Whether a critic's one forward pass per iteration can serve both GAE and its value loss: one update
+    (``ppo.ppo_epochs = 1``) of one minibatch holding all ``rows`` rollout answers of a process."""
+    return ppo.ppo_epochs == 1 and ppo.batch_size >= rows
 
 
 class PPOTrainer:
@@ -438,10 +445,9 @@ class PPOTrainer:
 
     @property
     def fused_critics(self) -> bool:
-        """Whether each critic runs once per iteration (see the module docstring): a method with critics,
-        ``ppo_epochs = 1`` and one minibatch holding all of this process's rollout rows."""
-        ppo = self.cfg.ppo
-        return self.uses_critics and ppo.ppo_epochs == 1 and ppo.batch_size >= self._rows_per_process()
+        """Whether each critic runs once per iteration (see the module docstring): a method with critics
+        and :func:`critics_fuse` for this process's rollout rows."""
+        return self.uses_critics and critics_fuse(self.cfg.ppo, self._rows_per_process())
 
     def _rows_per_process(self) -> int:
         """This process's answers per rollout: its share of the prompts, each ``samples_per_prompt`` times."""
