@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from saferlhfv.algorithms.losses import (
+    budget_advantages,
     clipped_surrogate,
     group_advantages,
     prompt_rectified_costs,
@@ -39,6 +40,22 @@ def test_group_advantages_by_hand():
         group_advantages(torch.zeros(5), 2)
     with pytest.raises(ValueError, match=">= 2 answers"):
         group_advantages(torch.zeros(4), 1)
+
+
+def test_budget_advantages_by_hand():
+    """Two prompts of two answers: the first group is all unsafe (C = 3 > budget -4), the second safe."""
+    rewards, costs = torch.tensor([1.0, 3.0, 2.0, 2.0]), torch.tensor([3.0, 3.0, -5.0, -5.0])
+    # centred R: (-1, 1, 0, 0); C - d: (7, 7, -1, -1); lam = 1: S = (-8, -6, 1, 1) / 2 = (-4, -3, 0.5, 0.5);
+    # sample std of S: sqrt(16.5 / 3) = sqrt(5.5)
+    adv = budget_advantages(rewards, costs, group=2, lam=1.0, budget=-4.0)
+    torch.testing.assert_close(adv, torch.tensor([-4.0, -3.0, 0.5, 0.5]) / 5.5**0.5)
+    # centring the cost in its group would give the all-unsafe group no cost signal at all
+    torch.testing.assert_close(group_advantages(costs, 2)[:2], torch.zeros(2))
+    # lam = 0: the group-centred reward, one scale over the batch (sample std of (-1, 1, 0, 0): sqrt(2 / 3))
+    adv = budget_advantages(rewards, costs, group=2, lam=0.0, budget=-4.0)
+    torch.testing.assert_close(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (2 / 3) ** 0.5)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        budget_advantages(rewards[:3], costs[:3], group=2, lam=1.0, budget=0.0)
 
 
 def test_rectified_costs_are_zero_within_budget():
@@ -177,9 +194,28 @@ def test_grpo_scores_mode_normalises_the_lagrangian_score_once():
     for t in (separate, grouped):
         t.compute_advantages(ro, t.shape_rewards(ro), t.shape_costs(ro))
     assert separate.combine_advantages(ro, 5.0)[1, 0] < 0 < grouped.combine_advantages(ro, 5.0)[1, 0]
-    with pytest.raises(ConfigError, match="group_combine"):
+    with pytest.raises(ConfigError, match="'advantages', 'scores' or 'budget'"):
         GRPOLag(load_config("tiny", overrides=GRPO + ["ppo.group_combine=sum"]), sft_dir=None, reward_dir=None,
                 cost_dir=None, out_dir=".")  # fmt: skip
+
+
+def test_grpo_budget_mode_measures_the_cost_against_the_budget():
+    ro = _rollout()  # one group of 2: R = (1, 2), C = (3, -1); both cost more than the budget d = -4.6
+    trainer = _bare(GRPOLag, GRPO + ["ppo.group_combine=budget", "ppo.threshold=-4.6"])
+    trainer.compute_advantages(ro, trainer.shape_rewards(ro), trainer.shape_costs(ro))
+    # lam = 2: S = ((-0.5, 0.5) - 2 (7.6, 3.6)) / 3 = (-15.7, -6.7) / 3; sample std of two: |S_1 - S_2| / sqrt(2)
+    s = torch.tensor([-15.7, -6.7]) / 3
+    expected = s / (3.0 / 2**0.5)
+    adv = trainer.combine_advantages(ro, 2.0)
+    torch.testing.assert_close(adv, torch.tensor([[expected[0]] * 2 + [0, 0], [expected[1]] * 3 + [0]]))
+    assert torch.all(adv.sum(dim=1) < 0)  # both pushed down: the group's mean is no excuse
+    # RePO's constraint: violations (3, 0) against the tolerance 0; the answer within budget keeps its reward
+    rectified = _bare(GRPORePO, GRPO + ["ppo.group_combine=budget"])
+    rectified.compute_advantages(ro, rectified.shape_rewards(ro), rectified.shape_costs(ro))
+    s = torch.tensor([-6.5, 0.5]) / 3  # ((-0.5, 0.5) - 2 (3, 0)) / 3
+    adv = rectified.combine_advantages(ro, 2.0)
+    torch.testing.assert_close(adv[:, 0], s / (7.0 / 3 / 2**0.5))
+    assert adv[0, 0] < 0 < adv[1, 0]
 
 
 def test_rectified_grpo_gives_a_safe_group_no_cost_advantage():

@@ -408,7 +408,9 @@ class PPOConfig:
     group_scale: str = "group"
     #: grpo methods: what is normalised within a group. "advantages": reward and cost separately, then
     #: (A_r - lambda A_c) / (1 + lambda); "scores": the Lagrangian score R - lambda C of each answer, once
-    #: (every prompt weighs the same, and a benign prompt's small cost spread is not blown up to unit scale).
+    #: (every prompt weighs the same, and a benign prompt's small cost spread is not blown up to unit scale);
+    #: "budget": the reward centred in its group, the cost against the budget, one scale over the batch
+    #: (group_scale does not apply; a prompt whose answers are all unsafe is still pushed away from them).
     group_combine: str = "advantages"
     #: normalise the combined advantage to zero mean, unit variance over the batch's real tokens.
     whiten_advantages: bool = False

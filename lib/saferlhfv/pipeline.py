@@ -17,7 +17,7 @@ Stages, in order:
   ``guard_model`` (Beaver-Guard-V trained), ``guard`` (the guard at work: moderation quality, the
   rounds of filter-and-regenerate on the precursor, adversarial probes), and the PPO methods of
   :data:`saferlhfv.stages.PPO_METHODS`
-  (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``), each evaluated against the
+  (``ppo_lag``, ``ppo_reward_only``, ``ppo_repo``, ``ppo_grpo_lag``, ``ppo_grpo_repo``), each evaluated against the
   precursor with the oracle; ``--seeds 0 1 2`` adds mean +- std over seeds of the RL stage; last
   ``monitor``, the streaming content monitor that stops harmful answers early, and its baseline;
   then the training-free measurements inside the policies: ``shiftdc`` (the image-induced activation

@@ -2,7 +2,7 @@
 
 ``STAGE`` is a stage of :mod:`saferlhfv.stages` (``sft``, ``reward``, ``cost``, ``guard_model``,
 ``guard``, ``ppo``, ``monitor``) or one of the PPO methods the pipeline compares (``ppo_lag``, ``ppo_reward_only``,
-``ppo_repo``, ``ppo_grpo_lag``). Every stage takes the same flags:
+``ppo_repo``, ``ppo_grpo_lag``, ``ppo_grpo_repo``). Every stage takes the same flags:
 
 ==================  =========================================================================
 ``--preset P``      tiny | small | paper, or a YAML path (default tiny)

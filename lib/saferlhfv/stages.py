@@ -147,17 +147,25 @@ def _build_ppo(cfg: Config, folder: Path, upstream: dict[str, Path], resume: boo
     )
 
 
+#: how the critic-free methods sample and score their groups (:data:`PPO_METHODS`).
+_GROUPS: dict[str, Any] = {"ppo.samples_per_prompt": 4, "ppo.rollout_batch_size": 32, "ppo.group_combine": "budget"}
+
 #: the PPO methods the pipeline trains, each the ``ppo`` stage under these overrides (``--seeds``
-#: repeats them). Safe GRPO scores every answer against the others to its prompt: 4 per prompt.
-#: RePO's target is zero violations, so its multiplier only rises, and safe GRPO's per-prompt
-#: advantages need a larger price than PPO-Lagrangian's: both get ``lambda_max`` 5, not the tiny
-#: preset's 2 (chosen for PPO-Lagrangian). Tiny, 3 seeds: at 2 both sat at the cap and left 0.43 /
-#: 0.39 of harmful prompts unsafe (PPO-Lagrangian 0.17); at 5, 0.04 / 0.07, at lower helpfulness.
+#: repeats them). RePO's target is zero violations, so its multiplier only rises: ``lambda_max`` 5,
+#: not the tiny preset's 2 (chosen for PPO-Lagrangian; at 2 RePO sat at the cap and left 0.43 of
+#: harmful prompts unsafe over 3 seeds). The critic-free methods score 4 answers per prompt, 8 prompts
+#: per rollout of 32, with the reward centred in its group and the cost against its budget
+#: (``group_combine`` "budget", :mod:`saferlhfv.train.ppo.grpo`): centring the cost too left every
+#: prompt whose 4 answers were all unsafe without any push (safe GRPO with rollouts of 16, centred
+#: costs and lambda_max 5, 3 seeds on one precursor: 0.14 of harmful prompts unsafe at benign
+#: helpfulness 1.64; now 0.12 at 2.27, with the preset's cap). The critic-free RePO (``grpo_repo``)
+#: has ``lambda_max`` 3: its multiplier too sits at the cap.
 PPO_METHODS: dict[str, dict[str, Any]] = {
     "ppo_lag": {"ppo.algorithm": "ppo_lag"},
     "ppo_reward_only": {"ppo.algorithm": "reward_only"},
     "ppo_repo": {"ppo.algorithm": "repo", "ppo.lambda_max": 5.0},
-    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", "ppo.samples_per_prompt": 4, "ppo.lambda_max": 5.0},
+    "ppo_grpo_lag": {"ppo.algorithm": "grpo_lag", **_GROUPS},
+    "ppo_grpo_repo": {"ppo.algorithm": "grpo_repo", **_GROUPS, "ppo.lambda_max": 3.0},
 }
 
 #: PPO runs that a later stage measures, not methods the pipeline compares: the ``ppo`` stage under

@@ -32,6 +32,7 @@ __all__ = [
     "combine_advantages",
     "whiten",
     "group_advantages",
+    "budget_advantages",
     "rectified_costs",
     "prompt_rectified_costs",
     "reference_kl",
@@ -406,6 +407,33 @@ def group_advantages(scores: torch.Tensor, group: int, scale: str = "group", eps
     elif scale != "none":
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     return centred.view(-1).to(scores.dtype)
+
+
+def budget_advantages(
+    rewards: torch.Tensor, costs: torch.Tensor, *, group: int, lam: float, budget: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """Critic-free advantage with the reward centred in its group and the cost against its budget.
+
+    ``S_i = [(R_i - mean_g(R)) - lam * (C_i - budget)] / (1 + lam)``,  ``A_i = S_i / (std(S) + eps)``
+
+    over the ``group`` answers ``g`` of one prompt, the std over the whole batch (sample std). Unlike
+    :func:`group_advantages` of the cost, a group whose answers all cost more than the budget is pushed
+    down, each answer by its own excess.
+
+    Args:
+        rewards: ``[B]`` end rewards (RM-V), rows ``group * j .. group * j + group - 1`` answering prompt ``j``.
+        costs: ``[B]`` end costs (CM-V, or RePO's violations), same layout.
+        group: answers per prompt, >= 2.
+        lam: the Lagrange multiplier, >= 0.
+        budget: the cost every answer is measured against (the budget ``d`` of the constraint).
+
+    Returns:
+        ``[B]`` advantages, one per answer (broadcast over its tokens by the caller).
+    """
+    r = _groups(rewards.float(), group, "budget advantages")
+    centred = (r - r.mean(dim=1, keepdim=True)).view(-1)
+    scores = (centred - lam * (costs.float() - budget)) / (1.0 + lam)
+    return (scores / (scores.std() + eps)).to(rewards.dtype)
 
 
 def rectified_costs(costs: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:

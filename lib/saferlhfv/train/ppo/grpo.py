@@ -22,6 +22,19 @@ cost advantages that lambda then multiplies (refusals and helpful answers cost a
 there); one normalisation per prompt keeps the reward's ranking in such a group and gives every
 prompt the same weight.
 
+With ``ppo.group_combine = "budget"`` only the reward is centred in its group; the cost is measured
+against the constraint's own threshold ``d`` (the budget; for ``grpo_repo`` the tolerance on the
+violation, 0 by default), and one scale is taken over the batch::
+
+    A(y_i)   = [ (R_i - mean_j R_j)  -  lambda (C_i - d) ] / (1 + lambda),   then / std over the batch
+
+Helpfulness is relative (the best answer to *this* question), safety is not: a group whose ``k``
+answers are all unsafe has a centred cost advantage of 0, so ``"advantages"`` and ``"scores"`` do
+not push such a prompt at all, however unsafe. Against the budget each of its answers is pushed
+down by ``lambda (C_i - d)``. Both baselines leave the policy gradient unbiased (neither depends on
+the answer it scores). For ``grpo_repo`` the violation ``{C - d_r}^+`` is 0 on every answer within
+its budget, so a benign group answered safely is ranked by the reward alone.
+
 Differences from PPO-Lagrangian (:class:`~saferlhfv.train.ppo.trainer.PPOLag`), each one hook:
 
 ==========================  =================================================================
@@ -46,6 +59,7 @@ from typing import Any
 import torch
 
 from saferlhfv.algorithms.losses import (
+    budget_advantages,
     clipped_surrogate,
     group_advantages,
     kl_shaped_costs,
@@ -72,8 +86,10 @@ class GRPOLag(PPOLag):
                 f"ppo.algorithm=grpo_lag compares answers to the same prompt: it needs ppo.samples_per_prompt >= 2 "
                 f"(got {cfg.ppo.samples_per_prompt}; 4 is a good start)"
             )
-        if cfg.ppo.group_combine not in ("advantages", "scores"):
-            raise ConfigError(f"ppo.group_combine must be 'advantages' or 'scores', got {cfg.ppo.group_combine!r}")
+        if cfg.ppo.group_combine not in ("advantages", "scores", "budget"):
+            raise ConfigError(
+                f"ppo.group_combine must be 'advantages', 'scores' or 'budget', got {cfg.ppo.group_combine!r}"
+            )
         if cfg.ppo.rollout_batch_size % cfg.ppo.samples_per_prompt:
             raise ConfigError(
                 f"ppo.rollout_batch_size ({cfg.ppo.rollout_batch_size}) must be a multiple of "
@@ -104,14 +120,24 @@ class GRPOLag(PPOLag):
         ro.reward_ret = ro.cost_ret = None
 
     def combine_advantages(self, ro: Rollout, lam: float) -> torch.Tensor:
-        """``[B, T]`` the actor's advantage; with ``ppo.group_combine = "scores"`` the group advantage of
-        each answer's Lagrangian score ``R - lambda C`` (one normalisation per prompt), else the base's
-        ``(A_r - lambda A_c) / (1 + lambda)`` of the separately normalised advantages."""
+        """``[B, T]`` the actor's advantage on every real token of its answer, by ``ppo.group_combine``:
+
+        * ``"advantages"``: the base's ``(A_r - lambda A_c) / (1 + lambda)`` of the separately
+          group-normalised reward and cost;
+        * ``"scores"``: the group advantage of each answer's Lagrangian score ``(R - lambda C) / (1 + lambda)``;
+        * ``"budget"``: :func:`~saferlhfv.algorithms.losses.budget_advantages` of the reward and the cost
+          against the multiplier's threshold (module docstring).
+        """
         ppo = self.cfg.ppo
         if ppo.group_combine == "advantages":
             return super().combine_advantages(ro, lam)
-        scores = (ro.reward_total - lam * ro.cost_total) / (1.0 + lam)
-        adv = group_advantages(scores, ppo.samples_per_prompt, ppo.group_scale)
+        if ppo.group_combine == "budget":
+            adv = budget_advantages(
+                ro.reward_total, ro.cost_total, group=ppo.samples_per_prompt, lam=lam, budget=self.lagrange.threshold
+            )
+        else:
+            scores = (ro.reward_total - lam * ro.cost_total) / (1.0 + lam)
+            adv = group_advantages(scores, ppo.samples_per_prompt, ppo.group_scale)
         return adv.unsqueeze(1) * ro.mask.to(adv.dtype)
 
     def actor_objective(self, mb: dict[str, Any], logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
