@@ -40,7 +40,7 @@ def test_cli_json_has_every_part(capsys, artifacts):
     assert out["ppo"]["ppo_episodes_per_s"] > 0 and out["ppo"]["ppo_upstream"].startswith("untrained")
     assert [r["stage"] for r in out["stages"]] == list(PIPELINE)
     assert all(r["source"] == "missing" for r in out["stages"])  # nothing trained in this folder
-    assert [r["algorithm"] for r in out["methods"]] == ["ppo_lag", "reward_only", "repo", "grpo_lag"]
+    assert [r["algorithm"] for r in out["methods"]] == ["ppo_lag", "reward_only", "repo", "grpo_lag", "grpo_repo"]
     assert all(r["ppo_episodes_per_s"] > 0 for r in out["methods"])
     assert out["peak_memory_mb"] > 0
     _check_role_memory(load_config("tiny", overrides=MEMORY_SMALL), out["memory"])

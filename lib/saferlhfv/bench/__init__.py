@@ -15,7 +15,8 @@ Seven parts (``--parts``; all but ``concurrent`` by default), each a function re
   SFT / RM-V / CM-V artifacts when they are cached, untrained copies otherwise (then every
   answer runs to ``ppo.max_new_tokens``: a worst case).
 * ``methods`` (:func:`bench_methods`): the ``ppo`` part for the method of each PPO stage of the
-  pipeline (PPO-Lagrangian, reward-only, RePO, four-role safe GRPO with its 4 answers per prompt).
+  pipeline (PPO-Lagrangian, reward-only, RePO, four-role safe GRPO and critic-free RePO with their
+  4 answers per prompt).
 * ``stages`` (:func:`stage_times`): wall time of each pipeline stage and its end-to-end
   training samples/s (steps x batch / seconds, evaluation included), read from the cached
   artifacts' ``result.json`` (``seconds``) or from a pipeline run's ``summary.json``; a stage

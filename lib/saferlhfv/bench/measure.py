@@ -215,7 +215,7 @@ def bench_ppo(cfg: Config, *, iterations: int = 2, use_artifacts: bool = True) -
 
 def bench_methods(cfg: Config, *, iterations: int = 2) -> list[dict[str, Any]]:
     """:func:`bench_ppo` for the method of every PPO stage of the pipeline (PPO-Lagrangian, reward-only,
-    RePO, safe GRPO), each with the overrides its stage uses: one row per method."""
+    RePO, safe GRPO, critic-free RePO), each with the overrides its stage uses: one row per method."""
     rows = []
     for stage, overrides in PPO_METHODS.items():
         r = bench_ppo(apply_overrides(cfg, overrides), iterations=iterations)
