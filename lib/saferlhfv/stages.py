@@ -158,8 +158,9 @@ _GROUPS: dict[str, Any] = {"ppo.samples_per_prompt": 4, "ppo.rollout_batch_size"
 #: (``group_combine`` "budget", :mod:`saferlhfv.train.ppo.grpo`): centring the cost too left every
 #: prompt whose 4 answers were all unsafe without any push (safe GRPO with rollouts of 16, centred
 #: costs and lambda_max 5, 3 seeds on one precursor: 0.14 of harmful prompts unsafe at benign
-#: helpfulness 1.64; now 0.12 at 2.27, with the preset's cap). The critic-free RePO (``grpo_repo``)
-#: has ``lambda_max`` 3: its multiplier too sits at the cap.
+#: helpfulness 1.64; now 0.12 at 2.27, with the preset's cap; on a precursor of ``seed=1`` 0.27 at 1.96
+#: and 0.35 at 2.36: the README's results). The critic-free RePO (``grpo_repo``) has ``lambda_max`` 3:
+#: its multiplier too sits at the cap.
 PPO_METHODS: dict[str, dict[str, Any]] = {
     "ppo_lag": {"ppo.algorithm": "ppo_lag"},
     "ppo_reward_only": {"ppo.algorithm": "reward_only"},
