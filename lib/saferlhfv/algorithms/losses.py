@@ -430,8 +430,7 @@ def budget_advantages(
     Returns:
         ``[B]`` advantages, one per answer (broadcast over its tokens by the caller).
     """
-    r = _groups(rewards.float(), group, "budget advantages")
-    centred = (r - r.mean(dim=1, keepdim=True)).view(-1)
+    centred = group_advantages(rewards.float(), group, scale="none")
     scores = (centred - lam * (costs.float() - budget)) / (1.0 + lam)
     return (scores / (scores.std() + eps)).to(rewards.dtype)
 
