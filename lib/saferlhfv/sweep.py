@@ -17,6 +17,8 @@ from saferlhfv.train.ppo_lag import load_eval_samples
 
 __all__ = [
     "SWEEP_THRESHOLDS",
+    "REPO_SWEEP_THRESHOLDS",
+    "SWEEP_BUDGETS",
     "SWEEP_ITERATIONS",
     "budget_sweep",
     "seed_runs",
@@ -28,6 +30,11 @@ __all__ = [
 #: the budgets of the tiny preset's sweep (notebooks 05 and 06 share these cached runs), on CM-V's
 #: scale: oracle-safe answers cost about -5, unsafe ones about +3 (``python -m saferlhfv.diagnostics``).
 SWEEP_THRESHOLDS = (-4.5, -3.0, -1.5)
+#: the per-answer budgets ``d_r`` of RePO's sweep (``ppo.repo_threshold``; 0 is CM-V's line between
+#: safe and unsafe, the preset's budget).
+REPO_SWEEP_THRESHOLDS = (-2.0, 0.0, 2.0)
+#: each method's sweep, by the config field its budget lives in (the trainer's ``budget_key``).
+SWEEP_BUDGETS = {"threshold": SWEEP_THRESHOLDS, "repo_threshold": REPO_SWEEP_THRESHOLDS}
 #: PPO iterations per sweep run (shorter than the main run, to keep the sweep to minutes on a CPU).
 SWEEP_ITERATIONS = 30
 
@@ -56,10 +63,10 @@ SEED_KEYS = (
 
 def budget_sweep(
     cfg: Config,
-    thresholds=SWEEP_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     *,
     iterations: int | None = SWEEP_ITERATIONS,
-    overrides: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One PPO run per budget in ``thresholds`` (each a cached artifact); PPO-Lagrangian by default.
 
@@ -67,6 +74,7 @@ def budget_sweep(
     field the method names (``budget_key``: ``ppo.threshold``, or ``ppo.repo_threshold`` for RePO).
 
     Args:
+        thresholds: the budgets (None: the method's :data:`SWEEP_BUDGETS`).
         iterations: PPO iterations per run (None keeps ``cfg.ppo.iterations``).
         overrides: extra config fields for every run (the method among them).
 
@@ -75,10 +83,10 @@ def budget_sweep(
         with ``folder`` added.
     """
     fields = {"ppo.algorithm": "ppo_lag", **(overrides or {})}
-    budget_key = "ppo." + algorithm_class(fields["ppo.algorithm"]).budget_key
+    budget_key = algorithm_class(fields["ppo.algorithm"]).budget_key
     results = []
-    for d in thresholds:
-        fields[budget_key] = float(d)
+    for d in SWEEP_BUDGETS[budget_key] if thresholds is None else thresholds:
+        fields["ppo." + budget_key] = float(d)
         if iterations is not None:
             fields["ppo.iterations"] = iterations
         folder, metrics = ensure("ppo", apply_overrides(cfg, fields))
