@@ -1,4 +1,4 @@
-"""Many PPO runs from one config: a budget sweep (notebooks 05 and 06) and seeds (mean +- std).
+"""Many PPO runs from one config: a budget sweep (notebooks 05-07) and seeds (mean +- std).
 
 Every run is a cached ``ppo`` artifact (:func:`saferlhfv.stages.ensure`), so notebooks, the
 pipeline and the command line share them.
