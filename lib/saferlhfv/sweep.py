@@ -84,11 +84,11 @@ def budget_sweep(
     """
     fields = {"ppo.algorithm": "ppo_lag", **(overrides or {})}
     budget_key = algorithm_class(fields["ppo.algorithm"]).budget_key
+    if iterations is not None:
+        fields["ppo.iterations"] = iterations
     results = []
     for d in SWEEP_BUDGETS[budget_key] if thresholds is None else thresholds:
         fields["ppo." + budget_key] = float(d)
-        if iterations is not None:
-            fields["ppo.iterations"] = iterations
         folder, metrics = ensure("ppo", apply_overrides(cfg, fields))
         results.append({**metrics, "folder": str(folder)})
     return results
