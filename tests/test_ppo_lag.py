@@ -103,6 +103,41 @@ def _initial_critics(cfg, dirs, folder):
             for p in getattr(trainer.roles, role).parameters()]  # fmt: skip
 
 
+def test_the_precursor_is_evaluated_once_per_seed_and_read_back_unchanged(upstream, tmp_path, monkeypatch):
+    """Every PPO run compares its policy with the precursor's answers. Runs that share the precursor and the
+    RL seed (a budget sweep, the methods of one seed) share that evaluation through the artifact cache: the
+    second run reads exactly what the first generated, and another seed generates its own."""
+    from saferlhfv import evaluate
+    from saferlhfv.config import apply_overrides
+    from saferlhfv.data.world import rl_prompts
+    from saferlhfv.train.ppo import run_seed
+    from saferlhfv.train.ppo_lag import evaluate_precursor
+
+    art, dirs = upstream
+    monkeypatch.setenv("SAFERLHFV_ARTIFACTS", str(tmp_path / "cache"))
+    cfg = load_config("tiny", overrides=SMALL)
+    roles = make_trainer(cfg, out_dir=tmp_path / "run", **dirs).roles
+    prompts = rl_prompts(cfg.data, "evaluation")
+    kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=run_seed(cfg) + 17, return_samples=True)
+    direct = {"sampled": evaluate.evaluate_policy(roles.reference, roles.processor, prompts, **kwargs),
+              "greedy": evaluate.evaluate_policy(roles.reference, roles.processor, prompts, do_sample=False,
+                                                 **kwargs)}  # fmt: skip
+    first = evaluate_precursor(cfg, roles.reference, roles.processor, prompts, sft_dir=dirs["sft_dir"])
+    for mode, (summary, samples) in direct.items():
+        assert first[mode] == {"summary": summary, "samples": samples}, mode
+    assert first["sampled"]["samples"] != first["greedy"]["samples"]
+
+    def evaluated_again(*args, **kwargs):
+        raise AssertionError("the precursor was evaluated again")
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", evaluated_again)
+    other_method = apply_overrides(cfg, {"ppo.algorithm": "grpo_lag", "ppo.threshold": 1.0})
+    assert evaluate_precursor(other_method, roles.reference, roles.processor, prompts, sft_dir=dirs["sft_dir"]) == first
+    other_seed = apply_overrides(cfg, {"ppo.seed": cfg.ppo.seed + 1})
+    with pytest.raises(AssertionError, match="evaluated again"):
+        evaluate_precursor(other_seed, roles.reference, roles.processor, prompts, sft_dir=dirs["sft_dir"])
+
+
 def test_reward_only_keeps_lambda_at_zero(upstream, tmp_path):
     _, dirs = upstream
     cfg = load_config("tiny", overrides=SMALL + ["ppo.algorithm=reward_only", "ppo.iterations=2"])
