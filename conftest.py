@@ -35,22 +35,28 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return available_cores() + 1
 
 
-#: notebooks that run after the others in the test command, in this order. pytest-xdist's work stealing
+#: files whose items run after the others in the test command, in this order. pytest-xdist's work stealing
 #: takes tests from the end of a worker's queue, so an idle worker starts on these: the guard and the
-#: monitor need only SFT and can train beside the PPO stages, and the PPO method comparison (six runs)
-#: starts before ShiftDC and the safety neurons (one stage each on top of notebook 05's PPO runs).
-NOTEBOOKS_LAST = (
+#: monitor need only SFT and can train beside the PPO stages, and the PPO method comparison (18 runs, the
+#: longest item) starts before ShiftDC and the safety neurons (one stage each on top of notebook 05's
+#: PPO runs). A worker always holds the item after the one it runs, and stealing never takes that one:
+#: whatever follows the method comparison on its worker waits until the comparison ends (notebook 09
+#: waited 105 s there, alone at the end of the run). The checks of the notebooks' text (49 items of a few
+#: milliseconds) therefore follow it, so that the notebooks after them can be stolen by an idle worker.
+COLLECT_LAST = (
     "04_guardrail_filtering.ipynb",
     "08_streaming_moderation.ipynb",
     "07_rectified_and_group_methods.ipynb",
+    "test_notebook_text.py",
     "09_modality_shift.ipynb",
     "10_safety_neurons.ipynb",
 )
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Move :data:`NOTEBOOKS_LAST` to the end of the collection, in that order (the rest keeps its order)."""
-    rank = {name: i for i, name in enumerate(NOTEBOOKS_LAST)}
+    """Move the items of :data:`COLLECT_LAST`'s files to the end of the collection, in that order (the rest,
+    and the items of one file, keep their order)."""
+    rank = {name: i for i, name in enumerate(COLLECT_LAST)}
     items.sort(key=lambda item: rank.get(item.path.name, -1))
 
 
