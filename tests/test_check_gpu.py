@@ -74,6 +74,7 @@ def test_cpu_mode_runs_one_family_end_to_end(tmp_path, capsys):
     ppo = results[-1].metrics
     assert ppo["iterations"] == 1 and math.isfinite(ppo["final_lambda"])
     folders = sorted(p.parent.name.split("-")[0] for p in tmp_path.glob("tiny/*/result.json"))
-    assert folders == ["cost", "ppo", "reward", "sft"]
+    # the four stages, and the precursor's answers that the PPO stage compares its policy with (cached)
+    assert folders == ["cost", "ppo", "precursor_eval", "reward", "sft"]
     out = capsys.readouterr().out
     assert out.count("  ok") == 4
