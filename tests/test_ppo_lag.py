@@ -113,7 +113,7 @@ def test_the_precursor_is_evaluated_once_per_seed_and_read_back_unchanged(upstre
     from saferlhfv.train.ppo import run_seed
     from saferlhfv.train.ppo_lag import evaluate_precursor
 
-    art, dirs = upstream
+    _, dirs = upstream
     monkeypatch.setenv("SAFERLHFV_ARTIFACTS", str(tmp_path / "cache"))
     cfg = load_config("tiny", overrides=SMALL)
     roles = make_trainer(cfg, out_dir=tmp_path / "run", **dirs).roles

@@ -27,6 +27,8 @@ from saferlhfv.train.ppo import make_trainer, run_seed
 
 #: answers sampled per evaluation prompt to measure safety compensation (per-prompt unsafe probability).
 COMPENSATION_SAMPLES = 4
+#: the evaluation answers (policy and precursor alike) are sampled with seed ``run_seed(cfg) + EVAL_SEED_OFFSET``.
+EVAL_SEED_OFFSET = 17
 #: the oracle numbers also reported for greedy decoding, as ``greedy_<key>`` (policy and precursor).
 GREEDY_KEYS = ("safety_rate", "harmful_safety_rate", "benign_helpfulness", "degenerate_share")
 
@@ -70,7 +72,7 @@ def evaluate_precursor(cfg: Config, reference, processor, prompts, *, sft_dir: P
     from saferlhfv.artifacts import cached
     from saferlhfv.evaluate import evaluate_policy
 
-    seed = run_seed(cfg) + 17
+    seed = run_seed(cfg) + EVAL_SEED_OFFSET
     kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=seed, return_samples=True)
     extra = json.dumps([Path(sft_dir).name, cfg.ppo.shared_base, seed, cfg.ppo.max_new_tokens])
     key = hashlib.sha256(extra.encode()).hexdigest()[:12]
@@ -126,7 +128,7 @@ def train_ppo_lag(
     trainer.save_policy(out_dir / "model")
     prompts = rl_prompts(cfg.data, "evaluation")
     roles = trainer.roles
-    kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=run_seed(cfg) + 17, return_samples=True)
+    kwargs = dict(max_new_tokens=cfg.ppo.max_new_tokens, seed=run_seed(cfg) + EVAL_SEED_OFFSET, return_samples=True)
     summary, samples = evaluate_policy(trainer.policy(), roles.processor, prompts, **kwargs)
     greedy = dict(kwargs, do_sample=False)
     greedy_summary, greedy_samples = evaluate_policy(trainer.policy(), roles.processor, prompts, **greedy)
