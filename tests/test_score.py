@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from saferlhfv.models.collate import pair_batch
 from saferlhfv.models.factory import build_tiny_vlm
 from saferlhfv.models.generation import render_prompts
 from saferlhfv.models.score import (
@@ -51,6 +52,34 @@ def test_end_score_same_left_right_alone(scorer):
     torch.testing.assert_close(right, alone, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(left, alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(alone[0], alone[1])  # different sequences, different scores
+
+
+def test_pair_end_scores_read_the_shared_prompt_once_and_match_the_full_pass(scorer):
+    """Both answers' end scores through the shared prompt's KV cache equal the two-row pass, and so do the
+    gradients of a loss on them (the prompt's keys and values get both answers' gradient)."""
+    model, processor = scorer
+    images = [picture((40, 90, 200)), picture((200, 30, 30)), picture((10, 200, 10))]
+    questions = ["what is in the picture?", "is the red ball near the box?", "say it"]
+    a = ["a red ball and a box.", "yes, it is near.", "same"]
+    b = ["a red cup.", "no, it is far from the box and from the ball.", "same"]  # pair 2: equal answers
+    batch = pair_batch(processor, images, questions, a, b)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    try:
+        end = model(**batch).end_scores
+        full = torch.autograd.grad((end[:3] - 2 * end[3:]).square().sum(), params, allow_unused=True)
+        first, second = model.pair_end_scores(**batch)
+        shared = torch.autograd.grad((first - 2 * second).square().sum(), params, allow_unused=True)
+    finally:
+        model.eval()
+    torch.testing.assert_close(first, end[:3], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second, end[3:], rtol=1e-4, atol=1e-5)
+    assert [g is None for g in shared] == [g is None for g in full]  # the same parameters reached
+    scale = max(g.abs().max() for g in full if g is not None)
+    for g_shared, g_full in zip(shared, full):
+        if g_full is not None:
+            torch.testing.assert_close(g_shared, g_full, rtol=1e-3, atol=1e-5 * scale)
+    assert scale > 0 and not torch.allclose(first[0], second[0])
 
 
 def test_reading_position_minus_one_is_the_public_code_bug(scorer):

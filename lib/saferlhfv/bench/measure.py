@@ -108,12 +108,11 @@ def bench_model(cfg: Config, *, batch_size: int = 8, new_tokens: int = 32, repea
 
 def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> dict[str, Any]:
     """One RM-V optimiser step on ``batch_size`` preference pairs (``2 x batch_size`` sequences): pairs/s."""
-    from saferlhfv.algorithms.losses import reward_loss
     from saferlhfv.data import load_preference_data
     from saferlhfv.models.collate import pair_batch
     from saferlhfv.models.factory import load_vlm
     from saferlhfv.models.score import ScoreModel
-    from saferlhfv.train.preference import pair_view
+    from saferlhfv.train.preference import pair_loss_fn, pair_view
 
     device = _device()
     backbone, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
@@ -127,9 +126,10 @@ def bench_score_model(cfg: Config, *, batch_size: int = 8, repeats: int = 5) -> 
     n = len(views)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
+    loss_fn = pair_loss_fn("reward", cfg)  # the RM-V stage's own loss
+
     def train_step():
-        end = model(**batch).end_scores
-        loss, _ = reward_loss(end[:n], end[n:], reg=cfg.reward.reg)
+        loss, _ = loss_fn(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,8 +12,10 @@ batch`` (one minibatch per epoch, like the peer's ``num_mini_batches=1``). Itera
 ``FlopCounterMode`` (its FLOPs), iteration 2 is a warm-up, iterations 3.. are timed (seconds each).
 
 RM-V (:func:`ours_reward`): forward + backward + AdamW of a :class:`~saferlhfv.models.score.ScoreModel` on
-``batch`` preference pairs of the mini world (what ``--parts score`` measures), each step on a
-different, already encoded batch; the processor's encoding of a batch is timed apart.
+``batch`` preference pairs of the mini world (what ``--parts score`` measures) with the RM-V stage's own
+loss, which reads each pair's shared picture and question once
+(:meth:`~saferlhfv.models.score.ScoreModel.pair_end_scores`); each step on a different, already encoded
+batch; the processor's encoding of a batch is timed apart.
 """
 
 from __future__ import annotations
@@ -198,14 +200,15 @@ def ours_reward(
     """Time RM-V optimiser steps on ``batch`` pairs (see the module docstring); the result line's fields.
 
     Returns:
-        ``pairs_per_s`` / ``tokens_per_s`` (tokens = ``2 x batch x`` padded length, as the model runs them)
-        over the median model step; ``encode_s`` the median time the processor takes to encode one batch
+        ``pairs_per_s`` / ``tokens_per_s`` over the median model step, tokens = ``2 x batch x`` the padded
+        length of the pair batch: both sequences of every pair, as the peer's trainer runs them (ours reads
+        the shared prompt once, so the model computes fewer positions than that; ``flops_per_step`` counts
+        what it computes); ``encode_s`` the median time the processor takes to encode one batch
         (pictures + chat template; the peer's batches come pre-tokenised); ``tokens_per_s_with_encoding``;
         ``flops_per_step``; ``image_tokens`` per sequence.
     """
     import torch
 
-    from saferlhfv.algorithms.losses import reward_loss
     from saferlhfv.bench.measure import _corpus
     from saferlhfv.bench.peer_common import count_flops, peak_rss_mb
     from saferlhfv.config import apply_overrides, load_config
@@ -213,7 +216,7 @@ def ours_reward(
     from saferlhfv.models.collate import pair_batch
     from saferlhfv.models.factory import load_vlm
     from saferlhfv.models.score import ScoreModel
-    from saferlhfv.train.preference import pair_view
+    from saferlhfv.train.preference import pair_loss_fn, pair_view
 
     cfg = apply_overrides(load_config(preset), sizes.overrides())
     backbone, processor = load_vlm(cfg.model, _corpus(cfg), seed=cfg.seed)
@@ -229,9 +232,10 @@ def ours_reward(
         encode_s.append(time.perf_counter() - start)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
+    loss_fn = pair_loss_fn("reward", cfg)  # the RM-V stage's own loss: the shared prompt read once
+
     def train_step(inputs):
-        end = model(**inputs).end_scores
-        loss, _ = reward_loss(end[:batch], end[batch:], reg=cfg.reward.reg)
+        loss, _ = loss_fn(model, inputs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -7,11 +7,13 @@ same code drives a tiny model on a CPU and a 7B model on a GPU.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, ProcessorMixin
 
 from saferlhfv.data.rgb import to_rgb
@@ -27,6 +29,9 @@ __all__ = [
     "generate_answers",
     "ItemSeededSampling",
     "model_inputs",
+    "select_vision",
+    "cache_kwargs",
+    "cache_of",
     "token_logprobs",
     "response_mask",
     "end_token_ids",
@@ -250,6 +255,40 @@ def generate_answers(
 
 #: the processor outputs that carry the image (whichever a family produces).
 VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
+
+
+def cache_kwargs(module: nn.Module, cache) -> dict:
+    """``{name: cache}`` under the name ``module.forward`` takes the KV cache by (``cache`` in recent
+    transformers, ``past_key_values`` before)."""
+    target = module.get_base_model() if hasattr(module, "get_base_model") else module  # peft: the wrapped model
+    params = inspect.signature(target.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def cache_of(out) -> object:
+    """The KV cache a forward pass returned (``cache`` or ``past_key_values``, whichever the version uses)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def select_vision(vision: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The processor's image tensors of the rows ``index`` (``[K]`` long) of a batch.
+
+    Row-indexed for LLaVA (``pixel_values [B, ...]``, ``image_sizes``); Qwen2-VL concatenates the patches
+    of all images along dim 0, so its ``pixel_values`` are cut by ``image_grid_thw`` first.
+    """
+    if "image_grid_thw" in vision:
+        grid = vision["image_grid_thw"]
+        sizes = grid.prod(dim=1).tolist()
+        chunks = torch.split(vision["pixel_values"], sizes)
+        out = {
+            "pixel_values": torch.cat([chunks[i] for i in index.tolist()]),
+            "image_grid_thw": grid[index],
+        }
+        if "mm_token_type_ids" in vision:
+            out["mm_token_type_ids"] = vision["mm_token_type_ids"][index]
+        return out
+    return {k: v[index] for k, v in vision.items()}
 
 
 def model_inputs(input_ids, attention_mask, vision: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.io import atomic_directory
 from saferlhfv.masks import last_real_index, position_ids_from_mask
+from saferlhfv.models.collate import split_shared_prefix
 from saferlhfv.models.factory import _seeded, load_saved_vlm, save_vlm
-from saferlhfv.models.generation import model_inputs
+from saferlhfv.models.generation import cache_kwargs, cache_of, model_inputs, select_vision
 
 __all__ = [
     "VLMWithHeads",
@@ -154,6 +155,57 @@ class ScoreModel(VLMWithHeads):
         end_index = last_token_index(attention_mask)
         end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)
         return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)
+
+    def pair_end_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **vision_inputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """End scores of both answers of each preference pair, reading the pair's shared prompt once.
+
+        The two rows of a pair (``i`` and ``B + i`` of :func:`~saferlhfv.models.collate.pair_batch`) hold
+        the same picture and question: their key/value states up to the first token where the answers
+        differ are the same. One pass reads that shared prefix for the ``B`` pairs (the vision tower on
+        ``B`` pictures instead of ``2B``), a second reads the ``2B`` answers through its KV cache. Equal to
+        ``forward(...).end_scores`` split in halves up to float rounding, gradients included (the prefix's
+        keys and values receive the gradient of both answers); a pair costs ``P + A_a + A_b`` token
+        positions instead of ``2 (P + max A)``.
+
+        With gradient checkpointing the decoder keeps no cache in training, so that case (and a batch of
+        one row) takes the plain two-row pass.
+
+        Args:
+            input_ids, attention_mask: ``[2B, T]``, right-padded, ``a`` rows first (``pair_batch``).
+            **vision_inputs: the processor's image tensors of the ``2B`` rows.
+
+        Returns:
+            ``(a, b)``: ``[B]`` end scores of the first and the second answer of each pair.
+        """
+        B = input_ids.shape[0] // 2
+        base = self._base()
+        checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.x's name
+        if checkpointing is None:
+            checkpointing = base.is_gradient_checkpointing
+        if (self.training and checkpointing) or B == 0:
+            end = self(input_ids, attention_mask, **vision_inputs).end_scores
+            return end[:B], end[B:]
+        cut = split_shared_prefix(input_ids, attention_mask)
+        vision = select_vision(vision_inputs, torch.arange(B, device=input_ids.device))
+        if "mm_token_type_ids" in vision:  # per-token: lay it out like the prefix's ids
+            vision["mm_token_type_ids"] = vision["mm_token_type_ids"].gather(1, cut.prefix_index) * cut.prefix_mask
+        core = base.model
+        out = core(**model_inputs(cut.prefix_ids, cut.prefix_mask, vision), use_cache=True)
+        cache = cache_of(out)
+        cache.batch_repeat_interleave(2)  # each pair's prefix, once for each of its two rows
+        mask = cut.full_mask()
+        positions = position_ids_from_mask(mask)[:, cut.prefix_ids.shape[1] :]
+        if "image_grid_thw" in vision:  # Qwen2-VL: text positions shifted by the deltas its prefix pass stored
+            positions = positions[None] + core.rope_deltas.repeat_interleave(2, dim=0)
+        hidden = core(
+            input_ids=cut.suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            **cache_kwargs(core, cache),
+        ).last_hidden_state  # fmt: skip
+        scores = self.score_head(hidden).squeeze(-1)  # [2B, A]
+        end = scores.gather(1, last_token_index(cut.suffix_mask).unsqueeze(1)).view(B, 2)
+        return end[:, 0], end[:, 1]
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ deltas the model stored when it read the prompt.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from saferlhfv.masks import position_ids_from_mask
-from saferlhfv.models.generation import encode_prompts, end_token_ids, media_token_ids
+from saferlhfv.models.generation import cache_kwargs, cache_of, encode_prompts, end_token_ids, media_token_ids
 from saferlhfv.models.monitor import StreamingMonitor
 
 __all__ = ["MonitorStream", "StreamResult", "stream_generate", "cache_kwargs", "cache_of", "next_position_ids"]
@@ -82,20 +81,6 @@ class MonitorStream:
         p = torch.softmax(response_logits.float(), dim=-1)[:, 1]
         self.scores.append(p)
         return p
-
-
-def cache_kwargs(module: nn.Module, cache) -> dict:
-    """``{name: cache}`` under the name ``module.forward`` takes the KV cache by (``cache`` in recent
-    transformers, ``past_key_values`` before)."""
-    target = module.get_base_model() if hasattr(module, "get_base_model") else module  # peft: the wrapped model
-    params = inspect.signature(target.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
-
-
-def cache_of(out) -> object:
-    """The KV cache a forward pass returned (``cache`` or ``past_key_values``, whichever the version uses)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def next_position_ids(core: nn.Module, mask: torch.Tensor, *, mrope: bool) -> torch.Tensor:

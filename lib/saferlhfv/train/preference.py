@@ -114,12 +114,12 @@ def _collate(processor, kind: str, *, graded: bool = False, blank: bool = False)
 
 def _split_scores(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = {k: v for k, v in batch.items() if not k.startswith(("a_", "b_"))}
-    end = model(**inputs).end_scores
-    half = end.shape[0] // 2
-    return end[:half], end[half:]
+    return model.pair_end_scores(**inputs)  # the pair's shared prompt read once
 
 
-def _loss_fn(kind: str, cfg: Config):
+def pair_loss_fn(kind: str, cfg: Config):
+    """The training loss of ``kind`` (``reward`` | ``cost``): ``loss_fn(model, batch) -> (loss, stats)``
+    on a :func:`_collate` batch, both answers' end scores from one :meth:`ScoreModel.pair_end_scores`."""
     if kind == "reward":
 
         def loss(model, batch):
@@ -282,7 +282,7 @@ def train_preference_model(cfg: Config, kind: str, out_dir: str | Path, sft_dir:
         model=model,
         dataset=train_pairs,
         collate_fn=_collate(processor, kind, graded=kind == "cost" and cfg.cost.graded_sign),
-        loss_fn=_loss_fn(kind, cfg),
+        loss_fn=pair_loss_fn(kind, cfg),
         cfg=stage_cfg,
         out_dir=out_dir,
         eval_fn=eval_fn,

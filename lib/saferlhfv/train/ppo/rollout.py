@@ -26,6 +26,7 @@ from saferlhfv.models.generation import (
     model_inputs,
     response_mask,
     sampling_kwargs,
+    select_vision,
     token_logprobs,
 )
 from saferlhfv.models.score import ScoreModel
@@ -94,24 +95,9 @@ class Rollout:
             )
             if getattr(self, k) is not None
         }
-        rows["vision"] = _select_vision(self.vision, index)
+        rows["vision"] = select_vision(self.vision, index)
         rows["response_start"] = self.response_start
         return rows
-
-
-def _select_vision(vision: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    if "image_grid_thw" in vision:  # Qwen2-VL: patches of all images are concatenated along dim 0
-        grid = vision["image_grid_thw"]
-        sizes = grid.prod(dim=1).tolist()
-        chunks = torch.split(vision["pixel_values"], sizes)
-        out = {
-            "pixel_values": torch.cat([chunks[i] for i in index.tolist()]),
-            "image_grid_thw": grid[index],
-        }
-        if "mm_token_type_ids" in vision:
-            out["mm_token_type_ids"] = vision["mm_token_type_ids"][index]
-        return out
-    return {k: v[index] for k, v in vision.items()}
 
 
 @torch.no_grad()
