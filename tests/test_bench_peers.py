@@ -179,7 +179,8 @@ def test_pooled_rate_mfu_and_targets():
 
 def test_format_peers_prints_both_tables_and_the_targets():
     result = {
-        "threads": 2, "seconds": 300.0, "machine": {"load_average_before": [1.5, 1.0, 0.5]},
+        "threads": 2, "seconds": 300.0,
+        "machine": {"load_average_before": [1.5, 1.0, 0.5], "processor": "Some CPU (avx2)"},
         "config": {"sizes": Sizes().__dict__},
         "ppo": [_ppo_row(16, 0.5, 0.5, 4.8e10, 3.2e10)],
         "reward": {"batch_pairs": 16, "sequence_tokens": 106, "peak": {"peak_flop_per_s": 1e11},
@@ -193,7 +194,8 @@ def test_format_peers_prints_both_tables_and_the_targets():
     result["reward"]["peer_runs"] = {"106": [{"precision": "float32"}]}
     text = peers.format_peers(result)
     for needle in ("TRL 0.19.1 PPOTrainer", "saferlhfv PPO-Lag, separate", "RewardTrainer", "targets (issue 18)",
-                   "NOT met", "1.12", "load average before it: 1.50", "ours float32, peers float32"):  # fmt: skip
+                   "NOT met", "1.12", "load average before it: 1.50", "ours float32, peers float32",
+                   "CPU: Some CPU (avx2)"):  # fmt: skip
         assert needle in text, needle
     assert "did not train in float32" not in text
     json.dumps(result)  # what --json / --out write

@@ -370,7 +370,6 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_peers(cfg: PeerBenchConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build the peers' venvs if needed, run both comparisons, return everything measured (see :func:`format_peers`)."""
-    import platform
 
     import torch
 
@@ -384,7 +383,7 @@ def run_peers(cfg: PeerBenchConfig, *, progress: Callable[[str], None] | None = 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     result: dict[str, Any] = {
         "threads": _threads(cfg),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpus": os.cpu_count(), "processor": cpu_model(),
                     "torch": torch.__version__, "load_average_before": load_before},  # fmt: skip
         "config": {"batches": list(cfg.batches), "response_length": cfg.response_length, "epochs": cfg.epochs,
                    "iterations": cfg.iterations, "rounds": cfg.rounds, "sizes": cfg.sizes.__dict__,
@@ -410,11 +409,29 @@ def _g(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its vector / matrix extensions (``/proc/cpuinfo`` on Linux, else
+    ``platform.processor()``), e.g. ``"Intel(R) Xeon(R) Processor (avx2, avx512f, avx512_bf16, amx_bf16)"``: the
+    ratios depend on them (TRL's default bf16 is 10x slower than float32 without bf16 instructions)."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        info = []
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({', '.join(extensions)})" if extensions else name
+
+
 def format_peers(result: dict[str, Any]) -> str:
     """The side-by-side table ``--peers`` prints."""
     load = (result["machine"].get("load_average_before") or [None])[0]
     lines = [f"saferlhfv vs peers, {result['threads']} threads, one sitting of {result.get('seconds', 0):.0f} s "
-             f"(1-minute load average before it: {_g(load, '.2f')})"]  # fmt: skip
+             f"(1-minute load average before it: {_g(load, '.2f')})",
+             f"CPU: {result['machine'].get('processor', '?')}"]  # fmt: skip
     sizes = result["config"]["sizes"]
     precisions = peer_precisions(result)
     lines.append(f"decoder: hidden {sizes['hidden']}, {sizes['layers']} layers, {sizes['heads']} heads, MLP "
