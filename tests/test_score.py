@@ -5,7 +5,7 @@ import torch
 
 from saferlhfv.models.collate import pair_batch
 from saferlhfv.models.factory import build_tiny_vlm
-from saferlhfv.models.generation import render_prompts
+from saferlhfv.models.generation import encode_prompts, render_prompts
 from saferlhfv.models.score import (
     ScoreModel,
     last_token_index,
@@ -80,6 +80,10 @@ def test_pair_end_scores_read_the_shared_prompt_once_and_match_the_full_pass(sco
         if g_full is not None:
             torch.testing.assert_close(g_shared, g_full, rtol=1e-3, atol=1e-5 * scale)
     assert scale > 0 and not torch.allclose(first[0], second[0])
+    # the rows of a pair with different pictures: the same token ids, so sharing would read the wrong one
+    mixed = encode_prompts(processor, images + images[::-1], questions * 2, a + b, padding_side="right")
+    with pytest.raises(ValueError, match="same picture"):
+        model.pair_end_scores(**mixed)
 
 
 def test_reading_position_minus_one_is_the_public_code_bug(scorer):

@@ -174,10 +174,15 @@ class ScoreModel(VLMWithHeads):
 
         Args:
             input_ids, attention_mask: ``[2B, T]``, right-padded, ``a`` rows first (``pair_batch``).
-            **vision_inputs: the processor's image tensors of the ``2B`` rows.
+            **vision_inputs: the processor's image tensors of the ``2B`` rows; rows ``i`` and ``B + i`` carry
+                the same picture.
 
         Returns:
             ``(a, b)``: ``[B]`` end scores of the first and the second answer of each pair.
+
+        Raises:
+            ValueError: the two rows of a pair carry different pictures (their image tokens are the same ids,
+                so the shared prefix would read the first row's picture for both).
         """
         B = input_ids.shape[0] // 2
         base = self._base()
@@ -188,7 +193,10 @@ class ScoreModel(VLMWithHeads):
             end = self(input_ids, attention_mask, **vision_inputs).end_scores
             return end[:B], end[B:]
         cut = split_shared_prefix(input_ids, attention_mask)
-        vision = select_vision(vision_inputs, torch.arange(B, device=input_ids.device))
+        rows = torch.arange(2 * B, device=input_ids.device)
+        vision, other = select_vision(vision_inputs, rows[:B]), select_vision(vision_inputs, rows[B:])
+        if "pixel_values" in vision and not torch.equal(vision["pixel_values"], other["pixel_values"]):
+            raise ValueError("pair_end_scores needs the same picture in rows i and B + i (pair_batch's layout)")
         if "mm_token_type_ids" in vision:  # per-token: lay it out like the prefix's ids
             vision["mm_token_type_ids"] = vision["mm_token_type_ids"].gather(1, cut.prefix_index) * cut.prefix_mask
         core = base.model
