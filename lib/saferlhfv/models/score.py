@@ -193,10 +193,10 @@ class ScoreModel(VLMWithHeads):
             end = self(input_ids, attention_mask, **vision_inputs).end_scores
             return end[:B], end[B:]
         cut = split_shared_prefix(input_ids, attention_mask)
-        rows = torch.arange(2 * B, device=input_ids.device)
-        vision, other = select_vision(vision_inputs, rows[:B]), select_vision(vision_inputs, rows[B:])
-        if "pixel_values" in vision and not torch.equal(vision["pixel_values"], other["pixel_values"]):
+        pixels = vision_inputs.get("pixel_values")  # rows (LLaVA) or patches (Qwen2-VL): a rows' first either way
+        if pixels is not None and not torch.equal(*pixels.chunk(2)):
             raise ValueError("pair_end_scores needs the same picture in rows i and B + i (pair_batch's layout)")
+        vision = select_vision(vision_inputs, torch.arange(B, device=input_ids.device))
         if "mm_token_type_ids" in vision:  # per-token: lay it out like the prefix's ids
             vision["mm_token_type_ids"] = vision["mm_token_type_ids"].gather(1, cut.prefix_index) * cut.prefix_mask
         core = base.model
